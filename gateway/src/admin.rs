@@ -1,0 +1,172 @@
+//! The admin listener (default 127.0.0.1:9901): `/healthz`, `/readyz`, `/metrics`,
+//! `GET /admin/routes` (active version, loaded-at, last reload error, upstream health) and
+//! `POST /admin/reload`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::routes::{RouteStore, RouteTable, RouteTarget};
+use crate::upstream::health::Health;
+
+pub struct AdminApp {
+    pub routes: Arc<RouteStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+fn json_response(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(&value).expect("json renders");
+    body.push(b'\n');
+    respond(status, "application/json", body)
+}
+
+fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Pending => "pending",
+        Health::Healthy => "healthy",
+        Health::Unhealthy => "unhealthy",
+    }
+}
+
+/// Upstream health as reported by `/readyz` and `/admin/routes`.
+fn upstreams_json(table: &RouteTable) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (name, up) in &table.upstreams {
+        let endpoints: Vec<_> = up
+            .endpoints
+            .iter()
+            .map(|e| {
+                json!({
+                    "addr": e.addr.to_string(),
+                    "weight": e.weight,
+                    "health": health_name(e.state.health()),
+                    "available": e.state.available(),
+                    "inflight": e.state.inflight(),
+                })
+            })
+            .collect();
+        out.insert(
+            name.clone(),
+            json!({
+                "lb": format!("{:?}", up.lb),
+                "healthy": up.any_available(),
+                "timeout_ms": up.timeout.as_millis() as u64,
+                "retries": up.retries,
+                "max_message": up.max_message,
+                "endpoints": endpoints,
+            }),
+        );
+    }
+    out.into()
+}
+
+impl AdminApp {
+    fn routes_json(&self) -> serde_json::Value {
+        let table = self.routes.load();
+        let status = self.routes.status();
+        let routes: Vec<_> = table
+            .routes
+            .iter()
+            .map(|r| {
+                let target = match &r.target {
+                    RouteTarget::Unary { path, .. } => json!({ "grpc": path.as_str() }),
+                    RouteTarget::PassThrough { service } => json!({ "grpc_service": service }),
+                };
+                json!({
+                    "name": r.name,
+                    "http": r.http.as_ref().map(|h| format!("{} {}", h.method, h.path)),
+                    "cmd": r.cmd,
+                    "upstream": r.upstream.name,
+                    "target": target,
+                    "max_body": r.max_body,
+                })
+            })
+            .collect();
+        json!({
+            "version": table.version,
+            "loaded_at": unix_secs(table.loaded_at),
+            "last_error": status.last_error,
+            "last_error_at": status.last_error_at.map(unix_secs),
+            "reloads_ok": status.reloads_ok,
+            "reloads_failed": status.reloads_failed,
+            "routes": routes,
+            "upstreams": upstreams_json(&table),
+        })
+    }
+
+    fn refresh_health_gauges(&self) {
+        let table = self.routes.load();
+        self.metrics.endpoint_healthy.reset();
+        for (up, ep) in table.endpoints() {
+            self.metrics
+                .endpoint_healthy
+                .with_label_values(&[&up.name, &ep.addr.to_string()])
+                .set(i64::from(ep.state.available()));
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_owned();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => respond(200, "text/plain", b"ok\n".to_vec()),
+            ("GET", "/readyz") => {
+                // The gateway's own readiness: routes loaded and listeners up (we are answering).
+                // Upstream health is reported, never gating (DESIGN §11).
+                let table = self.routes.load();
+                json_response(
+                    200,
+                    json!({
+                        "ready": true,
+                        "routes_version": table.version,
+                        "upstreams": upstreams_json(&table),
+                    }),
+                )
+            }
+            ("GET", "/metrics") => {
+                self.refresh_health_gauges();
+                respond(200, "text/plain; version=0.0.4", self.metrics.render())
+            }
+            ("GET", "/admin/routes") => json_response(200, self.routes_json()),
+            ("POST", "/admin/reload") => match self.routes.reload("admin") {
+                Ok(table) => json_response(200, json!({ "reloaded": true, "version": table.version })),
+                Err(e) => json_response(
+                    422,
+                    json!({
+                        "reloaded": false,
+                        "version": self.routes.load().version,
+                        "error": e.to_string(),
+                    }),
+                ),
+            },
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/routes" | "/admin/reload") => {
+                json_response(405, json!({ "error": "method not allowed" }))
+            }
+            _ => json_response(404, json!({ "error": "not found" })),
+        }
+    }
+}

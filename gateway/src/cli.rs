@@ -1,0 +1,127 @@
+//! The `im-gateway` command line: `run` and `check`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pingora::server::RunArgs;
+
+use crate::config::GatewayConfig;
+use crate::routes::RouteSource;
+use crate::upstream::HealthRegistry;
+use crate::Gateway;
+
+#[derive(Debug, Parser)]
+#[command(name = "im-gateway", version, about = "Pingora-based edge gateway of the IM system")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM (graceful) or SIGINT (fast). SIGHUP reloads routes.
+    Run {
+        /// Gateway config (listeners, threads, reload, shutdown). Without it, built-in defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Route table; overrides `routes:` in the config. Default: ./routes.yaml.
+        #[arg(long, value_name = "FILE")]
+        routes: Option<PathBuf>,
+        /// Edge listener address (HTTP API, h1 + h2c); overrides `listen.edge`.
+        #[arg(long, value_name = "ADDR")]
+        edge: Option<SocketAddr>,
+        /// Admin listener address (metrics, health, reload); overrides `listen.admin`.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+    },
+    /// Validate a routes file (methods included, against the descriptor set) and exit:
+    /// 0 when valid, 1 with every problem listed.
+    Check {
+        /// The routes file to check.
+        routes: PathBuf,
+        /// A descriptor set (FileDescriptorSet) to check against instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        descriptors: Option<PathBuf>,
+    },
+}
+
+/// Validates a routes file; the `Ok` text summarises it, the `Err` text lists every problem.
+pub fn check(routes: &Path, descriptors: Option<&Path>) -> Result<String, String> {
+    let source = RouteSource {
+        routes: routes.to_owned(),
+        descriptors: descriptors.map(Path::to_owned),
+    };
+    match source.build(&HealthRegistry::default()) {
+        Ok(t) => Ok(format!(
+            "{}: OK ({} routes, {} upstreams, version {})",
+            routes.display(),
+            t.routes.len(),
+            t.upstreams.len(),
+            t.version
+        )),
+        Err(e) => Err(format!("{}: rejected\n{e}", routes.display())),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check {
+            routes,
+            descriptors,
+        } => match check(&routes, descriptors.as_deref()) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run {
+            config,
+            routes,
+            edge,
+            admin,
+        } => {
+            init_logging();
+            let mut cfg = match config.as_deref().map(GatewayConfig::load).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("im-gateway: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(a) = edge {
+                cfg.listen.edge = a;
+            }
+            if let Some(a) = admin {
+                cfg.listen.admin = a;
+            }
+            let routes = routes
+                .or_else(|| cfg.routes.clone())
+                .unwrap_or_else(|| PathBuf::from("routes.yaml"));
+            let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
+            let gateway = match Gateway::build(cfg, routes.clone()) {
+                Ok(g) => g,
+                Err(e) => {
+                    eprintln!("im-gateway: {} rejected:\n{e}", routes.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
+            gateway.into_server(true).run(RunArgs::default());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `RUST_LOG`-style filter, `info` by default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}

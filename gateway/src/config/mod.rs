@@ -1,0 +1,193 @@
+//! The gateway's own configuration (`gateway.yaml`): listeners, threads, shutdown, reload.
+//! Routes live in their own file (see [`crate::routes`]) so ops can edit and reload them alone.
+
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use units::HumanDuration;
+
+/// Parsed and validated `gateway.yaml`. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub listen: Listen,
+    /// Worker threads of the edge listener.
+    pub threads: usize,
+    /// Path of `routes.yaml`; relative paths are resolved against the config file's directory.
+    pub routes: Option<PathBuf>,
+    /// A `FileDescriptorSet` to use instead of the embedded one; reloaded with the routes.
+    pub descriptors: Option<PathBuf>,
+    pub reload: Reload,
+    pub shutdown: Shutdown,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// HTTP API (h1 and h2c on one port) and gRPC pass-through.
+    pub edge: SocketAddr,
+    /// Metrics, health, route inspection and reload. Keep it on loopback.
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reload {
+    /// Watch the routes file's directory (symlink swaps included) and reload on change.
+    pub watch: bool,
+    /// Reload on SIGHUP (only the CLI enables signal handling; embedded gateways do not).
+    pub sighup: bool,
+    /// Quiet time after the last file event before reloading, so editors' multi-step saves load once.
+    pub debounce: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// After SIGTERM, keep serving this long before stopping (lets a load balancer drain us).
+    pub grace_period: HumanDuration,
+    /// Then wait at most this long for in-flight work.
+    pub graceful_timeout: HumanDuration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: Listen::default(),
+            threads: 2,
+            routes: None,
+            descriptors: None,
+            reload: Reload::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            edge: ([0, 0, 0, 0], 8080).into(),
+            admin: ([127, 0, 0, 1], 9901).into(),
+        }
+    }
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            sighup: false,
+            debounce: HumanDuration(Duration::from_millis(200)),
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            grace_period: HumanDuration(Duration::from_secs(5)),
+            graceful_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// Why a gateway config could not be used; each message names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl GatewayConfig {
+    /// Reads and validates a config file; relative paths inside it become relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.routes, &mut cfg.descriptors].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses config text; `origin` only names the source in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?
+        };
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| ConfigError::Invalid {
+            path: origin.to_owned(),
+            field,
+            message: message.to_owned(),
+        };
+        if self.threads == 0 || self.threads > 256 {
+            return Err(invalid("threads", "must be between 1 and 256"));
+        }
+        if self.listen.edge.port() != 0 && self.listen.edge == self.listen.admin {
+            return Err(invalid(
+                "listen.admin",
+                "must differ from listen.edge; give the admin listener its own port",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let cfg = GatewayConfig::parse("", Path::new("g.yaml")).unwrap();
+        assert_eq!(cfg.listen.edge.port(), 8080);
+        assert_eq!(cfg.listen.admin.port(), 9901);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = GatewayConfig::parse("listen: { edgee: 1.2.3.4:1 }", Path::new("g.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("edgee"), "{err}");
+    }
+
+    #[test]
+    fn zero_threads_rejected() {
+        let err = GatewayConfig::parse("threads: 0", Path::new("g.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("threads"), "{err}");
+    }
+}

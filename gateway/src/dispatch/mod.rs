@@ -1,0 +1,202 @@
+//! The dispatcher: one path from a resolved route to a backend, shared by the HTTP bridge and
+//! (later) WebSocket cmd frames. Route -> pool -> endpoint -> tonic client with a pass-through
+//! codec -> status; retries only attempts the backend provably never processed (DESIGN §4).
+
+pub mod codec;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+
+pub use codec::PassThroughCodec;
+pub use error::{code_name, http_status_of, AttemptFailure, DispatchError};
+
+use crate::metrics::Metrics;
+use crate::routes::{Route, RouteTarget};
+use crate::upstream::{ChannelCache, Upstream};
+
+/// Who is calling and how to trace it: becomes gRPC metadata. Built by the gateway from the
+/// verified token and the request, never from client-sent identity headers.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    pub request_id: String,
+    pub traceparent: Option<String>,
+    pub user_id: Option<String>,
+    pub device_id: Option<String>,
+    pub platform: Option<String>,
+}
+
+impl CallContext {
+    /// The consistent-hash key: the user id, else the request id (spreads anonymous calls).
+    pub fn hash_key(&self) -> &[u8] {
+        self.user_id.as_deref().unwrap_or(&self.request_id).as_bytes()
+    }
+
+    fn metadata(&self) -> MetadataMap {
+        let mut md = MetadataMap::with_capacity(5);
+        let pairs = [
+            ("x-request-id", Some(&self.request_id)),
+            ("traceparent", self.traceparent.as_ref()),
+            ("x-user-id", self.user_id.as_ref()),
+            ("x-device-id", self.device_id.as_ref()),
+            ("x-platform", self.platform.as_ref()),
+        ];
+        for (key, value) in pairs {
+            if let Some(v) = value.and_then(|v| AsciiMetadataValue::try_from(v.as_str()).ok()) {
+                md.insert(key, v);
+            }
+        }
+        md
+    }
+}
+
+pub struct Dispatcher {
+    channels: ChannelCache,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            channels: ChannelCache::default(),
+            metrics,
+        }
+    }
+
+    pub fn channels(&self) -> &ChannelCache {
+        &self.channels
+    }
+
+    /// Calls the route's unary method with `body` (encoded request message) and returns the
+    /// encoded response message.
+    pub async fn unary(
+        &self,
+        route: &Route,
+        body: Bytes,
+        ctx: &CallContext,
+    ) -> Result<Bytes, DispatchError> {
+        let RouteTarget::Unary { path, .. } = &route.target else {
+            unreachable!("pass-through routes are proxied, not dispatched");
+        };
+        let upstream = &route.upstream;
+        let mut tried: Vec<SocketAddr> = Vec::with_capacity(1 + upstream.retries as usize);
+        let mut last_error = None;
+        for attempt in 0..=upstream.retries {
+            let Some(endpoint) = upstream.select(ctx.hash_key(), &tried) else {
+                break;
+            };
+            tried.push(endpoint.addr);
+            if attempt > 0 {
+                self.metrics.retries.with_label_values(&[&upstream.name]).inc();
+            }
+            let _inflight = endpoint.state.begin();
+            let result = self
+                .attempt(upstream, endpoint.addr, path.clone(), body.clone(), ctx)
+                .await;
+            match result {
+                Ok(bytes) => return Ok(bytes),
+                Err((err, failure)) => {
+                    let kind = match failure {
+                        AttemptFailure::Connect => {
+                            endpoint.state.connect_failed(upstream.health_check.is_some());
+                            "connect"
+                        }
+                        AttemptFailure::Refused => "refused",
+                        AttemptFailure::Final => match err {
+                            DispatchError::Timeout { .. } => "timeout",
+                            DispatchError::Transport { .. } => "transport",
+                            _ => "status",
+                        },
+                    };
+                    if kind != "status" {
+                        self.metrics
+                            .upstream_failures
+                            .with_label_values(&[&upstream.name, kind])
+                            .inc();
+                        tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, request_id = %ctx.request_id, error = %err, "upstream attempt failed");
+                    }
+                    if failure == AttemptFailure::Final {
+                        return Err(err);
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| DispatchError::NoHealthyEndpoint {
+            upstream: upstream.name.clone(),
+        }))
+    }
+
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        addr: SocketAddr,
+        path: http::uri::PathAndQuery,
+        body: Bytes,
+        ctx: &CallContext,
+    ) -> Result<Bytes, (DispatchError, AttemptFailure)> {
+        let mut grpc = tonic::client::Grpc::new(self.channels.get(addr))
+            .max_decoding_message_size(upstream.max_message)
+            .max_encoding_message_size(upstream.max_message);
+        let mut request = tonic::Request::new(body);
+        *request.metadata_mut() = ctx.metadata();
+        request.set_timeout(upstream.timeout);
+        let call = async {
+            grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            grpc.unary(request, path, PassThroughCodec).await
+        };
+        match tokio::time::timeout(upstream.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.classify(upstream, addr, status)),
+            Err(_) => Err((
+                DispatchError::Timeout {
+                    upstream: upstream.name.clone(),
+                    after: upstream.timeout,
+                },
+                AttemptFailure::Final,
+            )),
+        }
+    }
+
+    fn classify(
+        &self,
+        upstream: &Upstream,
+        addr: SocketAddr,
+        status: Status,
+    ) -> (DispatchError, AttemptFailure) {
+        let detail = || {
+            let mut text = status.message().to_owned();
+            let mut src = std::error::Error::source(&status);
+            while let Some(e) = src {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                src = e.source();
+            }
+            text
+        };
+        match error::classify(&status) {
+            None => (DispatchError::Status(status), AttemptFailure::Final),
+            Some(AttemptFailure::Connect) => (
+                DispatchError::ConnectFailed {
+                    upstream: upstream.name.clone(),
+                    addr,
+                    detail: detail(),
+                },
+                AttemptFailure::Connect,
+            ),
+            Some(kind) => (
+                DispatchError::Transport {
+                    upstream: upstream.name.clone(),
+                    addr,
+                    detail: detail(),
+                },
+                kind,
+            ),
+        }
+    }
+}
+
+use tonic::Status;

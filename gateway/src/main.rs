@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    im_gateway::cli::main()
+}

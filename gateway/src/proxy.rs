@@ -1,0 +1,286 @@
+//! The edge listener's `ProxyHttp`: it only dispatches. Bridge routes are answered in
+//! `request_filter` through [`crate::bridge`] and the shared dispatcher; `grpc_service` routes go
+//! through Pingora's upstream path (h2c) with the gateway's own rejections answered gRPC-style.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use tonic::Code;
+
+use crate::bridge::{self, Encoding, Reply};
+use crate::dispatch::{CallContext, Dispatcher};
+use crate::filters::request_id;
+use crate::metrics::Metrics;
+use crate::routes::table::RouteMiss;
+use crate::routes::{Route, RouteStore, RouteTarget};
+use crate::upstream::health::InflightGuard;
+use crate::upstream::EndpointState;
+
+/// Identity headers only the gateway may set; stripped from every client request.
+const IDENTITY_HEADERS: [&str; 3] = ["x-user-id", "x-device-id", "x-platform"];
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct EdgeProxy {
+    pub routes: Arc<RouteStore>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    route: Option<Arc<Route>>,
+    /// Pass-through: endpoints tried so far, and the current attempt's endpoint.
+    tried: Vec<SocketAddr>,
+    attempt: Option<(Arc<EndpointState>, InflightGuard)>,
+    /// Status written by the gateway itself (bridge replies and rejections).
+    status: Option<u16>,
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_grpc(req: &RequestHeader) -> bool {
+    header(req, "content-type").is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl EdgeProxy {
+    async fn write_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
+        ctx.status = Some(reply.status);
+        let mut resp = ResponseHeader::build(reply.status, Some(4))?;
+        resp.insert_header("content-type", reply.content_type)?;
+        resp.insert_header("content-length", reply.body.len().to_string())?;
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(reply.body), true).await
+    }
+
+    /// A trailers-only gRPC response: HTTP 200 with `grpc-status` (never a bare HTTP 4xx).
+    async fn write_grpc_status(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        code: Code,
+        message: &str,
+    ) -> Result<()> {
+        ctx.status = Some(200);
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "application/grpc")?;
+        resp.insert_header("grpc-status", (code as i32).to_string())?;
+        resp.insert_header("grpc-message", grpc_message(message))?;
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        session.write_response_header(Box::new(resp), true).await
+    }
+
+    /// Reads the body up to `limit` bytes; `None` when it is larger.
+    async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes>> {
+        let declared = header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(None);
+        }
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        while let Some(chunk) = session.read_request_body().await? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body.freeze()))
+    }
+
+    async fn serve_bridge(&self, session: &mut Session, ctx: &mut RequestCtx, route: Arc<Route>) -> Result<()> {
+        let req = session.req_header();
+        let Some(encoding) = Encoding::of_content_type(header(req, "content-type")) else {
+            let reply = Reply::error(
+                415,
+                Code::InvalidArgument,
+                "Content-Type must be application/json or application/x-protobuf",
+                &ctx.request_id,
+            );
+            return self.write_reply(session, ctx, reply).await;
+        };
+        let response_encoding = Encoding::of_accept(header(req, "accept"), encoding);
+        let call_ctx = CallContext {
+            request_id: ctx.request_id.clone(),
+            traceparent: header(req, "traceparent").filter(|t| t.len() <= 128).map(str::to_owned),
+            ..CallContext::default()
+        };
+        let Some(body) = Self::read_body(session, route.max_body).await? else {
+            session.set_keepalive(None);
+            let msg = format!("body exceeds this route's limit of {} bytes", route.max_body);
+            let reply = Reply::error(413, Code::InvalidArgument, &msg, &ctx.request_id);
+            return self.write_reply(session, ctx, reply).await;
+        };
+        let reply = match bridge::decode_request(&route, encoding, body, &ctx.request_id) {
+            Ok(message) => bridge::call(&self.dispatcher, &route, message, response_encoding, &call_ctx).await,
+            Err(reply) => reply,
+        };
+        self.write_reply(session, ctx, reply).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            tried: Vec::new(),
+            attempt: None,
+            status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = request_id::accept_or_generate(req.headers.get(request_id::HEADER).map(|v| v.as_bytes()));
+        let table = self.routes.load();
+        if is_grpc(req) {
+            let Some(route) = table.match_grpc(req.uri.path()).cloned() else {
+                self.write_grpc_status(session, ctx, Code::Unimplemented, "no route for this gRPC method")
+                    .await?;
+                return Ok(true);
+            };
+            ctx.route = Some(route);
+            return Ok(false);
+        }
+        match table.match_http(&req.method, req.uri.path()) {
+            Ok(route) => {
+                let route = route.clone();
+                ctx.route = Some(route.clone());
+                self.serve_bridge(session, ctx, route).await?;
+            }
+            Err(miss) => {
+                let (status, message) = match miss {
+                    RouteMiss::NotFound => (404, "no route for this path"),
+                    RouteMiss::MethodNotAllowed => (405, "method not allowed on this path"),
+                };
+                let code = if status == 404 { Code::NotFound } else { Code::Unimplemented };
+                let reply = Reply::error(status, code, message, &ctx.request_id);
+                self.write_reply(session, ctx, reply).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx.route.as_ref().expect("only routed gRPC requests reach upstream_peer");
+        let upstream = &route.upstream;
+        let key = ctx.request_id.as_bytes();
+        let Some(endpoint) = upstream.select(key, &ctx.tried) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy upstream");
+        };
+        ctx.tried.push(endpoint.addr);
+        ctx.attempt = Some((endpoint.state.clone(), endpoint.state.begin()));
+        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        peer.options.alpn = ALPN::H2;
+        peer.options.max_h2_streams = 128;
+        peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        peer.options.read_timeout = Some(upstream.timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(route) = &ctx.route {
+            let upstream = &route.upstream;
+            if let Some((state, _)) = ctx.attempt.take() {
+                state.connect_failed(upstream.health_check.is_some());
+            }
+            self.metrics.upstream_failures.with_label_values(&[&upstream.name, "connect"]).inc();
+            tracing::warn!(upstream = %upstream.name, peer = %peer, request_id = %ctx.request_id, error = %e, "pass-through connect failed");
+            if ctx.tried.len() <= upstream.retries as usize {
+                self.metrics.retries.with_label_values(&[&upstream.name]).inc();
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        for h in IDENTITY_HEADERS {
+            upstream_request.remove_header(h);
+        }
+        upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let passthrough = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| matches!(r.target, RouteTarget::PassThrough { .. }));
+        let already_sent = session.response_written().is_some();
+        let code = if passthrough && !already_sent {
+            let (code, msg) = match e.etype() {
+                ErrorType::HTTPStatus(503) => (Code::Unavailable, "no healthy upstream"),
+                _ => (Code::Unavailable, "upstream failure"),
+            };
+            if let Err(err) = self.write_grpc_status(session, ctx, code, msg).await {
+                tracing::debug!(error = %err, "could not write gRPC error");
+            }
+            200
+        } else if !already_sent {
+            let status = match e.etype() {
+                ErrorType::HTTPStatus(s) => *s,
+                _ => 502,
+            };
+            let reply = Reply::error(status, Code::Unavailable, "upstream failure", &ctx.request_id);
+            if let Err(err) = self.write_reply(session, ctx, reply).await {
+                tracing::debug!(error = %err, "could not write error reply");
+            }
+            status
+        } else {
+            0
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = ctx
+            .status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        let status = status.to_string();
+        self.metrics.requests.with_label_values(&[route, &status]).inc();
+        self.metrics
+            .latency
+            .with_label_values(&[route])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        ctx.attempt = None;
+    }
+}

@@ -1,0 +1,137 @@
+//! [`RouteStore`]: the current route table as one atomically swapped snapshot, plus what the last
+//! reload did. Requests load the snapshot once and finish on it, whatever reloads happen meanwhile.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use super::descriptors;
+use super::table::{RouteTable, RoutesError};
+use crate::metrics::Metrics;
+use crate::upstream::HealthRegistry;
+
+/// Where routes and descriptors are read from on every (re)load.
+#[derive(Debug, Clone)]
+pub struct RouteSource {
+    pub routes: PathBuf,
+    /// `None`: the descriptor set embedded from `proto/`.
+    pub descriptors: Option<PathBuf>,
+}
+
+impl RouteSource {
+    /// Reads and builds a table without touching any live state (`im-gateway check`, reloads).
+    pub fn build(&self, health: &HealthRegistry) -> Result<RouteTable, RoutesError> {
+        let text = std::fs::read_to_string(&self.routes)
+            .map_err(|e| RoutesError::Io(format!("cannot read {}: {e}", self.routes.display())))?;
+        let (pool, bytes) = descriptors::load(self.descriptors.as_deref()).map_err(RoutesError::Io)?;
+        RouteTable::build(&text, pool, &bytes, health)
+    }
+}
+
+/// What `/admin/routes` reports about reloads.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+}
+
+pub struct RouteStore {
+    current: ArcSwap<RouteTable>,
+    source: RouteSource,
+    health: HealthRegistry,
+    // A std Mutex: held only to copy or update a few fields, never across `.await`.
+    status: Mutex<ReloadStatus>,
+    /// Bumped on every successful swap; the health supervisor reconciles on it.
+    swapped: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl RouteStore {
+    /// Loads the initial table; a broken file here is a startup error, not a degraded start.
+    pub fn open(
+        source: RouteSource,
+        health: HealthRegistry,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RoutesError> {
+        let table = source.build(&health)?;
+        tracing::info!(version = %table.version, routes = table.routes.len(), "routes loaded");
+        Ok(Self {
+            current: ArcSwap::from_pointee(table),
+            source,
+            health,
+            status: Mutex::default(),
+            swapped: watch::channel(0).0,
+            metrics,
+        })
+    }
+
+    /// The snapshot to serve one request from.
+    pub fn load(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
+    pub fn health(&self) -> &HealthRegistry {
+        &self.health
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().expect("reload status poisoned").clone()
+    }
+
+    /// Fires after each successful swap.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.swapped.subscribe()
+    }
+
+    /// Like [`Self::reload`], but a file whose content (and descriptors) did not change is a no-op.
+    pub fn reload_if_changed(&self, trigger: &str) -> Result<Arc<RouteTable>, RoutesError> {
+        let result = self.source.build(&self.health);
+        if let Ok(table) = &result {
+            if table.version == self.load().version {
+                return Ok(self.load());
+            }
+        }
+        self.apply(trigger, result)
+    }
+
+    /// Rebuilds from the source and swaps the new table in, or keeps the old one and records why not.
+    pub fn reload(&self, trigger: &str) -> Result<Arc<RouteTable>, RoutesError> {
+        let result = self.source.build(&self.health);
+        self.apply(trigger, result)
+    }
+
+    fn apply(
+        &self,
+        trigger: &str,
+        result: Result<RouteTable, RoutesError>,
+    ) -> Result<Arc<RouteTable>, RoutesError> {
+        let mut status = self.status.lock().expect("reload status poisoned");
+        match result {
+            Ok(table) => {
+                let table = Arc::new(table);
+                let old = self.current.swap(table.clone());
+                status.reloads_ok += 1;
+                status.last_error = None;
+                drop(status);
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.swapped.send_modify(|n| *n += 1);
+                tracing::info!(trigger, from = %old.version, to = %table.version, routes = table.routes.len(), "routes reloaded");
+                Ok(table)
+            }
+            Err(e) => {
+                status.reloads_failed += 1;
+                status.last_error = Some(e.to_string());
+                status.last_error_at = Some(SystemTime::now());
+                drop(status);
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(trigger, error = %e, "routes reload rejected; the previous table keeps serving");
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Assembles a gateway: route store, dispatcher, metrics, and the Pingora services (edge proxy,
+//! admin, reloader). [`Gateway::build`] needs no sockets; [`Gateway::into_server`] makes the
+//! Pingora `Server`; [`RunningGateway`] runs one on its own thread and stops it (tests, embedders).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tokio::sync::mpsc;
+
+use crate::admin::AdminApp;
+use crate::config::GatewayConfig;
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::proxy::EdgeProxy;
+use crate::routes::reloader::Reloader;
+use crate::routes::{RouteSource, RouteStore, RoutesError};
+use crate::upstream::HealthRegistry;
+
+/// Everything a running gateway shares, built without binding sockets.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub routes: Arc<RouteStore>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Arc<Metrics>,
+    routes_path: PathBuf,
+}
+
+impl Gateway {
+    /// Loads the route table (a broken file is an error here) and wires the shared parts.
+    pub fn build(config: GatewayConfig, routes_path: PathBuf) -> Result<Self, RoutesError> {
+        let metrics = Arc::new(Metrics::new());
+        let source = RouteSource {
+            routes: routes_path.clone(),
+            descriptors: config.descriptors.clone(),
+        };
+        let routes = Arc::new(RouteStore::open(source, HealthRegistry::default(), metrics.clone())?);
+        Ok(Self {
+            dispatcher: Arc::new(Dispatcher::new(metrics.clone())),
+            config,
+            routes,
+            metrics,
+            routes_path,
+        })
+    }
+
+    /// The Pingora server with the edge, admin and reloader services.
+    pub fn into_server(self, sighup: bool) -> Server {
+        let cfg = &self.config;
+        let conf = ServerConf {
+            threads: cfg.threads,
+            grace_period_seconds: Some(cfg.shutdown.grace_period.0.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(cfg.shutdown.graceful_timeout.0.as_secs()),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let conf = server.configuration.clone();
+
+        let mut edge = pingora::proxy::http_proxy_service_with_name(
+            &conf,
+            EdgeProxy {
+                routes: self.routes.clone(),
+                dispatcher: self.dispatcher.clone(),
+                metrics: self.metrics.clone(),
+            },
+            "edge",
+        );
+        if let Some(app) = edge.app_logic_mut() {
+            let mut opts = HttpServerOptions::default();
+            opts.h2c = true;
+            app.server_options = Some(opts);
+        }
+        edge.add_tcp(&cfg.listen.edge.to_string());
+
+        let mut admin = Service::new(
+            "admin".to_owned(),
+            pingora::apps::http_app::HttpServer::new_app(AdminApp {
+                routes: self.routes.clone(),
+                metrics: self.metrics.clone(),
+            }),
+        );
+        admin.threads = Some(1);
+        admin.add_tcp(&cfg.listen.admin.to_string());
+
+        let watch_dir = cfg.reload.watch.then(|| {
+            self.routes_path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        });
+        let reloader = background_service(
+            "route reloader",
+            Reloader {
+                routes: self.routes.clone(),
+                dispatcher: self.dispatcher.clone(),
+                watch_dir,
+                sighup: sighup || cfg.reload.sighup,
+                debounce: cfg.reload.debounce.0,
+            },
+        );
+        server.add_service(edge);
+        server.add_service(admin);
+        server.add_service(reloader);
+        server
+    }
+}
+
+/// A shutdown signal fed by a channel, so embedders and tests stop a server without signals.
+struct ChannelSignal(tokio::sync::Mutex<mpsc::Receiver<ShutdownSignal>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0
+            .lock()
+            .await
+            .recv()
+            .await
+            .unwrap_or(ShutdownSignal::FastShutdown)
+    }
+}
+
+/// A gateway running on its own thread (Pingora cannot start inside a tokio runtime).
+pub struct RunningGateway {
+    pub routes: Arc<RouteStore>,
+    pub metrics: Arc<Metrics>,
+    stop: mpsc::Sender<ShutdownSignal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    pub fn start(gateway: Gateway) -> Self {
+        let routes = gateway.routes.clone();
+        let metrics = gateway.metrics.clone();
+        let (stop, rx) = mpsc::channel(1);
+        let server = gateway.into_server(false);
+        let thread = std::thread::Builder::new()
+            .name("im-gateway".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
+                })
+            })
+            .expect("spawn gateway thread");
+        Self {
+            routes,
+            metrics,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.try_send(ShutdownSignal::FastShutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

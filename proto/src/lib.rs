@@ -1,0 +1,16 @@
+//! Protocol buffers of the IM system.
+//!
+//! - the prost/tonic types of every package under `proto/im/`;
+//! - [`DESCRIPTOR_SET`], the encoded `FileDescriptorSet` of the same files, which the gateway embeds
+//!   as its default for JSON transcoding and route validation.
+
+/// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` in this crate.
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/im_descriptor.bin"));
+
+pub mod im {
+    pub mod echo {
+        pub mod v1 {
+            tonic::include_proto!("im.echo.v1");
+        }
+    }
+}
