@@ -1,1 +1,298 @@
+//! Test harness: real gateways, real tonic backends (in-process or as child processes), real
+//! sockets on loopback. Every helper waits on an observable event, never on a fixed sleep.
 
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_gateway::config::GatewayConfig;
+use im_gateway::{Gateway, RunningGateway};
+use tokio::sync::oneshot;
+
+/// A port that was free a moment ago (Pingora cannot report the port it bound).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+    }
+}
+
+/// A unique scratch directory under the system temp dir, removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "im-tests-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An echo backend served from this process, with a count of the calls it received.
+pub struct EchoBackend {
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl EchoBackend {
+    pub async fn start() -> Self {
+        Self::start_with_limit(4 << 20).await
+    }
+
+    pub async fn start_with_limit(max_message: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let calls = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let c = calls.clone();
+        tokio::spawn(async move {
+            let _ = im_backends::echo::serve(listener, max_message, c, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Self {
+            addr,
+            calls,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// An echo backend in its own process, so it can be SIGKILLed.
+pub struct EchoProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl EchoProcess {
+    /// `exe` is `env!("CARGO_BIN_EXE_echo_backend")` of the calling test.
+    pub async fn start(exe: &str, addr: SocketAddr) -> Self {
+        let child = Command::new(exe)
+            .args(["--services", "echo", "--listen", &addr.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn echo backend");
+        wait_for("echo backend to listen", Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+        })
+        .await;
+        Self { addr, child }
+    }
+
+    /// SIGKILL, then reap: once this returns the kernel has closed the process's sockets.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL backend");
+        self.child.wait().expect("reap backend");
+    }
+}
+
+impl Drop for EchoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway running in this process on free ports, serving `routes.yaml` from a scratch dir.
+pub struct TestGateway {
+    pub edge: SocketAddr,
+    pub admin: SocketAddr,
+    pub routes_path: PathBuf,
+    pub running: Option<RunningGateway>,
+    _dir: ScratchDir,
+}
+
+impl TestGateway {
+    pub async fn start(routes_yaml: &str) -> Self {
+        Self::start_with(routes_yaml, |_| {}).await
+    }
+
+    pub async fn start_with(routes_yaml: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        let dir = ScratchDir::new("gw");
+        let routes_path = dir.path("routes.yaml");
+        std::fs::write(&routes_path, routes_yaml).expect("write routes");
+        let mut cfg = GatewayConfig::default();
+        cfg.listen.edge = loopback(free_port());
+        cfg.listen.admin = loopback(free_port());
+        cfg.threads = 2;
+        cfg.reload.watch = false;
+        cfg.reload.debounce = im_gateway::config::units::HumanDuration(Duration::from_millis(50));
+        cfg.shutdown.grace_period = im_gateway::config::units::HumanDuration(Duration::ZERO);
+        cfg.shutdown.graceful_timeout = im_gateway::config::units::HumanDuration(Duration::from_secs(1));
+        tweak(&mut cfg);
+        let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
+        let gateway = Gateway::build(cfg, routes_path.clone()).expect("routes are valid");
+        let running = RunningGateway::start(gateway);
+        let gw = Self {
+            edge,
+            admin,
+            routes_path,
+            running: Some(running),
+            _dir: dir,
+        };
+        let client = reqwest::Client::new();
+        let url = gw.admin_url("/readyz");
+        wait_for("gateway readiness", Duration::from_secs(20), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let ok = client.get(&url).send().await.ok()?.status().is_success();
+                let edge_up = tokio::net::TcpStream::connect(edge).await.is_ok();
+                (ok && edge_up).then_some(())
+            }
+        })
+        .await;
+        gw
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.edge)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn write_routes(&self, yaml: &str) {
+        write_atomically(&self.routes_path, yaml);
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let body = reqwest::get(self.admin_url(path))
+            .await
+            .expect("admin reachable")
+            .bytes()
+            .await
+            .expect("admin body");
+        serde_json::from_slice(&body).expect("admin answers JSON")
+    }
+
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .post(self.admin_url("/admin/reload"))
+            .send()
+            .await
+            .expect("admin reachable");
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.expect("body");
+        (status, serde_json::from_slice(&body).expect("reload answers JSON"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("admin reachable")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The health (`pending`/`healthy`/`unhealthy`) of `addr` in `upstream`, per `/admin/routes`.
+    pub async fn endpoint_health(&self, upstream: &str, addr: SocketAddr) -> String {
+        let routes = self.admin_json("/admin/routes").await;
+        routes["upstreams"][upstream]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["addr"] == addr.to_string())
+            .map(|e| e["health"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(g) = self.running.take() {
+            // Joining blocks; keep it off the async workers.
+            let _ = std::thread::spawn(move || g.stop()).join();
+        }
+    }
+}
+
+/// Writes through a temp file and rename, as editors and config management do.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// A routes file with one `echo` upstream over `endpoints` and the routes tests use.
+pub fn echo_routes(endpoints: &[SocketAddr], upstream_extra: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"upstreams:
+  echo:
+    endpoints: [{eps}]
+{upstream_extra}
+routes:
+  - name: echo
+    http: {{ method: POST, path: /service/echo }}
+    cmd: 1
+    upstream: echo
+    grpc: im.echo.v1.EchoService/Echo
+    auth: none
+    max_body: 64KiB
+  - name: echo_grpc
+    grpc_service: im.echo.v1.EchoService
+    upstream: echo
+    auth: none
+"#,
+        eps = eps.join(", ")
+    )
+}

@@ -130,19 +130,34 @@ fn is_too_large(s: &Status) -> bool {
         && s.message().contains("too large")
 }
 
+/// What a locally produced (transport-level) failure was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    Connect,
+    Refused,
+    TimedOut,
+    Other,
+}
+
 /// Classifies a status that tonic produced locally from a transport error (it has a source chain),
-/// as opposed to one the backend sent (no source).
-pub fn classify(status: &Status) -> Option<AttemptFailure> {
+/// as opposed to one the backend sent (no source, `None` here).
+pub fn classify(status: &Status) -> Option<TransportFailure> {
     let mut source: Option<&(dyn StdError + 'static)> = status.source();
     source?;
     while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return Some(TransportFailure::TimedOut);
+        }
+        if err.is::<tonic::ConnectError>() {
+            return Some(TransportFailure::Connect);
+        }
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
             if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                return Some(AttemptFailure::Refused);
+                return Some(TransportFailure::Refused);
             }
             if h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR) {
                 // Graceful GOAWAY: streams above last-stream-id are never processed.
-                return Some(AttemptFailure::Refused);
+                return Some(TransportFailure::Refused);
             }
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -150,15 +165,12 @@ pub fn classify(status: &Status) -> Option<AttemptFailure> {
                 io.kind(),
                 std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
             ) {
-                return Some(AttemptFailure::Connect);
+                return Some(TransportFailure::Connect);
             }
-        }
-        if err.to_string().starts_with("tcp connect error") {
-            return Some(AttemptFailure::Connect);
         }
         source = err.source();
     }
-    Some(AttemptFailure::Final)
+    Some(TransportFailure::Other)
 }
 
 #[cfg(test)]
@@ -197,11 +209,13 @@ mod tests {
         let refused = Status::from_error(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused,
         )));
-        assert_eq!(classify(&refused), Some(AttemptFailure::Connect));
+        assert_eq!(classify(&refused), Some(TransportFailure::Connect));
         let reset = Status::from_error(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         )));
-        assert_eq!(classify(&reset), Some(AttemptFailure::Final));
+        assert_eq!(classify(&reset), Some(TransportFailure::Other));
+        let expired = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(classify(&expired), Some(TransportFailure::TimedOut));
     }
 
     #[test]

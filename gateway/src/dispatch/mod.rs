@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 
 pub use codec::PassThroughCodec;
-pub use error::{code_name, http_status_of, AttemptFailure, DispatchError};
+pub use error::{code_name, http_status_of, AttemptFailure, DispatchError, TransportFailure};
 
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteTarget};
@@ -179,7 +179,14 @@ impl Dispatcher {
         };
         match error::classify(&status) {
             None => (DispatchError::Status(status), AttemptFailure::Final),
-            Some(AttemptFailure::Connect) => (
+            Some(TransportFailure::TimedOut) => (
+                DispatchError::Timeout {
+                    upstream: upstream.name.clone(),
+                    after: upstream.timeout,
+                },
+                AttemptFailure::Final,
+            ),
+            Some(TransportFailure::Connect) => (
                 DispatchError::ConnectFailed {
                     upstream: upstream.name.clone(),
                     addr,
@@ -193,7 +200,11 @@ impl Dispatcher {
                     addr,
                     detail: detail(),
                 },
-                kind,
+                if kind == TransportFailure::Refused {
+                    AttemptFailure::Refused
+                } else {
+                    AttemptFailure::Final
+                },
             ),
         }
     }

@@ -1,0 +1,7 @@
+//! End-to-end tests of the gateway core: real Pingora listeners, real tonic backends over h2c.
+
+mod bridge;
+mod check;
+mod failover;
+mod passthrough;
+mod reload;
