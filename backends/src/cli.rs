@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "im-backends", version, about = "Reference backends of the IM system (tonic services)")]
+#[command(
+    name = "im-backends",
+    version,
+    about = "Reference backends of the IM system (tonic services)"
+)]
 pub struct Args {
     /// Comma-separated services to run. Available: echo.
     #[arg(long, value_delimiter = ',', default_value = "echo")]
@@ -44,8 +48,9 @@ pub fn main() -> ExitCode {
         };
         tracing::info!(addr = %args.listen, services = ?args.services, "im-backends serving");
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

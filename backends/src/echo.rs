@@ -86,7 +86,9 @@ pub async fn serve(
     calls: Arc<AtomicU64>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let addr: SocketAddr = listener.local_addr().expect("bound listener has an address");
+    let addr: SocketAddr = listener
+        .local_addr()
+        .expect("bound listener has an address");
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)

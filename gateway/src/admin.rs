@@ -153,7 +153,9 @@ impl ServeHttp for AdminApp {
             }
             ("GET", "/admin/routes") => json_response(200, self.routes_json()),
             ("POST", "/admin/reload") => match self.routes.reload("admin") {
-                Ok(table) => json_response(200, json!({ "reloaded": true, "version": table.version })),
+                Ok(table) => {
+                    json_response(200, json!({ "reloaded": true, "version": table.version }))
+                }
                 Err(e) => json_response(
                     422,
                     json!({

@@ -13,7 +13,11 @@ use crate::upstream::HealthRegistry;
 use crate::Gateway;
 
 #[derive(Debug, Parser)]
-#[command(name = "im-gateway", version, about = "Pingora-based edge gateway of the IM system")]
+#[command(
+    name = "im-gateway",
+    version,
+    about = "Pingora-based edge gateway of the IM system"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -28,8 +28,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("im_gateway".into()), None)
-            .expect("static prefix is valid");
+        let registry =
+            Registry::new_custom(Some("im_gateway".into()), None).expect("static prefix is valid");
         let requests = IntCounterVec::new(
             Opts::new("requests_total", "Requests by route and HTTP status"),
             &["route", "status"],
@@ -45,17 +45,26 @@ impl Metrics {
         )
         .expect("valid metric");
         let endpoint_healthy = IntGaugeVec::new(
-            Opts::new("upstream_endpoint_healthy", "1 when the endpoint takes traffic"),
+            Opts::new(
+                "upstream_endpoint_healthy",
+                "1 when the endpoint takes traffic",
+            ),
             &["upstream", "endpoint"],
         )
         .expect("valid metric");
         let upstream_failures = IntCounterVec::new(
-            Opts::new("upstream_failures_total", "Failed upstream attempts by kind"),
+            Opts::new(
+                "upstream_failures_total",
+                "Failed upstream attempts by kind",
+            ),
             &["upstream", "kind"],
         )
         .expect("valid metric");
         let retries = IntCounterVec::new(
-            Opts::new("upstream_retries_total", "Attempts retried on another endpoint"),
+            Opts::new(
+                "upstream_retries_total",
+                "Attempts retried on another endpoint",
+            ),
             &["upstream"],
         )
         .expect("valid metric");

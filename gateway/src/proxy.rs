@@ -68,7 +68,12 @@ fn grpc_message(text: &str) -> String {
 }
 
 impl EdgeProxy {
-    async fn write_reply(&self, session: &mut Session, ctx: &mut RequestCtx, reply: Reply) -> Result<()> {
+    async fn write_reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reply: Reply,
+    ) -> Result<()> {
         ctx.status = Some(reply.status);
         let mut resp = ResponseHeader::build(reply.status, Some(4))?;
         resp.insert_header("content-type", reply.content_type)?;
@@ -97,7 +102,8 @@ impl EdgeProxy {
 
     /// Reads the body up to `limit` bytes; `None` when it is larger.
     async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes>> {
-        let declared = header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Ok(None);
         }
@@ -111,7 +117,12 @@ impl EdgeProxy {
         Ok(Some(body.freeze()))
     }
 
-    async fn serve_bridge(&self, session: &mut Session, ctx: &mut RequestCtx, route: Arc<Route>) -> Result<()> {
+    async fn serve_bridge(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: Arc<Route>,
+    ) -> Result<()> {
         let req = session.req_header();
         let Some(encoding) = Encoding::of_content_type(header(req, "content-type")) else {
             let reply = Reply::error(
@@ -125,17 +136,31 @@ impl EdgeProxy {
         let response_encoding = Encoding::of_accept(header(req, "accept"), encoding);
         let call_ctx = CallContext {
             request_id: ctx.request_id.clone(),
-            traceparent: header(req, "traceparent").filter(|t| t.len() <= 128).map(str::to_owned),
+            traceparent: header(req, "traceparent")
+                .filter(|t| t.len() <= 128)
+                .map(str::to_owned),
             ..CallContext::default()
         };
         let Some(body) = Self::read_body(session, route.max_body).await? else {
             session.set_keepalive(None);
-            let msg = format!("body exceeds this route's limit of {} bytes", route.max_body);
+            let msg = format!(
+                "body exceeds this route's limit of {} bytes",
+                route.max_body
+            );
             let reply = Reply::error(413, Code::InvalidArgument, &msg, &ctx.request_id);
             return self.write_reply(session, ctx, reply).await;
         };
         let reply = match bridge::decode_request(&route, encoding, body, &ctx.request_id) {
-            Ok(message) => bridge::call(&self.dispatcher, &route, message, response_encoding, &call_ctx).await,
+            Ok(message) => {
+                bridge::call(
+                    &self.dispatcher,
+                    &route,
+                    message,
+                    response_encoding,
+                    &call_ctx,
+                )
+                .await
+            }
             Err(reply) => reply,
         };
         self.write_reply(session, ctx, reply).await
@@ -159,12 +184,19 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = request_id::accept_or_generate(req.headers.get(request_id::HEADER).map(|v| v.as_bytes()));
+        ctx.request_id = request_id::accept_or_generate(
+            req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+        );
         let table = self.routes.load();
         if is_grpc(req) {
             let Some(route) = table.match_grpc(req.uri.path()).cloned() else {
-                self.write_grpc_status(session, ctx, Code::Unimplemented, "no route for this gRPC method")
-                    .await?;
+                self.write_grpc_status(
+                    session,
+                    ctx,
+                    Code::Unimplemented,
+                    "no route for this gRPC method",
+                )
+                .await?;
                 return Ok(true);
             };
             ctx.route = Some(route);
@@ -181,7 +213,11 @@ impl ProxyHttp for EdgeProxy {
                     RouteMiss::NotFound => (404, "no route for this path"),
                     RouteMiss::MethodNotAllowed => (405, "method not allowed on this path"),
                 };
-                let code = if status == 404 { Code::NotFound } else { Code::Unimplemented };
+                let code = if status == 404 {
+                    Code::NotFound
+                } else {
+                    Code::Unimplemented
+                };
                 let reply = Reply::error(status, code, message, &ctx.request_id);
                 self.write_reply(session, ctx, reply).await?;
             }
@@ -189,8 +225,15 @@ impl ProxyHttp for EdgeProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = ctx.route.as_ref().expect("only routed gRPC requests reach upstream_peer");
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .expect("only routed gRPC requests reach upstream_peer");
         let upstream = &route.upstream;
         let key = ctx.request_id.as_bytes();
         let Some(endpoint) = upstream.select(key, &ctx.tried) else {
@@ -206,23 +249,40 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(route) = &ctx.route {
             let upstream = &route.upstream;
             if let Some((state, _)) = ctx.attempt.take() {
                 state.connect_failed(upstream.health_check.is_some());
             }
-            self.metrics.upstream_failures.with_label_values(&[&upstream.name, "connect"]).inc();
+            self.metrics
+                .upstream_failures
+                .with_label_values(&[&upstream.name, "connect"])
+                .inc();
             tracing::warn!(upstream = %upstream.name, peer = %peer, request_id = %ctx.request_id, error = %e, "pass-through connect failed");
             if ctx.tried.len() <= upstream.retries as usize {
-                self.metrics.retries.with_label_values(&[&upstream.name]).inc();
+                self.metrics
+                    .retries
+                    .with_label_values(&[&upstream.name])
+                    .inc();
                 e.set_retry(true);
             }
         }
         e
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         for h in IDENTITY_HEADERS {
             upstream_request.remove_header(h);
         }
@@ -230,12 +290,22 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let passthrough = ctx
             .route
             .as_ref()
@@ -255,7 +325,12 @@ impl ProxyHttp for EdgeProxy {
                 ErrorType::HTTPStatus(s) => *s,
                 _ => 502,
             };
-            let reply = Reply::error(status, Code::Unavailable, "upstream failure", &ctx.request_id);
+            let reply = Reply::error(
+                status,
+                Code::Unavailable,
+                "upstream failure",
+                &ctx.request_id,
+            );
             if let Err(err) = self.write_reply(session, ctx, reply).await {
                 tracing::debug!(error = %err, "could not write error reply");
             }
@@ -276,7 +351,10 @@ impl ProxyHttp for EdgeProxy {
             .unwrap_or(0);
         let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
         let status = status.to_string();
-        self.metrics.requests.with_label_values(&[route, &status]).inc();
+        self.metrics
+            .requests
+            .with_label_values(&[route, &status])
+            .inc();
         self.metrics
             .latency
             .with_label_values(&[route])

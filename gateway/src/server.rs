@@ -40,7 +40,11 @@ impl Gateway {
             routes: routes_path.clone(),
             descriptors: config.descriptors.clone(),
         };
-        let routes = Arc::new(RouteStore::open(source, HealthRegistry::default(), metrics.clone())?);
+        let routes = Arc::new(RouteStore::open(
+            source,
+            HealthRegistry::default(),
+            metrics.clone(),
+        )?);
         Ok(Self {
             dispatcher: Arc::new(Dispatcher::new(metrics.clone())),
             config,

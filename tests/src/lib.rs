@@ -38,7 +38,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
     }
 }
 
@@ -129,9 +132,11 @@ impl EchoProcess {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn echo backend");
-        wait_for("echo backend to listen", Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(addr).await.ok().map(drop)
-        })
+        wait_for(
+            "echo backend to listen",
+            Duration::from_secs(20),
+            || async move { tokio::net::TcpStream::connect(addr).await.ok().map(drop) },
+        )
         .await;
         Self { addr, child }
     }
@@ -175,7 +180,8 @@ impl TestGateway {
         cfg.reload.watch = false;
         cfg.reload.debounce = im_gateway::config::units::HumanDuration(Duration::from_millis(50));
         cfg.shutdown.grace_period = im_gateway::config::units::HumanDuration(Duration::ZERO);
-        cfg.shutdown.graceful_timeout = im_gateway::config::units::HumanDuration(Duration::from_secs(1));
+        cfg.shutdown.graceful_timeout =
+            im_gateway::config::units::HumanDuration(Duration::from_secs(1));
         tweak(&mut cfg);
         let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
         let gateway = Gateway::build(cfg, routes_path.clone()).expect("routes are valid");
@@ -231,7 +237,10 @@ impl TestGateway {
             .expect("admin reachable");
         let status = resp.status().as_u16();
         let body = resp.bytes().await.expect("body");
-        (status, serde_json::from_slice(&body).expect("reload answers JSON"))
+        (
+            status,
+            serde_json::from_slice(&body).expect("reload answers JSON"),
+        )
     }
 
     pub async fn metrics(&self) -> String {

@@ -26,7 +26,12 @@ impl Encoding {
         let Some(ct) = content_type else {
             return Some(Self::Json);
         };
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match mime.as_str() {
             "application/json" | "text/json" => Some(Self::Json),
             "application/x-protobuf" | "application/protobuf" | "application/octet-stream" => {
@@ -79,7 +84,9 @@ impl Reply {
         Self {
             status,
             content_type: CONTENT_TYPE_JSON,
-            body: serde_json::to_vec(&body).expect("json value renders").into(),
+            body: serde_json::to_vec(&body)
+                .expect("json value renders")
+                .into(),
         }
     }
 }
@@ -139,7 +146,12 @@ fn render(route: &Route, bytes: Bytes, encoding: Encoding, request_id: &str) -> 
             },
             Err(e) => {
                 tracing::error!(route = %route.name, request_id, error = %e, "backend reply does not match the descriptor set");
-                Reply::error(502, Code::Internal, "upstream sent an invalid reply", request_id)
+                Reply::error(
+                    502,
+                    Code::Internal,
+                    "upstream sent an invalid reply",
+                    request_id,
+                )
             }
         },
     }
@@ -165,7 +177,10 @@ mod tests {
             Encoding::of_accept(Some("text/html, application/x-protobuf"), Encoding::Json),
             Encoding::Proto
         );
-        assert_eq!(Encoding::of_accept(Some("*/*"), Encoding::Proto), Encoding::Proto);
+        assert_eq!(
+            Encoding::of_accept(Some("*/*"), Encoding::Proto),
+            Encoding::Proto
+        );
     }
 
     #[test]

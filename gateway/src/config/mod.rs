@@ -123,7 +123,10 @@ impl GatewayConfig {
         })?;
         let mut cfg = Self::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.routes, &mut cfg.descriptors].into_iter().flatten() {
+        for p in [&mut cfg.routes, &mut cfg.descriptors]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -29,14 +29,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        "" => return Err(format!("`{text}` has no unit; write e.g. `{text}s` or `{text}ms`")),
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit; write e.g. `{text}s` or `{text}ms`"
+            ))
+        }
         other => {
             return Err(format!(
                 "`{text}` has unknown unit `{other}`; use ms, s, m or h"
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -114,7 +118,9 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert!(parse_duration("2").unwrap_err().contains("no unit"));
-        assert!(parse_duration("2 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("2 fortnights")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("fast").is_err());
     }
 
@@ -124,6 +130,8 @@ mod tests {
         assert_eq!(parse_size("64KiB").unwrap(), 64 * 1024);
         assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
         assert!(parse_size("4 parsecs").is_err());
-        assert!(parse_size("99999999999GiB").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999GiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

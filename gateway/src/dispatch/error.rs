@@ -191,7 +191,10 @@ mod tests {
             (Code::Internal, 500),
             (Code::DataLoss, 500),
         ] {
-            assert_eq!(DispatchError::Status(Status::new(code, "x")).http_status(), http);
+            assert_eq!(
+                DispatchError::Status(Status::new(code, "x")).http_status(),
+                http
+            );
         }
     }
 

@@ -32,7 +32,10 @@ pub struct CallContext {
 impl CallContext {
     /// The consistent-hash key: the user id, else the request id (spreads anonymous calls).
     pub fn hash_key(&self) -> &[u8] {
-        self.user_id.as_deref().unwrap_or(&self.request_id).as_bytes()
+        self.user_id
+            .as_deref()
+            .unwrap_or(&self.request_id)
+            .as_bytes()
     }
 
     fn metadata(&self) -> MetadataMap {
@@ -90,7 +93,10 @@ impl Dispatcher {
             };
             tried.push(endpoint.addr);
             if attempt > 0 {
-                self.metrics.retries.with_label_values(&[&upstream.name]).inc();
+                self.metrics
+                    .retries
+                    .with_label_values(&[&upstream.name])
+                    .inc();
             }
             let _inflight = endpoint.state.begin();
             let result = self
@@ -101,7 +107,9 @@ impl Dispatcher {
                 Err((err, failure)) => {
                     let kind = match failure {
                         AttemptFailure::Connect => {
-                            endpoint.state.connect_failed(upstream.health_check.is_some());
+                            endpoint
+                                .state
+                                .connect_failed(upstream.health_check.is_some());
                             "connect"
                         }
                         AttemptFailure::Refused => "refused",
@@ -125,9 +133,11 @@ impl Dispatcher {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| DispatchError::NoHealthyEndpoint {
-            upstream: upstream.name.clone(),
-        }))
+        Err(
+            last_error.unwrap_or_else(|| DispatchError::NoHealthyEndpoint {
+                upstream: upstream.name.clone(),
+            }),
+        )
     }
 
     async fn attempt(
@@ -145,7 +155,9 @@ impl Dispatcher {
         *request.metadata_mut() = ctx.metadata();
         request.set_timeout(upstream.timeout);
         let call = async {
-            grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             grpc.unary(request, path, PassThroughCodec).await
         };
         match tokio::time::timeout(upstream.timeout, call).await {

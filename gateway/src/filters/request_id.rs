@@ -16,8 +16,7 @@ pub fn accept_or_generate(client: Option<&[u8]>) -> String {
 pub fn is_sane(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 64
-        && v
-            .iter()
+        && v.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
@@ -33,7 +32,13 @@ mod tests {
     #[test]
     fn keeps_sane_ids_only() {
         assert_eq!(accept_or_generate(Some(b"abc-1.2_3")), "abc-1.2_3");
-        for bad in [&b""[..], b"has space", b"semi;colon", &[b'a'; 65][..], b"\xff"] {
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"semi;colon",
+            &[b'a'; 65][..],
+            b"\xff",
+        ] {
             let id = accept_or_generate(Some(bad));
             assert_eq!(id.len(), 32, "{bad:?}");
             assert!(is_sane(id.as_bytes()));

@@ -26,7 +26,8 @@ impl RouteSource {
     pub fn build(&self, health: &HealthRegistry) -> Result<RouteTable, RoutesError> {
         let text = std::fs::read_to_string(&self.routes)
             .map_err(|e| RoutesError::Io(format!("cannot read {}: {e}", self.routes.display())))?;
-        let (pool, bytes) = descriptors::load(self.descriptors.as_deref()).map_err(RoutesError::Io)?;
+        let (pool, bytes) =
+            descriptors::load(self.descriptors.as_deref()).map_err(RoutesError::Io)?;
         RouteTable::build(&text, pool, &bytes, health)
     }
 }

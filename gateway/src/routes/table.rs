@@ -11,9 +11,7 @@ use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 use sha2::{Digest, Sha256};
 
-use super::file::{
-    AuthMode, EndpointSpec, RateLimitSpec, RouteSpec, RoutesFile, UpstreamSpec,
-};
+use super::file::{AuthMode, EndpointSpec, RateLimitSpec, RouteSpec, RoutesFile, UpstreamSpec};
 use crate::upstream::{Endpoint, HealthCheck, HealthRegistry, Upstream};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,7 +32,11 @@ pub struct RouteError {
 
 impl fmt::Display for RouteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: field `{}`: {}", self.place, self.field, self.message)
+        write!(
+            f,
+            "{}: field `{}`: {}",
+            self.place, self.field, self.message
+        )
     }
 }
 
@@ -137,7 +139,10 @@ impl RouteTable {
                 message,
             };
             if !names.insert(spec.name.clone()) {
-                errors.push(err("name", "is used by another route; names must be unique".into()));
+                errors.push(err(
+                    "name",
+                    "is used by another route; names must be unique".into(),
+                ));
                 continue;
             }
             match table.build_route(spec, &file) {
@@ -184,14 +189,20 @@ impl RouteTable {
             let method = match http::Method::from_bytes(h.method.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => m,
                 Err(_) => {
-                    err("http.method", format!("`{}` is not an HTTP method", h.method));
+                    err(
+                        "http.method",
+                        format!("`{}` is not an HTTP method", h.method),
+                    );
                     return None;
                 }
             };
             if !h.path.starts_with('/') || h.path.contains(['?', '#', ' ']) {
                 err(
                     "http.path",
-                    format!("`{}` must be an absolute path like `/service/user/login`, without query", h.path),
+                    format!(
+                        "`{}` must be an absolute path like `/service/user/login`, without query",
+                        h.path
+                    ),
                 );
                 return None;
             }
@@ -203,7 +214,11 @@ impl RouteTable {
 
         let target = match (&spec.grpc, &spec.grpc_service) {
             (Some(_), Some(_)) => {
-                err("grpc_service", "a route has either `grpc` (bridge) or `grpc_service` (pass-through), not both".into());
+                err(
+                    "grpc_service",
+                    "a route has either `grpc` (bridge) or `grpc_service` (pass-through), not both"
+                        .into(),
+                );
                 None
             }
             (None, None) => {
@@ -212,7 +227,10 @@ impl RouteTable {
             }
             (Some(target), None) => {
                 if spec.http.is_none() && spec.cmd.is_none() {
-                    err("http", "a bridge route needs `http: {method, path}` and/or `cmd`".into());
+                    err(
+                        "http",
+                        "a bridge route needs `http: {method, path}` and/or `cmd`".into(),
+                    );
                 }
                 match self.resolve_method(target) {
                     Ok(method) => Some(RouteTarget::Unary {
@@ -232,7 +250,10 @@ impl RouteTable {
             }
             (None, Some(service)) => {
                 if spec.http.is_some() || spec.cmd.is_some() {
-                    err("grpc_service", "pass-through routes match by gRPC path; remove `http` and `cmd`".into());
+                    err(
+                        "grpc_service",
+                        "pass-through routes match by gRPC path; remove `http` and `cmd`".into(),
+                    );
                 }
                 if self.descriptors.get_service_by_name(service).is_none() {
                     err(
@@ -247,9 +268,15 @@ impl RouteTable {
         };
 
         if spec.auth == AuthMode::None && !spec.roles.is_empty() {
-            err("roles", "roles need an authenticated caller; remove them or set `auth: required`".into());
+            err(
+                "roles",
+                "roles need an authenticated caller; remove them or set `auth: required`".into(),
+            );
         }
-        let rate_limit = spec.rate_limit.clone().or_else(|| file.defaults.rate_limit.clone());
+        let rate_limit = spec
+            .rate_limit
+            .clone()
+            .or_else(|| file.defaults.rate_limit.clone());
         if let Some(rl) = &spec.rate_limit {
             if let Err(m) = check_rate_limit(rl) {
                 err("rate_limit", m);
@@ -260,10 +287,17 @@ impl RouteTable {
             .or(file.defaults.max_body)
             .map_or(DEFAULT_MAX_BODY, |b| b.0);
         if max_body == 0 || max_body > MAX_MESSAGE_CEILING {
-            err("max_body", format!("must be between 1 byte and {}MiB", MAX_MESSAGE_CEILING >> 20));
+            err(
+                "max_body",
+                format!(
+                    "must be between 1 byte and {}MiB",
+                    MAX_MESSAGE_CEILING >> 20
+                ),
+            );
         }
         if let Some(up) = &upstream {
-            if matches!(target, Some(RouteTarget::Unary { .. })) && max_body > up.max_message as u64 {
+            if matches!(target, Some(RouteTarget::Unary { .. })) && max_body > up.max_message as u64
+            {
                 err(
                     "max_body",
                     format!(
@@ -290,9 +324,10 @@ impl RouteTable {
     }
 
     fn resolve_method(&self, target: &str) -> Result<MethodDescriptor, String> {
-        let (service, method) = target.trim_start_matches('/').split_once('/').ok_or_else(|| {
-            format!("`{target}` must look like `package.Service/Method`")
-        })?;
+        let (service, method) = target
+            .trim_start_matches('/')
+            .split_once('/')
+            .ok_or_else(|| format!("`{target}` must look like `package.Service/Method`"))?;
         let svc = self.descriptors.get_service_by_name(service).ok_or_else(|| {
             format!("service `{service}` is not in the descriptor set; check the name or load a descriptor set that has it")
         })?;
@@ -321,18 +356,30 @@ impl RouteTable {
             if let Some((_, other)) = methods.iter().find(|(m, _)| *m == h.method) {
                 return Err(dup(
                     "http.path",
-                    format!("{} {} is already routed by `{}`; each method+path maps to one route", h.method, h.path, other.name),
+                    format!(
+                        "{} {} is already routed by `{}`; each method+path maps to one route",
+                        h.method, h.path, other.name
+                    ),
                 ));
             }
         }
         if let Some(cmd) = route.cmd {
             if let Some(other) = self.by_cmd.get(&cmd) {
-                return Err(dup("cmd", format!("{cmd} is already used by `{}`; cmd ids must be unique", other.name)));
+                return Err(dup(
+                    "cmd",
+                    format!(
+                        "{cmd} is already used by `{}`; cmd ids must be unique",
+                        other.name
+                    ),
+                ));
             }
         }
         if let RouteTarget::PassThrough { service } = &route.target {
             if let Some(other) = self.by_service.get(service) {
-                return Err(dup("grpc_service", format!("`{service}` is already passed through by `{}`", other.name)));
+                return Err(dup(
+                    "grpc_service",
+                    format!("`{service}` is already passed through by `{}`", other.name),
+                ));
             }
             self.by_service.insert(service.clone(), route.clone());
         }
@@ -408,10 +455,16 @@ fn build_upstream(
             err("health_check.interval", "must be at least 10ms".into());
         }
         if c.timeout.is_zero() || c.timeout > c.interval.max(Duration::from_millis(10)) * 10 {
-            err("health_check.timeout", "must be above zero and not far above the interval".into());
+            err(
+                "health_check.timeout",
+                "must be above zero and not far above the interval".into(),
+            );
         }
         if c.rise == 0 || c.fall == 0 {
-            err("health_check.rise", "rise and fall must be at least 1".into());
+            err(
+                "health_check.rise",
+                "rise and fall must be at least 1".into(),
+            );
         }
     }
     let mut seen = HashSet::new();
@@ -436,7 +489,10 @@ fn build_upstream(
                 weight,
                 state: health.state(a, check.is_some()),
             }),
-            Err(_) => err(&field, format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)")),
+            Err(_) => err(
+                &field,
+                format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)"),
+            ),
         }
     }
     let timeout = spec
@@ -448,14 +504,23 @@ fn build_upstream(
     }
     let retries = spec.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > 5 {
-        err("retries", "at most 5; retries only repeat attempts that never reached a backend".into());
+        err(
+            "retries",
+            "at most 5; retries only repeat attempts that never reached a backend".into(),
+        );
     }
     let max_message = spec
         .max_message
         .or(file.defaults.max_message)
         .map_or(DEFAULT_MAX_MESSAGE, |b| b.0);
     if max_message == 0 || max_message > MAX_MESSAGE_CEILING {
-        err("max_message", format!("must be between 1 byte and {}MiB", MAX_MESSAGE_CEILING >> 20));
+        err(
+            "max_message",
+            format!(
+                "must be between 1 byte and {}MiB",
+                MAX_MESSAGE_CEILING >> 20
+            ),
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -506,7 +571,12 @@ fn syntax_error(text: &str, e: &serde_yaml::Error) -> RoutesError {
         .and_then(|(idx, rest)| {
             let idx: usize = idx.parse().ok()?;
             let doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
-            let name = doc.get("routes")?.get(idx)?.get("name")?.as_str()?.to_owned();
+            let name = doc
+                .get("routes")?
+                .get(idx)?
+                .get("name")?
+                .as_str()?
+                .to_owned();
             Some(format!("route `{name}` (routes[{idx}]){rest}"))
         });
     RoutesError::Syntax(named.unwrap_or(msg))
@@ -556,9 +626,15 @@ routes:
             t.match_http(&http::Method::GET, "/service/echo").err(),
             Some(RouteMiss::MethodNotAllowed)
         );
-        assert_eq!(t.match_http(&http::Method::POST, "/nope").err(), Some(RouteMiss::NotFound));
+        assert_eq!(
+            t.match_http(&http::Method::POST, "/nope").err(),
+            Some(RouteMiss::NotFound)
+        );
         assert_eq!(t.match_cmd(7).unwrap().name, "echo");
-        assert_eq!(t.match_grpc("/im.echo.v1.EchoService/Echo").unwrap().name, "echo_grpc");
+        assert_eq!(
+            t.match_grpc("/im.echo.v1.EchoService/Echo").unwrap().name,
+            "echo_grpc"
+        );
         assert!(t.match_grpc("/other.Svc/X").is_none());
         let up = &t.upstreams["echo"];
         assert_eq!(up.timeout, Duration::from_secs(2));
@@ -574,7 +650,10 @@ routes:
     #[test]
     fn undefined_upstream() {
         let e = errors(&BASE.replace("upstream: echo\n    grpc:", "upstream: nope\n    grpc:"));
-        assert!(e.contains("route `echo`: field `upstream`: `nope` is not defined"), "{e}");
+        assert!(
+            e.contains("route `echo`: field `upstream`: `nope` is not defined"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -596,27 +675,42 @@ routes:
     grpc: im.echo.v1.EchoService/Echo
 "#;
         let e = errors(&dup_cmd);
-        assert!(e.contains("route `echo2`: field `cmd`: 7 is already used by `echo`"), "{e}");
+        assert!(
+            e.contains("route `echo2`: field `cmd`: 7 is already used by `echo`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_duration() {
         let e = errors(&BASE.replace("timeout: 2s", "timeout: 2 parsecs"));
-        assert!(e.contains("upstreams.echo.timeout") && e.contains("unknown unit"), "{e}");
+        assert!(
+            e.contains("upstreams.echo.timeout") && e.contains("unknown unit"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_method() {
         let e = errors(&BASE.replace("EchoService/Echo", "EchoService/Shout"));
-        assert!(e.contains("route `echo`: field `grpc`: method `Shout`"), "{e}");
-        let e = errors(&BASE.replace("grpc_service: im.echo.v1.EchoService", "grpc_service: im.nope.v1.X"));
+        assert!(
+            e.contains("route `echo`: field `grpc`: method `Shout`"),
+            "{e}"
+        );
+        let e = errors(&BASE.replace(
+            "grpc_service: im.echo.v1.EchoService",
+            "grpc_service: im.nope.v1.X",
+        ));
         assert!(e.contains("route `echo_grpc`: field `grpc_service`"), "{e}");
     }
 
     #[test]
     fn max_body_must_fit_max_message() {
         let e = errors(&BASE.replace("auth: none", "auth: none\n    max_body: 8MiB"));
-        assert!(e.contains("field `max_body`") && e.contains("max_message"), "{e}");
+        assert!(
+            e.contains("field `max_body`") && e.contains("max_message"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,7 +20,12 @@ pub struct ChannelCache {
 impl ChannelCache {
     /// The channel of `addr`, created on first use. Must run inside a tokio runtime.
     pub fn get(&self, addr: SocketAddr) -> Channel {
-        if let Some(ch) = self.channels.read().expect("channel cache poisoned").get(&addr) {
+        if let Some(ch) = self
+            .channels
+            .read()
+            .expect("channel cache poisoned")
+            .get(&addr)
+        {
             return ch.clone();
         }
         let mut map = self.channels.write().expect("channel cache poisoned");

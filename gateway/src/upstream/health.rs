@@ -204,11 +204,9 @@ impl HealthSupervisor {
             keep
         });
         for (addr, check, state) in wanted {
-            let key = (addr, check.clone());
-            if !self.tasks.contains_key(&key) {
-                self.tasks
-                    .insert(key, tokio::spawn(run_checker(addr, check, state)));
-            }
+            self.tasks
+                .entry((addr, check.clone()))
+                .or_insert_with(|| tokio::spawn(run_checker(addr, check, state)));
         }
     }
 }

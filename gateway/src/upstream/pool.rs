@@ -119,7 +119,8 @@ impl Upstream {
                         let a = candidates[rng.gen_range(0..n)];
                         let b = candidates[rng.gen_range(0..n)];
                         // Weight scales capacity: compare in-flight per unit of weight.
-                        let load = |e: &Endpoint| e.state.inflight() as u64 * 1000 / e.weight as u64;
+                        let load =
+                            |e: &Endpoint| e.state.inflight() as u64 * 1000 / e.weight as u64;
                         Some(if load(b) < load(a) { b } else { a })
                     }
                 };
@@ -154,7 +155,15 @@ mod tests {
                 }
             })
             .collect();
-        Upstream::new("p".into(), endpoints, lb, None, Duration::from_secs(1), 1, 1 << 20)
+        Upstream::new(
+            "p".into(),
+            endpoints,
+            lb,
+            None,
+            Duration::from_secs(1),
+            1,
+            1 << 20,
+        )
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! HTTP -> gRPC bridge: both encodings round-trip, and every error row of DESIGN §4.
 
 use im_proto::im::echo::v1::{EchoReply, EchoRequest};
-use im_tests::{echo_routes, loopback, free_port, EchoBackend, TestGateway};
+use im_tests::{echo_routes, free_port, loopback, EchoBackend, TestGateway};
 use prost::Message;
 use serde_json::{json, Value};
 
-async fn post(gw: &TestGateway, path: &str, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn post(
+    gw: &TestGateway,
+    path: &str,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = reqwest::Client::new()
         .post(gw.url(path))
         .header("content-type", "application/json")
@@ -16,7 +20,8 @@ async fn post(gw: &TestGateway, path: &str, body: Value) -> (u16, reqwest::heade
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.bytes().await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
     (status, headers, value)
 }
 
@@ -24,7 +29,12 @@ async fn post(gw: &TestGateway, path: &str, body: Value) -> (u16, reqwest::heade
 async fn json_round_trip_uses_proto_names_and_defaults() {
     let backend = EchoBackend::start().await;
     let gw = TestGateway::start(&echo_routes(&[backend.addr], "")).await;
-    let (status, headers, body) = post(&gw, "/service/echo", json!({"text": "你好", "number": "42", "replyPadding": 0})).await;
+    let (status, headers, body) = post(
+        &gw,
+        "/service/echo",
+        json!({"text": "你好", "number": "42", "replyPadding": 0}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["x-request-id"].len(), 32);
@@ -32,8 +42,15 @@ async fn json_round_trip_uses_proto_names_and_defaults() {
     assert_eq!(body["number"], "42", "64-bit integers are strings");
     assert_eq!(body["flag"], false, "defaults are included");
     assert_eq!(body["tags"], json!([]));
-    assert_eq!(body["served_by"], backend.addr.to_string(), "proto field names");
-    assert_eq!(body["metadata"]["x-request-id"], headers["x-request-id"].to_str().unwrap());
+    assert_eq!(
+        body["served_by"],
+        backend.addr.to_string(),
+        "proto field names"
+    );
+    assert_eq!(
+        body["metadata"]["x-request-id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +58,13 @@ async fn protobuf_round_trip_and_accept() {
     let backend = EchoBackend::start().await;
     let gw = TestGateway::start(&echo_routes(&[backend.addr], "")).await;
     let client = reqwest::Client::new();
-    let req = EchoRequest { text: "bin".into(), number: -7, tags: vec!["a".into()], flag: true, ..Default::default() };
+    let req = EchoRequest {
+        text: "bin".into(),
+        number: -7,
+        tags: vec!["a".into()],
+        flag: true,
+        ..Default::default()
+    };
     let resp = client
         .post(gw.url("/service/echo"))
         .header("content-type", "application/x-protobuf")
@@ -52,7 +75,10 @@ async fn protobuf_round_trip_and_accept() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-protobuf");
     let reply = EchoReply::decode(resp.bytes().await.unwrap()).unwrap();
-    assert_eq!((reply.text.as_str(), reply.number, reply.flag), ("bin", -7, true));
+    assert_eq!(
+        (reply.text.as_str(), reply.number, reply.flag),
+        ("bin", -7, true)
+    );
     assert_eq!(reply.tags, vec!["a".to_string()]);
 
     // JSON in, protobuf out through Accept.
@@ -65,7 +91,10 @@ async fn protobuf_round_trip_and_accept() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "application/x-protobuf");
-    assert_eq!(EchoReply::decode(resp.bytes().await.unwrap()).unwrap().text, "mixed");
+    assert_eq!(
+        EchoReply::decode(resp.bytes().await.unwrap()).unwrap().text,
+        "mixed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,14 +113,27 @@ async fn backend_statuses_map_like_grpc_gateway() {
         (13, 500, "INTERNAL"),
         (2, 500, "UNKNOWN"),
     ] {
-        let (status, headers, body) =
-            post(&gw, "/service/echo", json!({"fail_code": code, "fail_message": "secret detail"})).await;
+        let (status, headers, body) = post(
+            &gw,
+            "/service/echo",
+            json!({"fail_code": code, "fail_message": "secret detail"}),
+        )
+        .await;
         assert_eq!(status, http, "code {code}: {body}");
         assert_eq!(body["code"], name);
-        assert_eq!(body["request_id"], headers["x-request-id"].to_str().unwrap());
-        assert!(headers.get("retry-after").is_none(), "Retry-After only on rate-limit 429s");
+        assert_eq!(
+            body["request_id"],
+            headers["x-request-id"].to_str().unwrap()
+        );
+        assert!(
+            headers.get("retry-after").is_none(),
+            "Retry-After only on rate-limit 429s"
+        );
         if http == 500 {
-            assert_eq!(body["message"], "internal error", "internal details never leak");
+            assert_eq!(
+                body["message"], "internal error",
+                "internal details never leak"
+            );
         } else {
             assert_eq!(body["message"], "secret detail");
         }
@@ -183,9 +225,17 @@ routes:
     );
     let gw = TestGateway::start(&routes).await;
     let (status, _, body) = post(&gw, "/slow", json!({"delay_ms": 2000})).await;
-    assert_eq!((status, body["code"].as_str()), (504, Some("DEADLINE_EXCEEDED")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (504, Some("DEADLINE_EXCEEDED")),
+        "{body}"
+    );
     let (status, _, body) = post(&gw, "/refused", json!({})).await;
-    assert_eq!((status, body["code"].as_str()), (502, Some("UNAVAILABLE")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (502, Some("UNAVAILABLE")),
+        "{body}"
+    );
     let (status, _, body) = post(&gw, "/unhealthy", json!({})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["message"], "no healthy upstream");
@@ -212,7 +262,10 @@ async fn identity_headers_are_stripped_and_request_ids_kept_when_sane() {
     let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     assert_eq!(body["metadata"]["x-request-id"], "client-id.1_2");
     for forged in ["x-user-id", "x-device-id", "x-platform"] {
-        assert!(body["metadata"].get(forged).is_none(), "{forged} reached the backend: {body}");
+        assert!(
+            body["metadata"].get(forged).is_none(),
+            "{forged} reached the backend: {body}"
+        );
     }
     let resp = send("bad id; drop table").await.unwrap();
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();

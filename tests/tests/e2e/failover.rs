@@ -42,7 +42,12 @@ async fn sigkill_one_backend_under_load() {
     let client = reqwest::Client::new();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
-            let (stop, outcomes, client, url) = (stop.clone(), outcomes.clone(), client.clone(), gw.url("/service/echo"));
+            let (stop, outcomes, client, url) = (
+                stop.clone(),
+                outcomes.clone(),
+                client.clone(),
+                gw.url("/service/echo"),
+            );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
@@ -55,12 +60,18 @@ async fn sigkill_one_backend_under_load() {
                     let (status, served_by) = match resp {
                         Ok(r) => {
                             let status = r.status().as_u16();
-                            let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+                            let body: Value =
+                                serde_json::from_slice(&r.bytes().await.unwrap_or_default())
+                                    .unwrap_or(Value::Null);
                             (status, body["served_by"].as_str().unwrap_or("").to_owned())
                         }
                         Err(_) => (0, String::new()),
                     };
-                    outcomes.lock().unwrap().push(Outcome { started, status, served_by });
+                    outcomes.lock().unwrap().push(Outcome {
+                        started,
+                        status,
+                        served_by,
+                    });
                 }
             })
         })
@@ -71,7 +82,10 @@ async fn sigkill_one_backend_under_load() {
         let outcomes = outcomes.clone();
         async move {
             let o = outcomes.lock().unwrap();
-            let on_a = o.iter().filter(|x| x.served_by == addr_a.to_string()).count();
+            let on_a = o
+                .iter()
+                .filter(|x| x.served_by == addr_a.to_string())
+                .count();
             (on_a > 20 && o.len() > 60).then_some(())
         }
     })
@@ -85,7 +99,11 @@ async fn sigkill_one_backend_under_load() {
     })
     .await;
     let limit = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
-    assert!(marked - killed <= limit, "unhealthy after {:?}, limit {limit:?}", marked - killed);
+    assert!(
+        marked - killed <= limit,
+        "unhealthy after {:?}, limit {limit:?}",
+        marked - killed
+    );
 
     // Keep the load on the survivor for a while, then bring A back.
     let served_after_kill = outcomes.lock().unwrap().len();
@@ -95,17 +113,23 @@ async fn sigkill_one_backend_under_load() {
     })
     .await;
     let a = EchoProcess::start(EXE, addr_a).await;
-    wait_for("A to rejoin after rise checks", Duration::from_secs(10), || {
-        let gw = gw.clone();
-        async move { (gw.endpoint_health("echo", addr_a).await == "healthy").then_some(()) }
-    })
+    wait_for(
+        "A to rejoin after rise checks",
+        Duration::from_secs(10),
+        || {
+            let gw = gw.clone();
+            async move { (gw.endpoint_health("echo", addr_a).await == "healthy").then_some(()) }
+        },
+    )
     .await;
     let rejoined = Instant::now();
     wait_for("traffic on A again", Duration::from_secs(10), || {
         let outcomes = outcomes.clone();
         async move {
             let o = outcomes.lock().unwrap();
-            o.iter().any(|x| x.started > rejoined && x.served_by == addr_a.to_string()).then_some(())
+            o.iter()
+                .any(|x| x.started > rejoined && x.served_by == addr_a.to_string())
+                .then_some(())
         }
     })
     .await;
@@ -116,11 +140,30 @@ async fn sigkill_one_backend_under_load() {
 
     let outcomes = outcomes.lock().unwrap();
     let after: Vec<_> = outcomes.iter().filter(|o| o.started >= killed).collect();
-    let failed_after: Vec<_> = after.iter().filter(|o| o.status != 200).map(|o| o.status).collect();
-    assert!(failed_after.is_empty(), "{} of {} requests started after the kill failed: {failed_after:?}", failed_after.len(), after.len());
-    let failed_before: Vec<u16> = outcomes.iter().filter(|o| o.started < killed && o.status != 200).map(|o| o.status).collect();
-    assert!(failed_before.len() <= WORKERS, "more failures than attempts in flight: {failed_before:?}");
-    assert!(failed_before.iter().all(|s| [502, 503].contains(s)), "{failed_before:?}");
+    let failed_after: Vec<_> = after
+        .iter()
+        .filter(|o| o.status != 200)
+        .map(|o| o.status)
+        .collect();
+    assert!(
+        failed_after.is_empty(),
+        "{} of {} requests started after the kill failed: {failed_after:?}",
+        failed_after.len(),
+        after.len()
+    );
+    let failed_before: Vec<u16> = outcomes
+        .iter()
+        .filter(|o| o.started < killed && o.status != 200)
+        .map(|o| o.status)
+        .collect();
+    assert!(
+        failed_before.len() <= WORKERS,
+        "more failures than attempts in flight: {failed_before:?}"
+    );
+    assert!(
+        failed_before.iter().all(|s| [502, 503].contains(s)),
+        "{failed_before:?}"
+    );
     eprintln!(
         "failover: {} requests, {} after the kill, {} failed before it ({failed_before:?}), unhealthy after {:?}",
         outcomes.len(),

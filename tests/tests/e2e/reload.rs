@@ -16,7 +16,10 @@ async fn echo(client: &reqwest::Client, gw: &TestGateway, body: &str) -> (u16, V
         .await
         .expect("gateway reachable");
     let status = resp.status().as_u16();
-    (status, serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,14 +44,30 @@ async fn broken_files_are_rejected_whole_and_the_old_table_keeps_serving() {
         gw.write_routes(&text);
         let (status, body) = gw.reload().await;
         assert_eq!(status, 422, "{file}: {body}");
-        assert!(body["error"].as_str().unwrap().contains(needle), "{file}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{file}: {body}"
+        );
         let routes = gw.admin_json("/admin/routes").await;
-        assert_eq!(routes["version"], version, "{file} changed the active table");
-        assert!(routes["last_error"].as_str().unwrap().contains(needle), "{file}: {routes}");
+        assert_eq!(
+            routes["version"], version,
+            "{file} changed the active table"
+        );
+        assert!(
+            routes["last_error"].as_str().unwrap().contains(needle),
+            "{file}: {routes}"
+        );
         let (status, body) = echo(&client, &gw, r#"{"text":"still here"}"#).await;
-        assert_eq!((status, body["served_by"].as_str()), (200, Some(backend.addr.to_string().as_str())), "{file}");
+        assert_eq!(
+            (status, body["served_by"].as_str()),
+            (200, Some(backend.addr.to_string().as_str())),
+            "{file}"
+        );
     }
-    assert!(gw.metrics().await.contains(r#"im_gateway_route_reloads_total{result="error"} 6"#));
+    assert!(gw
+        .metrics()
+        .await
+        .contains(r#"im_gateway_route_reloads_total{result="error"} 6"#));
 
     // A good file clears the error.
     gw.write_routes(&good.replace("max_body: 64KiB", "max_body: 32KiB"));
@@ -64,7 +83,10 @@ async fn reload_under_load_drops_nothing_and_switches_upstream() {
     let a = EchoBackend::start().await;
     let b = EchoBackend::start().await;
     let gw = TestGateway::start(&echo_routes(&[a.addr], "    timeout: 5s")).await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .build()
+        .unwrap();
 
     // ~2,000 requests in flight on the route, each held 1.5 s by the backend.
     const IN_FLIGHT: usize = 2000;
@@ -79,14 +101,18 @@ async fn reload_under_load_drops_nothing_and_switches_upstream() {
                 .await
                 .map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
-            let body: Value = serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?).unwrap_or(Value::Null);
+            let body: Value =
+                serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?)
+                    .unwrap_or(Value::Null);
             Ok::<_, String>((status, body))
         })
     }));
     let in_flight = tokio::spawn(in_flight);
-    wait_for("requests to be in flight", Duration::from_secs(30), || async {
-        (a.calls() >= IN_FLIGHT as u64 * 9 / 10).then_some(())
-    })
+    wait_for(
+        "requests to be in flight",
+        Duration::from_secs(30),
+        || async { (a.calls() >= IN_FLIGHT as u64 * 9 / 10).then_some(()) },
+    )
     .await;
 
     // Edit the route's upstream and timeouts while they are running.
@@ -95,31 +121,49 @@ async fn reload_under_load_drops_nothing_and_switches_upstream() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = echo(&client, &gw, "{}").await;
     assert_eq!(status, 200);
-    assert_eq!(body["served_by"], b.addr.to_string(), "new requests follow the new table");
+    assert_eq!(
+        body["served_by"],
+        b.addr.to_string(),
+        "new requests follow the new table"
+    );
 
     let results = in_flight.await.unwrap();
     let mut failures = Vec::new();
     for r in results {
         match r.unwrap() {
-            Ok((200, body)) => assert_eq!(body["served_by"], a.addr.to_string(), "in-flight requests finish on their snapshot"),
+            Ok((200, body)) => assert_eq!(
+                body["served_by"],
+                a.addr.to_string(),
+                "in-flight requests finish on their snapshot"
+            ),
             other => failures.push(format!("{other:?}")),
         }
     }
-    assert!(failures.is_empty(), "{} of {IN_FLIGHT} failed, e.g. {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of {IN_FLIGHT} failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_watcher_reloads_on_save() {
     let a = EchoBackend::start().await;
     let b = EchoBackend::start().await;
-    let gw = TestGateway::start_with(&echo_routes(&[a.addr], ""), |cfg| cfg.reload.watch = true).await;
+    let gw =
+        TestGateway::start_with(&echo_routes(&[a.addr], ""), |cfg| cfg.reload.watch = true).await;
     let before = gw.admin_json("/admin/routes").await["version"].clone();
     write_atomically(&gw.routes_path, &echo_routes(&[b.addr], ""));
     let client = reqwest::Client::new();
-    wait_for("the watcher to load the new file", Duration::from_secs(10), || async {
-        let v = gw.admin_json("/admin/routes").await["version"].clone();
-        (v != before).then_some(())
-    })
+    wait_for(
+        "the watcher to load the new file",
+        Duration::from_secs(10),
+        || async {
+            let v = gw.admin_json("/admin/routes").await["version"].clone();
+            (v != before).then_some(())
+        },
+    )
     .await;
     let (_, body) = echo(&client, &gw, "{}").await;
     assert_eq!(body["served_by"], b.addr.to_string());
