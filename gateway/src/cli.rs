@@ -116,9 +116,17 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
-            gateway.into_server(true).run(RunArgs::default());
-            ExitCode::SUCCESS
+            match gateway.into_server(true) {
+                Ok(server) => {
+                    tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
+                    server.run(RunArgs::default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("im-gateway: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -54,8 +55,9 @@ impl Gateway {
         })
     }
 
-    /// The Pingora server with the edge, admin and reloader services.
-    pub fn into_server(self, sighup: bool) -> Server {
+    /// The Pingora server with the edge, admin and reloader services. Fails only on TLS material
+    /// that does not load.
+    pub fn into_server(self, sighup: bool) -> Result<Server, String> {
         let cfg = &self.config;
         let conf = ServerConf {
             threads: cfg.threads,
@@ -81,7 +83,16 @@ impl Gateway {
             opts.h2c = true;
             app.server_options = Some(opts);
         }
-        edge.add_tcp(&cfg.listen.edge.to_string());
+        match &cfg.tls {
+            Some(tls) => {
+                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+                let mut settings = TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| format!("tls: cannot load {cert} / {key}: {e}"))?;
+                settings.enable_h2();
+                edge.add_tls_with_settings(&cfg.listen.edge.to_string(), None, settings);
+            }
+            None => edge.add_tcp(&cfg.listen.edge.to_string()),
+        }
 
         let mut admin = Service::new(
             "admin".to_owned(),
@@ -112,7 +123,7 @@ impl Gateway {
         server.add_service(edge);
         server.add_service(admin);
         server.add_service(reloader);
-        server
+        Ok(server)
     }
 }
 
@@ -140,11 +151,11 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    pub fn start(gateway: Gateway) -> Self {
+    pub fn start(gateway: Gateway) -> Result<Self, String> {
         let routes = gateway.routes.clone();
         let metrics = gateway.metrics.clone();
         let (stop, rx) = mpsc::channel(1);
-        let server = gateway.into_server(false);
+        let server = gateway.into_server(false)?;
         let thread = std::thread::Builder::new()
             .name("im-gateway".into())
             .spawn(move || {
@@ -153,12 +164,12 @@ impl RunningGateway {
                 })
             })
             .expect("spawn gateway thread");
-        Self {
+        Ok(Self {
             routes,
             metrics,
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Stops the server and waits for its thread.

@@ -185,7 +185,7 @@ impl TestGateway {
         tweak(&mut cfg);
         let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
         let gateway = Gateway::build(cfg, routes_path.clone()).expect("routes are valid");
-        let running = RunningGateway::start(gateway);
+        let running = RunningGateway::start(gateway).expect("gateway starts");
         let gw = Self {
             edge,
             admin,

@@ -22,6 +22,8 @@ pub struct GatewayConfig {
     pub routes: Option<PathBuf>,
     /// A `FileDescriptorSet` to use instead of the embedded one; reloaded with the routes.
     pub descriptors: Option<PathBuf>,
+    /// TLS on the edge listener (h2 and http/1.1 by ALPN). Without it the edge speaks h1 + h2c.
+    pub tls: Option<TlsFiles>,
     pub reload: Reload,
     pub shutdown: Shutdown,
 }
@@ -33,6 +35,15 @@ pub struct Listen {
     pub edge: SocketAddr,
     /// Metrics, health, route inspection and reload. Keep it on loopback.
     pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +73,7 @@ impl Default for GatewayConfig {
             threads: 2,
             routes: None,
             descriptors: None,
+            tls: None,
             reload: Reload::default(),
             shutdown: Shutdown::default(),
         }

@@ -5,3 +5,4 @@ mod check;
 mod failover;
 mod passthrough;
 mod reload;
+mod tls;

@@ -1,0 +1,140 @@
+//! `im-launcher`: the README's first command. Creates the dev secrets under `./data` (atomically,
+//! mode 0600, never logged), starts the backends and the gateway in one process on embedded
+//! defaults, prints the URLs, and stops everything on Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use im_gateway::config::GatewayConfig;
+use im_gateway::{Gateway, RunningGateway};
+use rand::RngCore;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "im-launcher",
+    version,
+    about = "Run the IM gateway and its backends on embedded defaults"
+)]
+struct Args {
+    /// Route table to serve.
+    #[arg(long, default_value = "routes.yaml")]
+    routes: PathBuf,
+    /// Gateway config; built-in defaults when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where dev secrets (and later, SQLite files) live.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Address of the backends (must match the endpoints in the routes file).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    backends: SocketAddr,
+}
+
+/// Creates `path` with `bytes` random bytes (hex) unless it exists: temp file, 0600, rename.
+fn ensure_secret(path: &Path, bytes: usize) -> std::io::Result<bool> {
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        return Ok(false);
+    }
+    let mut secret = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut secret);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(hex::encode(secret).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    im_gateway::cli::init_logging();
+
+    if let Err(e) = std::fs::create_dir_all(&args.data) {
+        eprintln!("im-launcher: cannot create {}: {e}", args.data.display());
+        return ExitCode::FAILURE;
+    }
+    for (name, len) in [("dev-jwt.key", 32), ("internal.token", 32)] {
+        let path = args.data.join(name);
+        match ensure_secret(&path, len) {
+            Ok(true) => tracing::info!(path = %path.display(), "created dev secret"),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("im-launcher: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    let cfg = match args.config.as_deref().map(GatewayConfig::load).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("im-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (stop_backends, backends_stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = match runtime.block_on(tokio::net::TcpListener::bind(args.backends)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "im-launcher: backends cannot listen on {}: {e}",
+                args.backends
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let backends = runtime.spawn(im_backends::echo::serve(
+        listener,
+        4 << 20,
+        Default::default(),
+        async {
+            let _ = backends_stopped.await;
+        },
+    ));
+
+    let gateway = match Gateway::build(cfg, args.routes.clone())
+        .map_err(|e| e.to_string())
+        .and_then(RunningGateway::start)
+    {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("im-launcher: {} rejected:\n{e}", args.routes.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("IM system running (Ctrl-C to stop)");
+    println!("  HTTP API      http://{edge}/service/...   e.g. curl -d '{{\"text\":\"hi\"}}' http://{edge}/service/echo");
+    println!("  admin         http://{admin}/admin/routes   /metrics   /readyz");
+    println!("  backends      {} (gRPC, h2c)", args.backends);
+
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    });
+    tracing::info!("stopping");
+    gateway.stop();
+    let _ = stop_backends.send(());
+    let _ = runtime.block_on(backends);
+    ExitCode::SUCCESS
+}
