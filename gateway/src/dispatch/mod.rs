@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::Status;
+use tracing::Instrument;
 
 pub use codec::PassThroughCodec;
 pub use error::{code_name, http_status_of, AttemptFailure, DispatchError, TransportFailure};
@@ -74,8 +76,23 @@ impl Dispatcher {
     }
 
     /// Calls the route's unary method with `body` (encoded request message) and returns the
-    /// encoded response message.
+    /// encoded response message. One `dispatch` span per call (request or frame).
     pub async fn unary(
+        &self,
+        route: &Route,
+        body: Bytes,
+        ctx: &CallContext,
+    ) -> Result<Bytes, DispatchError> {
+        let span = tracing::debug_span!(
+            "dispatch",
+            route = %route.name,
+            upstream = %route.upstream.name,
+            request_id = %ctx.request_id
+        );
+        self.unary_attempts(route, body, ctx).instrument(span).await
+    }
+
+    async fn unary_attempts(
         &self,
         route: &Route,
         body: Bytes,
@@ -221,5 +238,3 @@ impl Dispatcher {
         }
     }
 }
-
-use tonic::Status;

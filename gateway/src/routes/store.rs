@@ -136,3 +136,58 @@ impl RouteStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTES: &str = r#"
+upstreams:
+  echo: { endpoints: ["127.0.0.1:50051"] }
+routes:
+  - { name: echo, http: { path: /e }, upstream: echo, grpc: im.echo.v1.EchoService/Echo }
+"#;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("im-gw-store-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn descriptor_set_from_a_file_reloads_with_the_routes() {
+        let dir = scratch("desc");
+        let (routes, desc) = (dir.join("routes.yaml"), dir.join("set.pb"));
+        std::fs::write(&routes, ROUTES).unwrap();
+        std::fs::write(&desc, im_proto::DESCRIPTOR_SET).unwrap();
+        let store = RouteStore::open(
+            RouteSource {
+                routes: routes.clone(),
+                descriptors: Some(desc.clone()),
+            },
+            HealthRegistry::default(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let v1 = store.load().version.clone();
+
+        // A descriptor set without the method: the reload is rejected and names the route.
+        std::fs::write(&desc, b"").unwrap();
+        let err = store.reload("test").err().expect("rejected").to_string();
+        assert!(err.contains("route `echo`: field `grpc`"), "{err}");
+        std::fs::write(&desc, b"\xff garbage").unwrap();
+        assert!(store
+            .reload("test")
+            .err()
+            .expect("rejected")
+            .to_string()
+            .contains("not a valid FileDescriptorSet"));
+        assert_eq!(store.load().version, v1, "the old table keeps serving");
+        assert_eq!(store.status().reloads_failed, 2);
+
+        std::fs::write(&desc, im_proto::DESCRIPTOR_SET).unwrap();
+        assert!(store.reload("test").is_ok());
+        assert!(store.status().last_error.is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -138,7 +138,8 @@ async fn sigkill_one_backend_under_load() {
         w.await.unwrap();
     }
 
-    let outcomes = outcomes.lock().unwrap();
+    let metrics = gw.metrics().await;
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let after: Vec<_> = outcomes.iter().filter(|o| o.started >= killed).collect();
     let failed_after: Vec<_> = after
         .iter()
@@ -163,6 +164,18 @@ async fn sigkill_one_backend_under_load() {
     assert!(
         failed_before.iter().all(|s| [502, 503].contains(s)),
         "{failed_before:?}"
+    );
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("im_gateway_upstream_failures_total{") && l.contains("upstream=\"echo\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        counted >= failed_before.len() as u64,
+        "failed attempts are counted: {counted} < {}",
+        failed_before.len()
     );
     eprintln!(
         "failover: {} requests, {} after the kill, {} failed before it ({failed_before:?}), unhealthy after {:?}",

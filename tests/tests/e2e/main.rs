@@ -3,6 +3,7 @@
 mod bridge;
 mod check;
 mod failover;
+mod health;
 mod passthrough;
 mod reload;
 mod tls;
