@@ -69,6 +69,8 @@ def percentile(sorted_vals, p):
 
 
 def h2load(url, body, headers, n, c, m, log):
+    if os.path.exists(log):
+        os.remove(log)  # h2load appends
     cmd = ["h2load", "-n", str(n), "-c", str(c), "-m", str(m), "-d", body, "--log-file", log]
     for h in headers:
         cmd += ["-H", h]
