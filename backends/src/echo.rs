@@ -17,7 +17,8 @@ use tonic_health::ServingStatus;
 
 pub const SERVICE_NAME: &str = "im.echo.v1.EchoService";
 /// Metadata keys echoed back in `EchoReply.metadata`.
-const ECHOED_METADATA: [&str; 5] = [
+const ECHOED_METADATA: [&str; 6] = [
+    "x-api-client",
     "x-user-id",
     "x-device-id",
     "x-platform",

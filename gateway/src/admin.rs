@@ -1,6 +1,6 @@
 //! The admin listener (default 127.0.0.1:9901): `/healthz`, `/readyz`, `/metrics`,
-//! `GET /admin/routes` (active version, loaded-at, last reload error, upstream health) and
-//! `POST /admin/reload`.
+//! `GET /admin/routes` (active version, loaded-at, last reload error, upstream health),
+//! `POST /admin/reload` and `POST /admin/revoke` (`{"sid": "...", "exp": unix_seconds}`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +11,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::filters::revocation::unix_now;
+use crate::filters::Guard;
 use crate::metrics::Metrics;
 use crate::routes::{RouteStore, RouteTable, RouteTarget};
 use crate::upstream::health::Health;
@@ -18,7 +20,13 @@ use crate::upstream::health::Health;
 pub struct AdminApp {
     pub routes: Arc<RouteStore>,
     pub metrics: Arc<Metrics>,
+    pub guard: Arc<Guard>,
 }
+
+/// Largest admin request body read.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+/// How long a revocation without `exp` lasts: longer than any token the gateway accepts.
+const DEFAULT_REVOCATION_SECS: u64 = 30 * 86_400;
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -114,7 +122,44 @@ impl AdminApp {
         })
     }
 
-    fn refresh_health_gauges(&self) {
+    async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                return json_response(413, json!({ "error": "body too large" }));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Revoke {
+            sid: String,
+            exp: Option<u64>,
+        }
+        match serde_json::from_slice::<Revoke>(&body) {
+            Ok(r) if !r.sid.is_empty() && r.sid.len() <= 256 => {
+                let until = r
+                    .exp
+                    .unwrap_or_else(|| unix_now() + DEFAULT_REVOCATION_SECS);
+                self.guard.auth.revocation().revoke(&r.sid, until);
+                tracing::info!(sid = %r.sid, until, "session revoked");
+                json_response(200, json!({ "revoked": r.sid, "until": until }))
+            }
+            Ok(_) => json_response(400, json!({ "error": "`sid` must be 1 to 256 characters" })),
+            Err(e) => json_response(
+                400,
+                json!({ "error": format!("expected {{\"sid\": \"...\", \"exp\": unix_seconds}}: {e}") }),
+            ),
+        }
+    }
+
+    fn refresh_gauges(&self) {
+        self.metrics
+            .ratelimit_keys
+            .set(self.routes.registries().limiters.live_keys() as i64);
+        self.metrics
+            .revoked_sessions
+            .set(self.guard.auth.revocation().len() as i64);
         let table = self.routes.load();
         self.metrics.endpoint_healthy.reset();
         for (up, ep) in table.endpoints() {
@@ -148,7 +193,7 @@ impl ServeHttp for AdminApp {
                 )
             }
             ("GET", "/metrics") => {
-                self.refresh_health_gauges();
+                self.refresh_gauges();
                 respond(200, "text/plain; version=0.0.4", self.metrics.render())
             }
             ("GET", "/admin/routes") => json_response(200, self.routes_json()),
@@ -165,9 +210,12 @@ impl ServeHttp for AdminApp {
                     }),
                 ),
             },
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/routes" | "/admin/reload") => {
-                json_response(405, json!({ "error": "method not allowed" }))
-            }
+            ("POST", "/admin/revoke") => self.revoke(session).await,
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/admin/routes" | "/admin/reload"
+                | "/admin/revoke",
+            ) => json_response(405, json!({ "error": "method not allowed" })),
             _ => json_response(404, json!({ "error": "not found" })),
         }
     }

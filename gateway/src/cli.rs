@@ -8,8 +8,7 @@ use clap::{Parser, Subcommand};
 use pingora::server::RunArgs;
 
 use crate::config::GatewayConfig;
-use crate::routes::RouteSource;
-use crate::upstream::HealthRegistry;
+use crate::routes::{Registries, RouteSource};
 use crate::Gateway;
 
 #[derive(Debug, Parser)]
@@ -57,7 +56,7 @@ pub fn check(routes: &Path, descriptors: Option<&Path>) -> Result<String, String
         routes: routes.to_owned(),
         descriptors: descriptors.map(Path::to_owned),
     };
-    match source.build(&HealthRegistry::default()) {
+    match source.build(&Registries::default()) {
         Ok(t) => Ok(format!(
             "{}: OK ({} routes, {} upstreams, version {})",
             routes.display(),
@@ -112,7 +111,7 @@ pub fn main() -> ExitCode {
             let gateway = match Gateway::build(cfg, routes.clone()) {
                 Ok(g) => g,
                 Err(e) => {
-                    eprintln!("im-gateway: {} rejected:\n{e}", routes.display());
+                    eprintln!("im-gateway: {} : {e}", routes.display());
                     return ExitCode::FAILURE;
                 }
             };

@@ -18,6 +18,14 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Route reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
+    /// Refused credentials by reason (missing, expired, signature, revoked, role, ...).
+    pub auth_failures: IntCounterVec,
+    /// Rate-limited requests by route and key kind.
+    pub ratelimit_rejections: IntCounterVec,
+    /// Live keys over all rate limiters; refreshed at scrape time.
+    pub ratelimit_keys: prometheus::IntGauge,
+    /// Revoked sessions remembered; refreshed at scrape time.
+    pub revoked_sessions: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +81,21 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("auth_failures_total", "Refused credentials by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let ratelimit_rejections = IntCounterVec::new(
+            Opts::new("ratelimit_rejections_total", "Rate-limited requests"),
+            &["route", "key"],
+        )
+        .expect("valid metric");
+        let ratelimit_keys = prometheus::IntGauge::new("ratelimit_keys", "Live rate-limiter keys")
+            .expect("valid metric");
+        let revoked_sessions =
+            prometheus::IntGauge::new("revoked_sessions", "Revoked sessions remembered")
+                .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -80,6 +103,10 @@ impl Metrics {
             Box::new(upstream_failures.clone()),
             Box::new(retries.clone()),
             Box::new(reloads.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(ratelimit_rejections.clone()),
+            Box::new(ratelimit_keys.clone()),
+            Box::new(revoked_sessions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -91,6 +118,10 @@ impl Metrics {
             upstream_failures,
             retries,
             reloads,
+            auth_failures,
+            ratelimit_rejections,
+            ratelimit_keys,
+            revoked_sessions,
         }
     }
 

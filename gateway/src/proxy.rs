@@ -2,7 +2,7 @@
 //! `request_filter` through [`crate::bridge`] and the shared dispatcher; `grpc_service` routes go
 //! through Pingora's upstream path (h2c) with the gateway's own rejections answered gRPC-style.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use tonic::Code;
 
 use crate::bridge::{self, Encoding, Reply};
 use crate::dispatch::{CallContext, Dispatcher};
-use crate::filters::request_id;
+use crate::filters::{auth, limit_headers, request_id, Admitted, Credentials, Guard, Rejection};
 use crate::metrics::Metrics;
 use crate::routes::table::RouteMiss;
 use crate::routes::{Route, RouteStore, RouteTarget};
@@ -25,13 +25,14 @@ use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
 
 /// Identity headers only the gateway may set; stripped from every client request.
-const IDENTITY_HEADERS: [&str; 3] = ["x-user-id", "x-device-id", "x-platform"];
+const IDENTITY_HEADERS: [&str; 4] = ["x-user-id", "x-device-id", "x-platform", "x-api-client"];
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct EdgeProxy {
     pub routes: Arc<RouteStore>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
+    pub guard: Arc<Guard>,
 }
 
 /// Per-request state.
@@ -44,6 +45,10 @@ pub struct RequestCtx {
     attempt: Option<(Arc<EndpointState>, InflightGuard)>,
     /// Status written by the gateway itself (bridge replies and rejections).
     status: Option<u16>,
+    /// Who the request is, once admitted.
+    admitted: Admitted,
+    /// CORS and rate-limit headers for whatever response goes out.
+    extra_headers: Vec<(&'static str, String)>,
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -68,6 +73,26 @@ fn grpc_message(text: &str) -> String {
 }
 
 impl EdgeProxy {
+    /// Runs the admission filters; the rate-limit headers go out either way.
+    fn admit(
+        &self,
+        route: &Route,
+        creds: Credentials<'_>,
+        client_ip: IpAddr,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        let result = self.guard.admit(route, creds, client_ip);
+        let limit = match &result {
+            Ok(a) => a.limit,
+            Err(r) => r.limit,
+        };
+        if let Some(d) = limit {
+            ctx.extra_headers.extend(limit_headers(&d));
+        }
+        ctx.admitted = result?;
+        Ok(())
+    }
+
     async fn write_reply(
         &self,
         session: &mut Session,
@@ -79,8 +104,27 @@ impl EdgeProxy {
         resp.insert_header("content-type", reply.content_type)?;
         resp.insert_header("content-length", reply.body.len().to_string())?;
         resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        for (name, value) in &ctx.extra_headers {
+            resp.append_header(*name, value.as_str())?;
+        }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(reply.body), true).await
+    }
+
+    /// Answers a CORS preflight (204, with CORS headers only when allowed).
+    async fn write_preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<()> {
+        ctx.status = Some(204);
+        let mut resp = ResponseHeader::build(204, Some(headers.len() + 1))?;
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        for (name, value) in headers {
+            resp.append_header(name, value)?;
+        }
+        session.write_response_header(Box::new(resp), true).await
     }
 
     /// A trailers-only gRPC response: HTTP 200 with `grpc-status` (never a bare HTTP 4xx).
@@ -97,6 +141,9 @@ impl EdgeProxy {
         resp.insert_header("grpc-status", (code as i32).to_string())?;
         resp.insert_header("grpc-message", grpc_message(message))?;
         resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        for (name, value) in &ctx.extra_headers {
+            resp.append_header(*name, value.as_str())?;
+        }
         session.write_response_header(Box::new(resp), true).await
     }
 
@@ -134,12 +181,16 @@ impl EdgeProxy {
             return self.write_reply(session, ctx, reply).await;
         };
         let response_encoding = Encoding::of_accept(header(req, "accept"), encoding);
+        let identity = ctx.admitted.identity.as_ref();
         let call_ctx = CallContext {
             request_id: ctx.request_id.clone(),
             traceparent: header(req, "traceparent")
                 .filter(|t| t.len() <= 128)
                 .map(str::to_owned),
-            ..CallContext::default()
+            user_id: identity.map(|i| i.user_id.clone()),
+            device_id: identity.and_then(|i| i.device_id.clone()),
+            platform: identity.and_then(|i| i.platform.clone()),
+            api_client: ctx.admitted.api_client.clone(),
         };
         let Some(body) = Self::read_body(session, route.max_body).await? else {
             session.set_keepalive(None);
@@ -179,6 +230,8 @@ impl ProxyHttp for EdgeProxy {
             tried: Vec::new(),
             attempt: None,
             status: None,
+            admitted: Admitted::default(),
+            extra_headers: Vec::new(),
         }
     }
 
@@ -187,7 +240,36 @@ impl ProxyHttp for EdgeProxy {
         ctx.request_id = request_id::accept_or_generate(
             req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
         );
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let client_ip = self
+            .guard
+            .client_ip
+            .resolve(peer, |h| header(req, h).map(str::to_owned));
+
+        if let Some(origin) = header(req, "origin") {
+            if req.method == http::Method::OPTIONS {
+                if let Some(method) = header(req, "access-control-request-method") {
+                    let headers = self.guard.cors.preflight(
+                        origin,
+                        method,
+                        header(req, "access-control-request-headers"),
+                    );
+                    self.write_preflight(session, ctx, headers).await?;
+                    return Ok(true);
+                }
+            }
+            ctx.extra_headers
+                .extend(self.guard.cors.response_headers(origin));
+        }
+
         let table = self.routes.load();
+        let creds = Credentials {
+            bearer: header(req, "authorization").and_then(auth::bearer),
+            api_key: header(req, "x-api-key"),
+        };
         if is_grpc(req) {
             let Some(route) = table.match_grpc(req.uri.path()).cloned() else {
                 self.write_grpc_status(
@@ -199,14 +281,28 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
                 return Ok(true);
             };
-            ctx.route = Some(route);
-            return Ok(false);
+            ctx.route = Some(route.clone());
+            return match self.admit(&route, creds, client_ip, ctx) {
+                Ok(()) => Ok(false),
+                Err(rej) => {
+                    self.write_grpc_status(session, ctx, rej.code, &rej.message)
+                        .await?;
+                    Ok(true)
+                }
+            };
         }
         match table.match_http(&req.method, req.uri.path()) {
             Ok(route) => {
                 let route = route.clone();
                 ctx.route = Some(route.clone());
-                self.serve_bridge(session, ctx, route).await?;
+                match self.admit(&route, creds, client_ip, ctx) {
+                    Ok(()) => self.serve_bridge(session, ctx, route).await?,
+                    Err(rej) => {
+                        let reply =
+                            Reply::error(rej.status, rej.code, &rej.message, &ctx.request_id);
+                        self.write_reply(session, ctx, reply).await?;
+                    }
+                }
             }
             Err(miss) => {
                 let (status, message) = match miss {
@@ -287,6 +383,18 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(h);
         }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        if let Some(id) = &ctx.admitted.identity {
+            upstream_request.insert_header("x-user-id", id.user_id.as_str())?;
+            if let Some(d) = &id.device_id {
+                upstream_request.insert_header("x-device-id", d.as_str())?;
+            }
+            if let Some(p) = &id.platform {
+                upstream_request.insert_header("x-platform", p.as_str())?;
+            }
+        }
+        if let Some(client) = &ctx.admitted.api_client {
+            upstream_request.insert_header("x-api-client", client.as_str())?;
+        }
         Ok(())
     }
 
@@ -297,6 +405,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        for (name, value) in &ctx.extra_headers {
+            upstream_response.append_header(*name, value.as_str())?;
+        }
         Ok(())
     }
 

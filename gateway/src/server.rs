@@ -18,11 +18,24 @@ use tokio::sync::mpsc;
 use crate::admin::AdminApp;
 use crate::config::GatewayConfig;
 use crate::dispatch::Dispatcher;
+use crate::filters::auth::Authenticator;
+use crate::filters::ratelimit::LimiterRegistry;
+use crate::filters::revocation::MemoryRevocation;
+use crate::filters::Guard;
 use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::routes::reloader::Reloader;
-use crate::routes::{RouteSource, RouteStore, RoutesError};
+use crate::routes::{Registries, RouteSource, RouteStore, RoutesError};
 use crate::upstream::HealthRegistry;
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("routes rejected:\n{0}")]
+    Routes(#[from] RoutesError),
+    #[error("{0}")]
+    Auth(String),
+}
 
 /// Everything a running gateway shares, built without binding sockets.
 pub struct Gateway {
@@ -30,27 +43,36 @@ pub struct Gateway {
     pub routes: Arc<RouteStore>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
+    pub guard: Arc<Guard>,
     routes_path: PathBuf,
 }
 
 impl Gateway {
     /// Loads the route table (a broken file is an error here) and wires the shared parts.
-    pub fn build(config: GatewayConfig, routes_path: PathBuf) -> Result<Self, RoutesError> {
+    pub fn build(config: GatewayConfig, routes_path: PathBuf) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
+        let revocation = Arc::new(MemoryRevocation::new(config.auth.max_revoked));
+        let guard = Arc::new(Guard {
+            auth: Authenticator::new(&config.auth, revocation).map_err(BuildError::Auth)?,
+            client_ip: config.client_ip.clone(),
+            cors: config.cors.clone(),
+            metrics: metrics.clone(),
+        });
         let source = RouteSource {
             routes: routes_path.clone(),
             descriptors: config.descriptors.clone(),
         };
-        let routes = Arc::new(RouteStore::open(
-            source,
-            HealthRegistry::default(),
-            metrics.clone(),
-        )?);
+        let registries = Registries {
+            health: HealthRegistry::default(),
+            limiters: LimiterRegistry::new(config.rate_limit.max_keys),
+        };
+        let routes = Arc::new(RouteStore::open(source, registries, metrics.clone())?);
         Ok(Self {
             dispatcher: Arc::new(Dispatcher::new(metrics.clone())),
             config,
             routes,
             metrics,
+            guard,
             routes_path,
         })
     }
@@ -75,6 +97,7 @@ impl Gateway {
                 routes: self.routes.clone(),
                 dispatcher: self.dispatcher.clone(),
                 metrics: self.metrics.clone(),
+                guard: self.guard.clone(),
             },
             "edge",
         );
@@ -99,6 +122,7 @@ impl Gateway {
             pingora::apps::http_app::HttpServer::new_app(AdminApp {
                 routes: self.routes.clone(),
                 metrics: self.metrics.clone(),
+                guard: self.guard.clone(),
             }),
         );
         admin.threads = Some(1);
@@ -115,6 +139,8 @@ impl Gateway {
             Reloader {
                 routes: self.routes.clone(),
                 dispatcher: self.dispatcher.clone(),
+                guard: self.guard.clone(),
+                sweep_interval: cfg.rate_limit.sweep_interval.0,
                 watch_dir,
                 sighup: sighup || cfg.reload.sighup,
                 debounce: cfg.reload.debounce.0,

@@ -75,13 +75,17 @@ fn main() -> ExitCode {
         }
     }
 
-    let cfg = match args.config.as_deref().map(GatewayConfig::load).transpose() {
+    let mut cfg = match args.config.as_deref().map(GatewayConfig::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             eprintln!("im-launcher: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if cfg.auth.hs256_secret_file.is_none() && cfg.auth.public_keys.is_empty() {
+        // The backends mint tokens with the same dev key (§2).
+        cfg.auth.hs256_secret_file = Some(args.data.join("dev-jwt.key"));
+    }
     let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -13,6 +13,33 @@ use im_gateway::config::GatewayConfig;
 use im_gateway::{Gateway, RunningGateway};
 use tokio::sync::oneshot;
 
+/// The HS256 secret every test gateway trusts.
+pub const TEST_SECRET: &str = "im-tests-hs256-secret-0123456789";
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// An HS256 token over `claims`, signed with [`TEST_SECRET`].
+pub fn hs256_token(claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .expect("sign test token")
+}
+
+/// A token for `user` valid for a minute.
+pub fn user_token(user: &str) -> String {
+    hs256_token(
+        &serde_json::json!({"sub": user, "sid": format!("sid-{user}"), "exp": unix_now() + 60}),
+    )
+}
+
 /// A port that was free a moment ago (Pingora cannot report the port it bound).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -173,7 +200,10 @@ impl TestGateway {
         let dir = ScratchDir::new("gw");
         let routes_path = dir.path("routes.yaml");
         std::fs::write(&routes_path, routes_yaml).expect("write routes");
+        let secret = dir.path("hs256.key");
+        std::fs::write(&secret, TEST_SECRET).expect("write test secret");
         let mut cfg = GatewayConfig::default();
+        cfg.auth.hs256_secret_file = Some(secret);
         cfg.listen.edge = loopback(free_port());
         cfg.listen.admin = loopback(free_port());
         cfg.threads = 2;
@@ -250,6 +280,31 @@ impl TestGateway {
             .text()
             .await
             .expect("metrics text")
+    }
+
+    /// POSTs JSON to `path` with extra headers; returns status, headers and the JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut req = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("gateway reachable");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// The health (`pending`/`healthy`/`unhealthy`) of `addr` in `upstream`, per `/admin/routes`.

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::filters::auth::AuthConfig;
+use crate::filters::client_ip::ClientIpConfig;
+use crate::filters::cors::CorsConfig;
 use units::HumanDuration;
 
 /// Parsed and validated `gateway.yaml`. Every field has a default, so an empty file is valid.
@@ -24,6 +27,14 @@ pub struct GatewayConfig {
     pub descriptors: Option<PathBuf>,
     /// TLS on the edge listener (h2 and http/1.1 by ALPN). Without it the edge speaks h1 + h2c.
     pub tls: Option<TlsFiles>,
+    /// Token verification keys, issuer/audience, API keys.
+    pub auth: AuthConfig,
+    /// Which peers' forwarding headers to believe.
+    pub client_ip: ClientIpConfig,
+    /// Cross-origin browser access (nothing allowed by default).
+    pub cors: CorsConfig,
+    /// Memory bounds of rate limiting.
+    pub rate_limit: RateLimitSettings,
     pub reload: Reload,
     pub shutdown: Shutdown,
 }
@@ -35,6 +46,24 @@ pub struct Listen {
     pub edge: SocketAddr,
     /// Metrics, health, route inspection and reload. Keep it on loopback.
     pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Cap on live keys per limiter; at the cap the oldest idle key is evicted.
+    pub max_keys: usize,
+    /// How often keys whose bucket has refilled are dropped.
+    pub sweep_interval: HumanDuration,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            max_keys: 100_000,
+            sweep_interval: HumanDuration(Duration::from_secs(10)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +103,10 @@ impl Default for GatewayConfig {
             routes: None,
             descriptors: None,
             tls: None,
+            auth: AuthConfig::default(),
+            client_ip: ClientIpConfig::default(),
+            cors: CorsConfig::default(),
+            rate_limit: RateLimitSettings::default(),
             reload: Reload::default(),
             shutdown: Shutdown::default(),
         }
@@ -166,6 +199,15 @@ impl GatewayConfig {
             field,
             message: message.to_owned(),
         };
+        if self.rate_limit.max_keys < 16 {
+            return Err(invalid("rate_limit.max_keys", "must be at least 16"));
+        }
+        if self.rate_limit.sweep_interval.0 < Duration::from_millis(100) {
+            return Err(invalid(
+                "rate_limit.sweep_interval",
+                "must be at least 100ms",
+            ));
+        }
         if self.threads == 0 || self.threads > 256 {
             return Err(invalid("threads", "must be between 1 and 256"));
         }

@@ -29,6 +29,8 @@ pub struct CallContext {
     pub user_id: Option<String>,
     pub device_id: Option<String>,
     pub platform: Option<String>,
+    /// Owner of the API key on `auth: api_key` routes.
+    pub api_client: Option<String>,
 }
 
 impl CallContext {
@@ -41,13 +43,14 @@ impl CallContext {
     }
 
     fn metadata(&self) -> MetadataMap {
-        let mut md = MetadataMap::with_capacity(5);
+        let mut md = MetadataMap::with_capacity(6);
         let pairs = [
             ("x-request-id", Some(&self.request_id)),
             ("traceparent", self.traceparent.as_ref()),
             ("x-user-id", self.user_id.as_ref()),
             ("x-device-id", self.device_id.as_ref()),
             ("x-platform", self.platform.as_ref()),
+            ("x-api-client", self.api_client.as_ref()),
         ];
         for (key, value) in pairs {
             if let Some(v) = value.and_then(|v| AsciiMetadataValue::try_from(v.as_str()).ok()) {

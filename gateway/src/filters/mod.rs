@@ -1,3 +1,167 @@
-//! Small per-request filters, each usable from the HTTP edge and (later) WebSocket frames.
+//! Admission before dispatch, one implementation for HTTP bridge routes, gRPC pass-through
+//! routes and (later) WebSocket cmd frames: authenticate ([`auth`]), authorize roles, rate-limit
+//! ([`ratelimit`]) keyed by the real client IP ([`client_ip`]); plus CORS ([`cors`]), request ids
+//! ([`request_id`]) and the session denylist ([`revocation`]).
 
+pub mod auth;
+pub mod client_ip;
+pub mod cors;
+pub mod ratelimit;
 pub mod request_id;
+pub mod revocation;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tonic::Code;
+
+use crate::metrics::Metrics;
+use crate::routes::file::{AuthMode, RateLimitKey};
+use crate::routes::Route;
+use auth::{AuthFailure, Authenticator, Identity};
+use client_ip::ClientIpConfig;
+use cors::CorsConfig;
+use ratelimit::Decision;
+
+/// What a request presents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    pub bearer: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+}
+
+/// A request let through: who it is and the rate-limit state for the response headers.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    pub identity: Option<Identity>,
+    /// The API key's owner on `auth: api_key` routes.
+    pub api_client: Option<String>,
+    pub limit: Option<Decision>,
+}
+
+/// A request refused before any backend is called.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: u16,
+    pub code: Code,
+    pub message: String,
+    pub limit: Option<Decision>,
+}
+
+impl Rejection {
+    fn unauthenticated(f: AuthFailure) -> Self {
+        Self {
+            status: 401,
+            code: Code::Unauthenticated,
+            message: f.to_string(),
+            limit: None,
+        }
+    }
+}
+
+/// `RateLimit-*` (and on rejection `Retry-After`) headers for a decision.
+pub fn limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("ratelimit-limit", d.limit.to_string()),
+        ("ratelimit-remaining", d.remaining.to_string()),
+        ("ratelimit-reset", d.reset_secs.to_string()),
+    ];
+    if !d.allowed {
+        h.push(("retry-after", d.retry_after_secs.to_string()));
+    }
+    h
+}
+
+/// The gateway's admission filters and their settings.
+pub struct Guard {
+    pub auth: Authenticator,
+    pub client_ip: ClientIpConfig,
+    pub cors: CorsConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Guard {
+    /// Authenticates, authorizes and rate-limits one call of `route`.
+    pub fn admit(
+        &self,
+        route: &Route,
+        creds: Credentials<'_>,
+        client_ip: IpAddr,
+    ) -> Result<Admitted, Rejection> {
+        let mut admitted = Admitted::default();
+        match route.auth {
+            AuthMode::Required => {
+                let token = creds.bearer.ok_or(AuthFailure::Missing);
+                match token.and_then(|t| self.auth.verify(t)) {
+                    Ok(id) => admitted.identity = Some(id),
+                    Err(f) => return Err(self.auth_failed(f)),
+                }
+            }
+            // A valid token still passes identity along; a bad or stale one is ignored.
+            AuthMode::None => {
+                admitted.identity = creds.bearer.and_then(|t| self.auth.verify(t).ok())
+            }
+            AuthMode::ApiKey => match creds
+                .api_key
+                .ok_or(AuthFailure::ApiKey)
+                .and_then(|k| self.auth.api_client(k))
+            {
+                Ok(name) => admitted.api_client = Some(name.to_owned()),
+                Err(f) => return Err(self.auth_failed(f)),
+            },
+        }
+        if !route.roles.is_empty() {
+            let roles = admitted.identity.as_ref().map_or(&[][..], |i| &i.roles[..]);
+            if !route.roles.iter().any(|r| roles.contains(r)) {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&["role"])
+                    .inc();
+                return Err(Rejection {
+                    status: 403,
+                    code: Code::PermissionDenied,
+                    message: format!(
+                        "this call needs one of the roles: {}",
+                        route.roles.join(", ")
+                    ),
+                    limit: None,
+                });
+            }
+        }
+        if let Some(limit) = &route.limiter {
+            let key = match (limit.key, &admitted.identity, &admitted.api_client) {
+                (RateLimitKey::Ip, _, _) | (_, None, None) => format!("ip:{client_ip}"),
+                (_, Some(id), _) => format!("u:{}", id.user_id),
+                (_, None, Some(client)) => format!("k:{client}"),
+            };
+            let decision = limit.limiter.check(&key);
+            admitted.limit = Some(decision);
+            if !decision.allowed {
+                let kind = match limit.key {
+                    RateLimitKey::Ip => "ip",
+                    RateLimitKey::User => "user",
+                    RateLimitKey::RouteUser => "route_user",
+                };
+                self.metrics
+                    .ratelimit_rejections
+                    .with_label_values(&[&route.name, kind])
+                    .inc();
+                return Err(Rejection {
+                    status: 429,
+                    code: Code::ResourceExhausted,
+                    message: "rate limit exceeded".into(),
+                    limit: Some(decision),
+                });
+            }
+        }
+        Ok(admitted)
+    }
+
+    fn auth_failed(&self, f: AuthFailure) -> Rejection {
+        self.metrics
+            .auth_failures
+            .with_label_values(&[f.reason()])
+            .inc();
+        Rejection::unauthenticated(f)
+    }
+}

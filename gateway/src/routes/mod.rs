@@ -8,5 +8,5 @@ pub mod reloader;
 pub mod store;
 pub mod table;
 
-pub use store::{ReloadStatus, RouteSource, RouteStore};
+pub use store::{Registries, ReloadStatus, RouteSource, RouteStore};
 pub use table::{HttpMatch, Route, RouteError, RouteTable, RouteTarget, RoutesError};

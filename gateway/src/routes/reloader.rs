@@ -15,11 +15,16 @@ use tokio::sync::mpsc;
 
 use super::RouteStore;
 use crate::dispatch::Dispatcher;
+use crate::filters::revocation::unix_now;
+use crate::filters::Guard;
 use crate::upstream::health::HealthSupervisor;
 
 pub struct Reloader {
     pub routes: Arc<RouteStore>,
     pub dispatcher: Arc<Dispatcher>,
+    pub guard: Arc<Guard>,
+    /// How often refilled rate-limit keys and expired revocations are dropped.
+    pub sweep_interval: Duration,
     /// Directory to watch; `None` disables watching.
     pub watch_dir: Option<PathBuf>,
     pub sighup: bool,
@@ -38,8 +43,14 @@ impl Reloader {
             }
         }
         supervisor.reconcile(wanted);
-        self.routes.health().retain(&addrs);
+        let registries = self.routes.registries();
+        registries.health.retain(&addrs);
         self.dispatcher.channels().retain(&addrs);
+        let limiters = table
+            .routes
+            .iter()
+            .filter_map(|r| r.limiter.as_ref().map(|l| l.id.clone()));
+        registries.limiters.retain(&limiters.collect());
     }
 }
 
@@ -76,9 +87,15 @@ impl BackgroundService for Reloader {
             None
         };
 
+        let mut sweep = tokio::time::interval(self.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = sweep.tick() => {
+                    self.routes.registries().limiters.sweep();
+                    self.guard.auth.revocation().sweep(unix_now());
+                }
                 changed = swapped.changed() => {
                     if changed.is_err() { break; }
                     self.reconcile(&mut supervisor);

@@ -10,8 +10,17 @@ use tokio::sync::watch;
 
 use super::descriptors;
 use super::table::{RouteTable, RoutesError};
+use crate::filters::ratelimit::LimiterRegistry;
 use crate::metrics::Metrics;
 use crate::upstream::HealthRegistry;
+
+/// State that outlives route tables: endpoint health and rate-limiter buckets, looked up by
+/// tables as they are built so reloads keep what did not change.
+#[derive(Clone, Default)]
+pub struct Registries {
+    pub health: HealthRegistry,
+    pub limiters: LimiterRegistry,
+}
 
 /// Where routes and descriptors are read from on every (re)load.
 #[derive(Debug, Clone)]
@@ -23,12 +32,12 @@ pub struct RouteSource {
 
 impl RouteSource {
     /// Reads and builds a table without touching any live state (`im-gateway check`, reloads).
-    pub fn build(&self, health: &HealthRegistry) -> Result<RouteTable, RoutesError> {
+    pub fn build(&self, registries: &Registries) -> Result<RouteTable, RoutesError> {
         let text = std::fs::read_to_string(&self.routes)
             .map_err(|e| RoutesError::Io(format!("cannot read {}: {e}", self.routes.display())))?;
         let (pool, bytes) =
             descriptors::load(self.descriptors.as_deref()).map_err(RoutesError::Io)?;
-        RouteTable::build(&text, pool, &bytes, health)
+        RouteTable::build(&text, pool, &bytes, registries)
     }
 }
 
@@ -44,7 +53,7 @@ pub struct ReloadStatus {
 pub struct RouteStore {
     current: ArcSwap<RouteTable>,
     source: RouteSource,
-    health: HealthRegistry,
+    registries: Registries,
     // A std Mutex: held only to copy or update a few fields, never across `.await`.
     status: Mutex<ReloadStatus>,
     /// Bumped on every successful swap; the health supervisor reconciles on it.
@@ -56,15 +65,15 @@ impl RouteStore {
     /// Loads the initial table; a broken file here is a startup error, not a degraded start.
     pub fn open(
         source: RouteSource,
-        health: HealthRegistry,
+        registries: Registries,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RoutesError> {
-        let table = source.build(&health)?;
+        let table = source.build(&registries)?;
         tracing::info!(version = %table.version, routes = table.routes.len(), "routes loaded");
         Ok(Self {
             current: ArcSwap::from_pointee(table),
             source,
-            health,
+            registries,
             status: Mutex::default(),
             swapped: watch::channel(0).0,
             metrics,
@@ -76,8 +85,8 @@ impl RouteStore {
         self.current.load_full()
     }
 
-    pub fn health(&self) -> &HealthRegistry {
-        &self.health
+    pub fn registries(&self) -> &Registries {
+        &self.registries
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -91,7 +100,7 @@ impl RouteStore {
 
     /// Like [`Self::reload`], but a file whose content (and descriptors) did not change is a no-op.
     pub fn reload_if_changed(&self, trigger: &str) -> Result<Arc<RouteTable>, RoutesError> {
-        let result = self.source.build(&self.health);
+        let result = self.source.build(&self.registries);
         if let Ok(table) = &result {
             if table.version == self.load().version {
                 return Ok(self.load());
@@ -102,7 +111,7 @@ impl RouteStore {
 
     /// Rebuilds from the source and swaps the new table in, or keeps the old one and records why not.
     pub fn reload(&self, trigger: &str) -> Result<Arc<RouteTable>, RoutesError> {
-        let result = self.source.build(&self.health);
+        let result = self.source.build(&self.registries);
         self.apply(trigger, result)
     }
 
@@ -165,7 +174,7 @@ routes:
                 routes: routes.clone(),
                 descriptors: Some(desc.clone()),
             },
-            HealthRegistry::default(),
+            Registries::default(),
             Arc::new(Metrics::new()),
         )
         .unwrap();

@@ -12,6 +12,9 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 use sha2::{Digest, Sha256};
 
 use super::file::{AuthMode, EndpointSpec, RateLimitSpec, RouteSpec, RoutesFile, UpstreamSpec};
+use super::store::Registries;
+use crate::filters::ratelimit::{KeyedLimiter, LimiterId};
+use crate::routes::file::RateLimitKey;
 use crate::upstream::{Endpoint, HealthCheck, HealthRegistry, Upstream};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -68,6 +71,14 @@ pub enum RouteTarget {
     PassThrough { service: String },
 }
 
+/// A route's rate limit, resolved to a limiter shared with the routes (and reloads) that use
+/// the same settings.
+pub struct RouteLimit {
+    pub limiter: Arc<KeyedLimiter>,
+    pub key: RateLimitKey,
+    pub id: LimiterId,
+}
+
 pub struct Route {
     pub name: String,
     pub http: Option<HttpMatch>,
@@ -78,6 +89,7 @@ pub struct Route {
     pub roles: Vec<String>,
     /// The route's own limit, or the file's default.
     pub rate_limit: Option<RateLimitSpec>,
+    pub limiter: Option<RouteLimit>,
     pub max_body: u64,
 }
 
@@ -106,13 +118,13 @@ impl RouteTable {
         text: &str,
         descriptors: DescriptorPool,
         descriptor_bytes: &[u8],
-        health: &HealthRegistry,
+        registries: &Registries,
     ) -> Result<Self, RoutesError> {
         let file: RoutesFile = serde_yaml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         let mut errors = Vec::new();
         let mut upstreams = BTreeMap::new();
         for (name, spec) in &file.upstreams {
-            match build_upstream(name, spec, &file, health) {
+            match build_upstream(name, spec, &file, &registries.health) {
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
                 }
@@ -145,7 +157,7 @@ impl RouteTable {
                 ));
                 continue;
             }
-            match table.build_route(spec, &file) {
+            match table.build_route(spec, &file, registries) {
                 Ok(route) => {
                     if let Err(e) = table.index(Arc::new(route)) {
                         errors.push(e);
@@ -161,7 +173,12 @@ impl RouteTable {
         }
     }
 
-    fn build_route(&self, spec: &RouteSpec, file: &RoutesFile) -> Result<Route, Vec<RouteError>> {
+    fn build_route(
+        &self,
+        spec: &RouteSpec,
+        file: &RoutesFile,
+        registries: &Registries,
+    ) -> Result<Route, Vec<RouteError>> {
         let place = format!("route `{}`", spec.name);
         let mut errors = Vec::new();
         let mut err = |field: &str, message: String| {
@@ -282,6 +299,17 @@ impl RouteTable {
                 err("rate_limit", m);
             }
         }
+        let limiter = rate_limit
+            .as_ref()
+            .filter(|rl| check_rate_limit(rl).is_ok())
+            .map(|rl| {
+                let id = LimiterId::of(&spec.name, rl);
+                RouteLimit {
+                    limiter: registries.limiters.limiter(id.clone(), rl),
+                    key: rl.key,
+                    id,
+                }
+            });
         let max_body = spec
             .max_body
             .or(file.defaults.max_body)
@@ -317,6 +345,7 @@ impl RouteTable {
                 auth: spec.auth,
                 roles: spec.roles.clone(),
                 rate_limit,
+                limiter,
                 max_body,
             }),
             _ => Err(errors),
@@ -606,7 +635,7 @@ routes:
 
     fn build(text: &str) -> Result<RouteTable, RoutesError> {
         let (pool, bytes) = super::super::descriptors::load(None).unwrap();
-        RouteTable::build(text, pool, &bytes, &HealthRegistry::default())
+        RouteTable::build(text, pool, &bytes, &Registries::default())
     }
 
     fn errors(text: &str) -> String {

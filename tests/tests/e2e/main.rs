@@ -1,9 +1,11 @@
 //! End-to-end tests of the gateway core: real Pingora listeners, real tonic backends over h2c.
 
+mod auth;
 mod bridge;
 mod check;
 mod failover;
 mod health;
 mod passthrough;
+mod ratelimit;
 mod reload;
 mod tls;

@@ -69,7 +69,7 @@ async fn gateway_rejections_are_grpc_statuses() {
     endpoints: ["{dead}"]
     health_check: {{ interval: 50ms, timeout: 50ms }}
 routes:
-  - {{ name: echo_grpc, grpc_service: im.echo.v1.EchoService, upstream: sick }}
+  - {{ name: echo_grpc, grpc_service: im.echo.v1.EchoService, upstream: sick, auth: none }}
 "#
     );
     let gw = TestGateway::start(&routes).await;
