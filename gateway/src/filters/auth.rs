@@ -3,17 +3,22 @@
 //! required, `nbf` checked, `iss`/`aud` when configured, a configurable leeway; revoked `sid`s
 //! denied; API keys matched against SHA-256 hashes in constant time.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use lru::LruCache;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::revocation::Revocation;
+use super::revocation::{unix_now, Revocation};
 use crate::config::units::HumanDuration;
 
 /// `auth` in gateway.yaml.
@@ -32,6 +37,9 @@ pub struct AuthConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// Cap on remembered revoked sessions.
     pub max_revoked: usize,
+    /// Verified tokens remembered, so a client's signature is checked once, not per request
+    /// (expiry and revocation are still checked every time). 0 disables the cache.
+    pub token_cache: usize,
 }
 
 impl Default for AuthConfig {
@@ -44,6 +52,7 @@ impl Default for AuthConfig {
             leeway: HumanDuration(Duration::from_secs(5)),
             api_keys: Vec::new(),
             max_revoked: 1_000_000,
+            token_cache: 100_000,
         }
     }
 }
@@ -140,6 +149,48 @@ pub struct Authenticator {
     keys: HashMap<Algorithm, (DecodingKey, Validation)>,
     api_keys: Vec<(String, [u8; 32])>,
     revocation: Arc<dyn Revocation>,
+    cache: Option<TokenCache>,
+    leeway: u64,
+}
+
+const CACHE_SHARDS: usize = 16;
+
+/// Verified tokens by their exact text, in LRU shards with a hard total cap.
+struct TokenCache {
+    // One std Mutex per shard, held for a lookup or an insert; never across `.await`.
+    shards: Vec<Mutex<LruCache<Box<str>, Arc<Identity>>>>,
+    hasher: RandomState,
+}
+
+impl TokenCache {
+    fn new(cap: usize) -> Option<Self> {
+        let per_shard = NonZeroUsize::new(cap.div_ceil(CACHE_SHARDS))?;
+        Some(Self {
+            shards: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
+            hasher: RandomState::new(),
+        })
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<LruCache<Box<str>, Arc<Identity>>> {
+        &self.shards[self.hasher.hash_one(token) as usize % CACHE_SHARDS]
+    }
+
+    fn get(&self, token: &str) -> Option<Arc<Identity>> {
+        self.shard(token)
+            .lock()
+            .expect("token cache poisoned")
+            .get(token)
+            .cloned()
+    }
+
+    fn put(&self, token: &str, id: Arc<Identity>) {
+        self.shard(token)
+            .lock()
+            .expect("token cache poisoned")
+            .push(token.into(), id);
+    }
 }
 
 fn read(path: &PathBuf, field: &str) -> Result<Vec<u8>, String> {
@@ -221,6 +272,8 @@ impl Authenticator {
             keys,
             api_keys,
             revocation,
+            cache: TokenCache::new(cfg.token_cache),
+            leeway: cfg.leeway.0.as_secs(),
         })
     }
 
@@ -228,8 +281,30 @@ impl Authenticator {
         &self.revocation
     }
 
-    /// Verifies a JWT and checks its session against the denylist.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+    /// Verifies a JWT and checks its session against the denylist. A token verified before is
+    /// answered from the cache, still subject to its expiry and to revocation.
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
+        if let Some(id) = self.cache.as_ref().and_then(|c| c.get(token)) {
+            if id.exp.saturating_add(self.leeway) < unix_now() {
+                return Err(AuthFailure::Expired);
+            }
+            if id
+                .sid
+                .as_deref()
+                .is_some_and(|sid| self.revocation.is_revoked(sid))
+            {
+                return Err(AuthFailure::Revoked);
+            }
+            return Ok(id);
+        }
+        let id = Arc::new(self.verify_signature(token)?);
+        if let Some(cache) = &self.cache {
+            cache.put(token, id.clone());
+        }
+        Ok(id)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Identity, AuthFailure> {
         let header = decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::InvalidAlgorithm => AuthFailure::Algorithm,
             _ => AuthFailure::Malformed,
@@ -301,7 +376,9 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn auth(issuer: Option<&str>, audience: Option<&str>) -> Authenticator {
-        let dir = std::env::temp_dir().join(format!("im-auth-{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("im-auth-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("hs.key");
         std::fs::write(&path, SECRET).unwrap();
@@ -402,11 +479,30 @@ mod tests {
     }
 
     #[test]
-    fn revoked_sessions_are_refused() {
+    fn revoked_sessions_are_refused_even_when_cached() {
         let a = auth(None, None);
         let t = token(json!({"sub": "u", "sid": "gone", "exp": unix_now() + 60}));
+        assert!(a.verify(&t).is_ok());
+        assert!(a.verify(&t).is_ok(), "from the cache");
         a.revocation().revoke("gone", unix_now() + 60);
         assert_eq!(a.verify(&t), Err(AuthFailure::Revoked));
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let a = auth(None, None);
+        // Valid now only thanks to the 5 s leeway; it expires from the cache as it would without.
+        let t = token(json!({"sub": "u", "exp": unix_now() - 4}));
+        assert!(a.verify(&t).is_ok());
+        let cached = a.cache.as_ref().unwrap().get(&t).unwrap();
+        a.cache.as_ref().unwrap().put(
+            &t,
+            Arc::new(Identity {
+                exp: unix_now() - 60,
+                ..(*cached).clone()
+            }),
+        );
+        assert_eq!(a.verify(&t), Err(AuthFailure::Expired));
     }
 
     #[test]

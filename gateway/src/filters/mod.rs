@@ -33,7 +33,7 @@ pub struct Credentials<'a> {
 /// A request let through: who it is and the rate-limit state for the response headers.
 #[derive(Debug, Clone, Default)]
 pub struct Admitted {
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     /// The API key's owner on `auth: api_key` routes.
     pub api_client: Option<String>,
     pub limit: Option<Decision>,

@@ -89,8 +89,12 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let mut map = self.shard(key).lock().expect("limiter shard poisoned");
-        let prev = map.get(key).map(|tat| Nanos::from(*tat));
-        let (result, tat) = f(prev)?;
+        if let Some(slot) = map.get_mut(key) {
+            let (result, tat) = f(Some(Nanos::from(*slot)))?;
+            *slot = tat.into();
+            return Ok(result);
+        }
+        let (result, tat) = f(None)?;
         // `push` evicts the least recently used key when the shard is full.
         map.push(key.clone(), tat.into());
         Ok(result)
@@ -148,10 +152,8 @@ impl<C: Clock + Clone> KeyedLimiter<C> {
         }
     }
 
-    pub fn check(&self, key: &str) -> Decision {
-        // Keys are owned in the map; the lookup key needs the same type.
-        let key = key.to_owned();
-        match self.limiter.check_key(&key) {
+    pub fn check(&self, key: &String) -> Decision {
+        match self.limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 let missing = self.burst.saturating_sub(remaining);
@@ -287,30 +289,33 @@ mod tests {
     fn burst_then_refill_at_rate() {
         let clock = FakeRelativeClock::default();
         let l = KeyedLimiter::with_clock(&spec(2.0, 5), 100, clock.clone());
-        let allowed = (0..8).filter(|_| l.check("a").allowed).count();
+        let allowed = (0..8).filter(|_| l.check(&"a".to_string()).allowed).count();
         assert_eq!(allowed, 5, "exactly the burst passes");
-        let d = l.check("a");
+        let d = l.check(&"a".to_string());
         assert!(!d.allowed);
         assert_eq!((d.limit, d.remaining, d.retry_after_secs), (5, 0, 1));
         // 2/s: one token every 500 ms.
         clock.advance(Duration::from_millis(499));
-        assert!(!l.check("a").allowed);
+        assert!(!l.check(&"a".to_string()).allowed);
         clock.advance(Duration::from_millis(1));
-        assert!(l.check("a").allowed);
-        assert!(!l.check("a").allowed);
+        assert!(l.check(&"a".to_string()).allowed);
+        assert!(!l.check(&"a".to_string()).allowed);
         clock.advance(Duration::from_secs(1));
-        assert_eq!((0..3).filter(|_| l.check("a").allowed).count(), 2);
+        assert_eq!(
+            (0..3).filter(|_| l.check(&"a".to_string()).allowed).count(),
+            2
+        );
         // Other keys are independent.
-        assert!(l.check("b").allowed);
+        assert!(l.check(&"b".to_string()).allowed);
     }
 
     #[test]
     fn remaining_and_reset_headers() {
         let clock = FakeRelativeClock::default();
         let l = KeyedLimiter::with_clock(&spec(1.0, 3), 100, clock);
-        let d = l.check("k");
+        let d = l.check(&"k".to_string());
         assert_eq!((d.limit, d.remaining, d.reset_secs), (3, 2, 1));
-        let d = l.check("k");
+        let d = l.check(&"k".to_string());
         assert_eq!((d.remaining, d.reset_secs), (1, 2));
     }
 
@@ -326,16 +331,16 @@ mod tests {
         }
         assert!(l.keys() <= 1_600);
         // The most recent key is still limited; the oldest was evicted (fresh bucket again).
-        assert!(!l.check("10.3.13.63").allowed);
-        assert!(l.check("10.0.0.0").allowed);
+        assert!(!l.check(&"10.3.13.63".to_string()).allowed);
+        assert!(l.check(&"10.0.0.0".to_string()).allowed);
     }
 
     #[test]
     fn sweep_drops_refilled_keys() {
         let clock = FakeRelativeClock::default();
         let l = KeyedLimiter::with_clock(&spec(10.0, 2), 100, clock.clone());
-        l.check("a");
-        l.check("b");
+        l.check(&"a".to_string());
+        l.check(&"b".to_string());
         l.sweep();
         assert_eq!(l.keys(), 2);
         clock.advance(Duration::from_secs(1));
