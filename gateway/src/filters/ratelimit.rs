@@ -246,29 +246,21 @@ impl LimiterRegistry {
         map.retain(|id, _| keep.contains(id));
     }
 
+    /// The limiters in use, copied out so no lock is held while they are walked.
+    fn snapshot(&self) -> Vec<Arc<KeyedLimiter>> {
+        let map = self.limiters.lock().expect("limiter registry poisoned");
+        map.values().cloned().collect()
+    }
+
     pub fn sweep(&self) {
-        let limiters: Vec<_> = self
-            .limiters
-            .lock()
-            .expect("limiter registry poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for l in limiters {
+        for l in self.snapshot() {
             l.sweep();
         }
     }
 
     /// Live keys over all limiters (the `ratelimit_keys` metric).
     pub fn live_keys(&self) -> usize {
-        let limiters: Vec<_> = self
-            .limiters
-            .lock()
-            .expect("limiter registry poisoned")
-            .values()
-            .cloned()
-            .collect();
-        limiters.iter().map(|l| l.keys()).sum()
+        self.snapshot().iter().map(|l| l.keys()).sum()
     }
 }
 
