@@ -329,3 +329,87 @@ routes:
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(backend.calls(), 1);
 }
+
+/// A key pair made by openssl for `genpkey` arguments: (private PEM, public PEM path).
+async fn key_pair(dir: &ScratchDir, name: &str, genpkey: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+    let (key, public) = (
+        dir.path(&format!("{name}.pem")),
+        dir.path(&format!("{name}.pub.pem")),
+    );
+    let ok = Command::new("openssl")
+        .arg("genpkey")
+        .args(genpkey)
+        .arg("-out")
+        .arg(&key)
+        .status()
+        .await
+        .unwrap();
+    assert!(ok.success(), "openssl genpkey {genpkey:?}");
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .await
+        .unwrap();
+    assert!(ok.success());
+    (std::fs::read(&key).unwrap(), public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_and_eddsa_tokens_verify_and_foreign_keys_do_not() {
+    use im_gateway::filters::auth::{KeyAlg, PublicKeyConfig};
+    let dir = ScratchDir::new("keys2");
+    let (ec, ec_pub) = key_pair(
+        &dir,
+        "ec",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    )
+    .await;
+    let (ed, ed_pub) = key_pair(&dir, "ed", &["-algorithm", "ED25519"]).await;
+    let (other_ec, _) = key_pair(
+        &dir,
+        "ec2",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    )
+    .await;
+    let backend = EchoBackend::start().await;
+    let gw = TestGateway::start_with(&routes(backend.addr), move |cfg| {
+        cfg.auth.public_keys = vec![
+            PublicKeyConfig {
+                alg: KeyAlg::ES256,
+                file: ec_pub,
+            },
+            PublicKeyConfig {
+                alg: KeyAlg::EdDSA,
+                file: ed_pub,
+            },
+        ];
+    })
+    .await;
+    let claims = json!({"sub": "u-asym", "exp": unix_now() + 60});
+    let sign = |alg, key: EncodingKey| {
+        format!(
+            "Bearer {}",
+            encode(&Header::new(alg), &claims, &key).unwrap()
+        )
+    };
+    let es = sign(Algorithm::ES256, EncodingKey::from_ec_pem(&ec).unwrap());
+    let eddsa = sign(Algorithm::EdDSA, EncodingKey::from_ed_pem(&ed).unwrap());
+    let foreign = sign(
+        Algorithm::ES256,
+        EncodingKey::from_ec_pem(&other_ec).unwrap(),
+    );
+    for (name, token, want) in [
+        ("ES256", &es, 200),
+        ("EdDSA", &eddsa, 200),
+        ("foreign ES256 key", &foreign, 401),
+    ] {
+        let (status, _, body) = gw.post("/private", "{}", &[("authorization", token)]).await;
+        assert_eq!(status, want, "{name}: {body}");
+        if want == 200 {
+            assert_eq!(body["metadata"]["x-user-id"], "u-asym");
+        }
+    }
+}
