@@ -12,6 +12,8 @@
 //! - [`bridge`]: HTTP <-> gRPC unary, JSON transcoding with the descriptor set, socket-free.
 //! - [`filters`]: small per-request filters (request id; auth and limits come next).
 //! - [`proxy`]: the edge `ProxyHttp`, which only dispatches to the above; gRPC pass-through routes.
+//! - [`push`]: the WebSocket push plugin's socket-free parts so far: frames in both encodings and
+//!   the user -> device -> connection registry with the multi-device policies.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload.
 //! - [`metrics`]: the Prometheus registry of one gateway.
 //! - [`server`]: assembles the Pingora services; runs and stops a gateway in-process.
@@ -24,6 +26,7 @@ pub mod dispatch;
 pub mod filters;
 pub mod metrics;
 pub mod proxy;
+pub mod push;
 pub mod routes;
 pub mod server;
 pub mod upstream;

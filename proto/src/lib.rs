@@ -8,6 +8,11 @@
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/im_descriptor.bin"));
 
 pub mod im {
+    pub mod gateway {
+        pub mod v1 {
+            tonic::include_proto!("im.gateway.v1");
+        }
+    }
     pub mod echo {
         pub mod v1 {
             tonic::include_proto!("im.echo.v1");

@@ -26,6 +26,16 @@ pub fn json_to_proto(desc: &MessageDescriptor, json: &[u8]) -> Result<Bytes, Str
     Ok(msg.encode_to_vec().into())
 }
 
+/// Encodes an already parsed JSON value (a WebSocket frame's nested `payload`) as message `desc`.
+pub fn json_value_to_proto(
+    desc: &MessageDescriptor,
+    value: serde_json::Value,
+) -> Result<Bytes, String> {
+    let msg = DynamicMessage::deserialize_with_options(desc.clone(), value, &DESERIALIZE)
+        .map_err(|e| format!("invalid JSON for {}: {e}", desc.full_name()))?;
+    Ok(msg.encode_to_vec().into())
+}
+
 /// Renders protobuf bytes of message `desc` as JSON.
 pub fn proto_to_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, String> {
     let msg = DynamicMessage::decode(desc.clone(), bytes)

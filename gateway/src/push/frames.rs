@@ -1,0 +1,453 @@
+//! WebSocket frames (`im.gateway.v1.ClientFrame` / `ServerFrame`), decoded and encoded without
+//! sockets. Binary messages carry protobuf; JSON text messages carry the same frames in the JSON
+//! of DESIGN §4 with `payload` as a nested object, transcoded with the route method's input and
+//! output types (requests, responses) or with the push's `payload_type`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use im_proto::im::gateway::v1::{server_frame, ClientFrame, Push, Response, ServerFrame};
+use prost::Message;
+use prost_reflect::DescriptorPool;
+use serde_json::Value;
+use tonic::Code;
+
+use crate::bridge::transcode;
+use crate::dispatch::code_name;
+use crate::routes::{Route, RouteTable, RouteTarget};
+
+/// The encoding a session speaks, chosen at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameEncoding {
+    Proto,
+    Json,
+}
+
+/// One WebSocket data message as received.
+#[derive(Debug, Clone, Copy)]
+pub enum Inbound<'a> {
+    Binary(&'a [u8]),
+    Text(&'a str),
+}
+
+/// A request frame resolved to its route, with the payload as the route's request message bytes.
+pub struct ClientRequest {
+    pub seq: u64,
+    pub route: Arc<Route>,
+    pub payload: Bytes,
+}
+
+/// Why a frame got an error response instead of a dispatch; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// 0 when the frame itself could not be read.
+    pub seq: u64,
+    pub code: Code,
+    pub message: String,
+}
+
+fn error(seq: u64, code: Code, message: impl Into<String>) -> FrameError {
+    FrameError {
+        seq,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Decodes a client frame in the session's encoding and resolves its `cmd` in `table`.
+pub fn decode_request(
+    inbound: Inbound<'_>,
+    encoding: FrameEncoding,
+    table: &RouteTable,
+) -> Result<ClientRequest, FrameError> {
+    match (encoding, inbound) {
+        (FrameEncoding::Proto, Inbound::Binary(bytes)) => {
+            let frame = ClientFrame::decode(bytes).map_err(|e| {
+                error(
+                    0,
+                    Code::InvalidArgument,
+                    format!("undecodable ClientFrame: {e}"),
+                )
+            })?;
+            let route = resolve(table, frame.seq, frame.cmd)?;
+            let input = unary_input(&route, frame.seq)?;
+            transcode::check_proto(&input, &frame.payload)
+                .map_err(|m| error(frame.seq, Code::InvalidArgument, m))?;
+            Ok(ClientRequest {
+                seq: frame.seq,
+                route,
+                payload: frame.payload.into(),
+            })
+        }
+        (FrameEncoding::Json, Inbound::Text(text)) => {
+            let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
+                return Err(error(
+                    0,
+                    Code::InvalidArgument,
+                    "a frame is a JSON object {seq, cmd, payload}",
+                ));
+            };
+            if let Some(k) = obj
+                .keys()
+                .find(|k| !matches!(k.as_str(), "seq" | "cmd" | "payload"))
+            {
+                return Err(error(
+                    0,
+                    Code::InvalidArgument,
+                    format!("unknown frame field `{k}`"),
+                ));
+            }
+            let seq = match obj.get("seq") {
+                Some(Value::Number(n)) => n.as_u64(),
+                Some(Value::String(s)) => s.parse().ok(),
+                None => Some(0),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                error(
+                    0,
+                    Code::InvalidArgument,
+                    "`seq` must be an unsigned integer",
+                )
+            })?;
+            let cmd = obj
+                .get("cmd")
+                .and_then(Value::as_u64)
+                .and_then(|c| u32::try_from(c).ok())
+                .ok_or_else(|| {
+                    error(
+                        seq,
+                        Code::InvalidArgument,
+                        "`cmd` must be an unsigned 32-bit integer",
+                    )
+                })?;
+            let route = resolve(table, seq, cmd)?;
+            let input = unary_input(&route, seq)?;
+            let payload = match obj.remove("payload") {
+                None | Some(Value::Null) => Value::Object(Default::default()),
+                Some(v @ Value::Object(_)) => v,
+                Some(_) => {
+                    return Err(error(
+                        seq,
+                        Code::InvalidArgument,
+                        "`payload` must be a JSON object",
+                    ))
+                }
+            };
+            let payload = transcode::json_value_to_proto(&input, payload)
+                .map_err(|m| error(seq, Code::InvalidArgument, m))?;
+            Ok(ClientRequest {
+                seq,
+                route,
+                payload,
+            })
+        }
+        (FrameEncoding::Proto, Inbound::Text(_)) => Err(error(
+            0,
+            Code::InvalidArgument,
+            "this session speaks protobuf: send binary messages (or connect with encoding=json)",
+        )),
+        (FrameEncoding::Json, Inbound::Binary(_)) => Err(error(
+            0,
+            Code::InvalidArgument,
+            "this session speaks JSON: send text messages (or connect with encoding=proto)",
+        )),
+    }
+}
+
+fn resolve(table: &RouteTable, seq: u64, cmd: u32) -> Result<Arc<Route>, FrameError> {
+    table
+        .match_cmd(cmd)
+        .cloned()
+        .ok_or_else(|| error(seq, Code::Unimplemented, format!("unknown cmd {cmd}")))
+}
+
+fn unary_input(route: &Route, seq: u64) -> Result<prost_reflect::MessageDescriptor, FrameError> {
+    match &route.target {
+        RouteTarget::Unary { method, .. } => Ok(method.input()),
+        RouteTarget::PassThrough { .. } => Err(error(
+            seq,
+            Code::Unimplemented,
+            "not callable over WebSocket",
+        )),
+    }
+}
+
+/// The bytes of one outgoing message, ready to send as binary (protobuf) or text (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    Binary(Bytes),
+    Text(String),
+}
+
+impl Outbound {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Binary(b) => b.len(),
+            Self::Text(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A response frame: `payload` (the route's response message bytes) only when `code` is OK.
+pub fn encode_response(
+    encoding: FrameEncoding,
+    seq: u64,
+    code: Code,
+    message: &str,
+    route: Option<&Route>,
+    payload: Bytes,
+) -> Outbound {
+    match encoding {
+        FrameEncoding::Proto => Outbound::Binary(
+            ServerFrame {
+                body: Some(server_frame::Body::Response(Response {
+                    seq,
+                    code: code as i32,
+                    message: message.to_owned(),
+                    payload: payload.to_vec(),
+                })),
+            }
+            .encode_to_vec()
+            .into(),
+        ),
+        FrameEncoding::Json => {
+            let output = route.and_then(|r| match &r.target {
+                RouteTarget::Unary { method, .. } => Some(method.output()),
+                RouteTarget::PassThrough { .. } => None,
+            });
+            let payload_json = match (code, output) {
+                (Code::Ok, Some(desc)) => transcode::proto_to_json(&desc, &payload).ok(),
+                _ => None,
+            };
+            Outbound::Text(format!(
+                r#"{{"response":{{"seq":"{seq}","code":"{}","message":{},"payload":{}}}}}"#,
+                code_name(code),
+                Value::String(message.to_owned()),
+                payload_json.map_or_else(
+                    || "{}".to_owned(),
+                    |j| String::from_utf8_lossy(&j).into_owned()
+                )
+            ))
+        }
+    }
+}
+
+/// A push frame in one encoding. JSON needs `payload_type` in `pool`; an unknown type is an
+/// INVALID_ARGUMENT for the PushService caller. Encode once per encoding and share the result.
+pub fn encode_push(
+    encoding: FrameEncoding,
+    push: &Push,
+    pool: &DescriptorPool,
+) -> Result<Outbound, String> {
+    match encoding {
+        FrameEncoding::Proto => Ok(Outbound::Binary(
+            ServerFrame {
+                body: Some(server_frame::Body::Push(push.clone())),
+            }
+            .encode_to_vec()
+            .into(),
+        )),
+        FrameEncoding::Json => {
+            let desc = pool
+                .get_message_by_name(&push.payload_type)
+                .ok_or_else(|| format!("unknown payload_type `{}`", push.payload_type))?;
+            let payload = transcode::proto_to_json(&desc, &push.payload)?;
+            Ok(Outbound::Text(format!(
+                r#"{{"push":{{"id":{},"kind":{},"payload_type":{},"payload":{},"ts":"{}"}}}}"#,
+                Value::String(push.id.clone()),
+                Value::String(push.kind.clone()),
+                Value::String(push.payload_type.clone()),
+                String::from_utf8_lossy(&payload),
+                push.ts
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::Registries;
+    use im_proto::im::echo::v1::{EchoReply, EchoRequest};
+    use im_proto::im::gateway::v1::SessionKicked;
+
+    fn table() -> RouteTable {
+        let (pool, bytes) = crate::routes::descriptors::load(None).unwrap();
+        let text = r#"
+upstreams: { echo: { endpoints: ["127.0.0.1:1"] } }
+routes:
+  - { name: echo, cmd: 7, upstream: echo, grpc: im.echo.v1.EchoService/Echo }
+"#;
+        RouteTable::build(text, pool, &bytes, &Registries::default()).unwrap()
+    }
+
+    fn frame(seq: u64, cmd: u32, payload: Vec<u8>) -> Vec<u8> {
+        ClientFrame { seq, cmd, payload }.encode_to_vec()
+    }
+
+    #[test]
+    fn binary_request_resolves_its_route() {
+        let t = table();
+        let payload = EchoRequest {
+            text: "hi".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let bytes = frame(42, 7, payload.clone());
+        let req = decode_request(Inbound::Binary(&bytes), FrameEncoding::Proto, &t).unwrap();
+        assert_eq!((req.seq, req.route.name.as_str()), (42, "echo"));
+        assert_eq!(req.payload.as_ref(), payload.as_slice());
+    }
+
+    #[test]
+    fn json_request_transcodes_the_nested_payload() {
+        let t = table();
+        let text = r#"{"seq": "9", "cmd": 7, "payload": {"text": "hi", "delayMs": 3}}"#;
+        let req = decode_request(Inbound::Text(text), FrameEncoding::Json, &t).unwrap();
+        let msg = EchoRequest::decode(req.payload).unwrap();
+        assert_eq!((req.seq, msg.text.as_str(), msg.delay_ms), (9, "hi", 3));
+    }
+
+    #[test]
+    fn bad_frames_get_errors_not_panics() {
+        let t = table();
+        let err = |i, e| decode_request(i, e, &t).err().unwrap();
+        assert_eq!(
+            err(Inbound::Binary(&[0xff, 0xff, 0xff]), FrameEncoding::Proto).seq,
+            0
+        );
+        let unknown = frame(5, 99, vec![]);
+        let e = err(Inbound::Binary(&unknown), FrameEncoding::Proto);
+        assert_eq!((e.seq, e.code), (5, Code::Unimplemented));
+        let garbage_payload = frame(6, 7, vec![0xff, 0xff]);
+        assert_eq!(
+            err(Inbound::Binary(&garbage_payload), FrameEncoding::Proto).code,
+            Code::InvalidArgument
+        );
+        for text in [
+            "not json",
+            "[1]",
+            r#"{"seq":1,"cmd":7,"extra":1}"#,
+            r#"{"seq":-1,"cmd":7}"#,
+            r#"{"seq":1,"cmd":7,"payload":{"nope":1}}"#,
+        ] {
+            assert_eq!(
+                err(Inbound::Text(text), FrameEncoding::Json).code,
+                Code::InvalidArgument,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            err(Inbound::Text("{}"), FrameEncoding::Proto).code,
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            err(Inbound::Binary(b"{}"), FrameEncoding::Json).code,
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn responses_in_both_encodings() {
+        let t = table();
+        let route = t.match_cmd(7).unwrap();
+        let reply = EchoReply {
+            text: "ok".into(),
+            number: 5,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let Outbound::Binary(b) = encode_response(
+            FrameEncoding::Proto,
+            3,
+            Code::Ok,
+            "",
+            Some(route),
+            reply.clone().into(),
+        ) else {
+            panic!("binary expected")
+        };
+        let Some(server_frame::Body::Response(r)) = ServerFrame::decode(b).unwrap().body else {
+            panic!()
+        };
+        assert_eq!((r.seq, r.code, r.payload), (3, 0, reply.clone()));
+
+        let Outbound::Text(t) = encode_response(
+            FrameEncoding::Json,
+            3,
+            Code::Ok,
+            "",
+            Some(route),
+            reply.into(),
+        ) else {
+            panic!("text expected")
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["response"]["seq"], "3");
+        assert_eq!(v["response"]["code"], "OK");
+        assert_eq!(v["response"]["payload"]["text"], "ok");
+        assert_eq!(v["response"]["payload"]["number"], "5");
+        assert_eq!(v["response"]["payload"]["flag"], false);
+
+        let Outbound::Text(t) = encode_response(
+            FrameEncoding::Json,
+            4,
+            Code::NotFound,
+            "no \"such\" user",
+            None,
+            Bytes::new(),
+        ) else {
+            panic!()
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(
+            (
+                v["response"]["code"].as_str(),
+                v["response"]["message"].as_str()
+            ),
+            (Some("NOT_FOUND"), Some("no \"such\" user"))
+        );
+    }
+
+    #[test]
+    fn pushes_in_both_encodings_and_unknown_types_rejected() {
+        let t = table();
+        let push = Push {
+            id: "p1".into(),
+            kind: "session_kicked".into(),
+            payload_type: "im.gateway.v1.SessionKicked".into(),
+            payload: SessionKicked {
+                reason: "new login".into(),
+                by_device_id: "d2".into(),
+            }
+            .encode_to_vec(),
+            ts: 1_700_000_000_000,
+        };
+        let Outbound::Text(text) = encode_push(FrameEncoding::Json, &push, &t.descriptors).unwrap()
+        else {
+            panic!()
+        };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["push"]["payload"]["by_device_id"], "d2");
+        assert_eq!(v["push"]["ts"], "1700000000000");
+        let Outbound::Binary(b) = encode_push(FrameEncoding::Proto, &push, &t.descriptors).unwrap()
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(ServerFrame::decode(b).unwrap().body, Some(server_frame::Body::Push(p)) if p.id == "p1")
+        );
+        let unknown = Push {
+            payload_type: "im.nope.v1.X".into(),
+            ..push
+        };
+        assert!(encode_push(FrameEncoding::Json, &unknown, &t.descriptors)
+            .unwrap_err()
+            .contains("unknown payload_type"));
+    }
+}
