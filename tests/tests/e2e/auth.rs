@@ -25,31 +25,12 @@ routes:
 
 /// An RSA key pair made by openssl: (private PEM, public PEM path).
 async fn rsa_keys(dir: &ScratchDir) -> (Vec<u8>, std::path::PathBuf) {
-    let (key, public) = (dir.path("rsa.pem"), dir.path("rsa.pub.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&key)
-        .status()
-        .await
-        .expect("openssl is installed");
-    assert!(ok.success());
-    let ok = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .await
-        .unwrap();
-    assert!(ok.success());
-    (std::fs::read(&key).unwrap(), public)
+    key_pair(
+        dir,
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    )
+    .await
 }
 
 /// `sha256sum` of a string, through the system tool, as an operator would compute it.

@@ -10,19 +10,7 @@ async fn post(
     path: &str,
     body: Value,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let resp = reqwest::Client::new()
-        .post(gw.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("gateway reachable");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.bytes().await.expect("body");
-    let value =
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
-    (status, headers, value)
+    gw.post(path, &body.to_string(), &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

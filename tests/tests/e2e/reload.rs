@@ -7,19 +7,9 @@ use futures::future::join_all;
 use im_tests::{echo_routes, wait_for, write_atomically, EchoBackend, TestGateway};
 use serde_json::Value;
 
-async fn echo(client: &reqwest::Client, gw: &TestGateway, body: &str) -> (u16, Value) {
-    let resp = client
-        .post(gw.url("/service/echo"))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("gateway reachable");
-    let status = resp.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null),
-    )
+async fn echo(gw: &TestGateway, body: &str) -> (u16, Value) {
+    let (status, _, body) = gw.post("/service/echo", body, &[]).await;
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +17,6 @@ async fn broken_files_are_rejected_whole_and_the_old_table_keeps_serving() {
     let backend = EchoBackend::start().await;
     let good = echo_routes(&[backend.addr], "");
     let gw = TestGateway::start(&good).await;
-    let client = reqwest::Client::new();
     let version = gw.admin_json("/admin/routes").await["version"].clone();
 
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
@@ -57,7 +46,7 @@ async fn broken_files_are_rejected_whole_and_the_old_table_keeps_serving() {
             routes["last_error"].as_str().unwrap().contains(needle),
             "{file}: {routes}"
         );
-        let (status, body) = echo(&client, &gw, r#"{"text":"still here"}"#).await;
+        let (status, body) = echo(&gw, r#"{"text":"still here"}"#).await;
         assert_eq!(
             (status, body["served_by"].as_str()),
             (200, Some(backend.addr.to_string().as_str())),
@@ -120,7 +109,7 @@ async fn reload_under_load_drops_nothing_and_switches_upstream() {
     gw.write_routes(&echo_routes(&[b.addr], "    timeout: 4s\n    retries: 0"));
     let (status, body) = gw.reload().await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = echo(&client, &gw, "{}").await;
+    let (status, body) = echo(&gw, "{}").await;
     assert_eq!(status, 200);
     assert_eq!(
         body["served_by"],
@@ -159,7 +148,6 @@ async fn file_watcher_reloads_on_save() {
         TestGateway::start_with(&echo_routes(&[a.addr], ""), |cfg| cfg.reload.watch = true).await;
     let before = gw.admin_json("/admin/routes").await["version"].clone();
     write_atomically(&gw.routes_path, &echo_routes(&[b.addr], ""));
-    let client = reqwest::Client::new();
     wait_for(
         "the watcher to load the new file",
         Duration::from_secs(10),
@@ -169,6 +157,6 @@ async fn file_watcher_reloads_on_save() {
         },
     )
     .await;
-    let (_, body) = echo(&client, &gw, "{}").await;
+    let (_, body) = echo(&gw, "{}").await;
     assert_eq!(body["served_by"], b.addr.to_string());
 }
