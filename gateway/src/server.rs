@@ -3,6 +3,8 @@
 //! Pingora `Server`; [`RunningGateway`] runs one on its own thread and stops it (tests, embedders).
 
 use std::path::PathBuf;
+
+use sha2::Digest;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -24,6 +26,9 @@ use crate::filters::revocation::MemoryRevocation;
 use crate::filters::Guard;
 use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
+use crate::push::listener::PushApp;
+use crate::push::service::InternalGrpc;
+use crate::push::{Hub, PushDeps};
 use crate::routes::reloader::Reloader;
 use crate::routes::{Registries, RouteSource, RouteStore, RoutesError};
 use crate::upstream::HealthRegistry;
@@ -35,6 +40,8 @@ pub enum BuildError {
     Routes(#[from] RoutesError),
     #[error("{0}")]
     Auth(String),
+    #[error("push.internal_token_file: {0}")]
+    InternalToken(String),
 }
 
 /// Everything a running gateway shares, built without binding sockets.
@@ -44,6 +51,9 @@ pub struct Gateway {
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub guard: Arc<Guard>,
+    pub push: Arc<PushDeps>,
+    /// SHA-256 of the PushService token, read at build; `None` refuses every call.
+    internal_token: Option<[u8; 32]>,
     routes_path: PathBuf,
 }
 
@@ -67,12 +77,37 @@ impl Gateway {
             limiters: LimiterRegistry::new(config.rate_limit.max_keys),
         };
         let routes = Arc::new(RouteStore::open(source, registries, metrics.clone())?);
+        let internal_token = match &config.push.internal_token_file {
+            None => None,
+            Some(p) => {
+                let raw = std::fs::read_to_string(p)
+                    .map_err(|e| BuildError::InternalToken(format!("{}: {e}", p.display())))?;
+                let token = raw.trim();
+                if token.len() < 16 {
+                    return Err(BuildError::InternalToken(format!(
+                        "{} holds fewer than 16 characters; use a long random token",
+                        p.display()
+                    )));
+                }
+                Some(sha2::Sha256::digest(token.as_bytes()).into())
+            }
+        };
+        let dispatcher = Arc::new(Dispatcher::new(metrics.clone()));
+        let push = Arc::new(PushDeps {
+            config: config.push.clone(),
+            routes: routes.clone(),
+            dispatcher: dispatcher.clone(),
+            guard: guard.clone(),
+            hub: Hub::new(config.push.multi_device),
+        });
         Ok(Self {
-            dispatcher: Arc::new(Dispatcher::new(metrics.clone())),
+            dispatcher,
             config,
             routes,
             metrics,
             guard,
+            push,
+            internal_token,
             routes_path,
         })
     }
@@ -146,7 +181,24 @@ impl Gateway {
                 debounce: cfg.reload.debounce.0,
             },
         );
+        let mut push = Service::new(
+            "push".to_owned(),
+            PushApp {
+                deps: self.push.clone(),
+            },
+        );
+        push.add_tcp(&cfg.listen.push.to_string());
+        let internal = background_service(
+            "internal grpc",
+            InternalGrpc {
+                deps: self.push.clone(),
+                addr: cfg.listen.internal,
+                token_sha256: self.internal_token,
+            },
+        );
         server.add_service(edge);
+        server.add_service(push);
+        server.add_service(internal);
         server.add_service(admin);
         server.add_service(reloader);
         Ok(server)

@@ -86,7 +86,10 @@ fn main() -> ExitCode {
         // The backends mint tokens with the same dev key (§2).
         cfg.auth.hs256_secret_file = Some(args.data.join("dev-jwt.key"));
     }
-    let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
+    if cfg.push.internal_token_file.is_none() {
+        cfg.push.internal_token_file = Some(args.data.join("internal.token"));
+    }
+    let (edge, admin, push) = (cfg.listen.edge, cfg.listen.admin, cfg.listen.push);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
     };
     println!("IM system running (Ctrl-C to stop)");
     println!("  HTTP API      http://{edge}/service/...   e.g. curl -d '{{\"text\":\"hi\"}}' http://{edge}/service/echo");
+    println!("  WebSocket     ws://{push}/ws?token=<JWT>&encoding=json");
     println!("  admin         http://{admin}/admin/routes   /metrics   /readyz");
     println!("  backends      {} (gRPC, h2c)", args.backends);
 

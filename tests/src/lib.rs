@@ -13,6 +13,9 @@ use im_gateway::config::GatewayConfig;
 use im_gateway::{Gateway, RunningGateway};
 use tokio::sync::oneshot;
 
+/// The PushService token of every test gateway.
+pub const INTERNAL_TOKEN: &str = "im-tests-internal-token-0123456789";
+
 /// The HS256 secret every test gateway trusts.
 pub const TEST_SECRET: &str = "im-tests-hs256-secret-0123456789";
 
@@ -186,6 +189,8 @@ impl Drop for EchoProcess {
 pub struct TestGateway {
     pub edge: SocketAddr,
     pub admin: SocketAddr,
+    pub push: SocketAddr,
+    pub internal: SocketAddr,
     pub routes_path: PathBuf,
     pub running: Option<RunningGateway>,
     _dir: ScratchDir,
@@ -204,6 +209,11 @@ impl TestGateway {
         std::fs::write(&secret, TEST_SECRET).expect("write test secret");
         let mut cfg = GatewayConfig::default();
         cfg.auth.hs256_secret_file = Some(secret);
+        let internal = dir.path("internal.token");
+        std::fs::write(&internal, INTERNAL_TOKEN).expect("write internal token");
+        cfg.push.internal_token_file = Some(internal);
+        cfg.listen.push = loopback(free_port());
+        cfg.listen.internal = loopback(free_port());
         cfg.listen.edge = loopback(free_port());
         cfg.listen.admin = loopback(free_port());
         cfg.threads = 2;
@@ -214,11 +224,14 @@ impl TestGateway {
             im_gateway::config::units::HumanDuration(Duration::from_secs(1));
         tweak(&mut cfg);
         let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
+        let (push, internal) = (cfg.listen.push, cfg.listen.internal);
         let gateway = Gateway::build(cfg, routes_path.clone()).expect("routes are valid");
         let running = RunningGateway::start(gateway).expect("gateway starts");
         let gw = Self {
             edge,
             admin,
+            push,
+            internal,
             routes_path,
             running: Some(running),
             _dir: dir,
@@ -229,8 +242,11 @@ impl TestGateway {
             let (client, url) = (client.clone(), url.clone());
             async move {
                 let ok = client.get(&url).send().await.ok()?.status().is_success();
-                let edge_up = tokio::net::TcpStream::connect(edge).await.is_ok();
-                (ok && edge_up).then_some(())
+                let mut up = true;
+                for addr in [edge, push, internal] {
+                    up &= tokio::net::TcpStream::connect(addr).await.is_ok();
+                }
+                (ok && up).then_some(())
             }
         })
         .await;

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::filters::auth::AuthConfig;
 use crate::filters::client_ip::ClientIpConfig;
 use crate::filters::cors::CorsConfig;
+use crate::push::PushConfig;
 use units::HumanDuration;
 
 /// Parsed and validated `gateway.yaml`. Every field has a default, so an empty file is valid.
@@ -35,6 +36,8 @@ pub struct GatewayConfig {
     pub cors: CorsConfig,
     /// Memory bounds of rate limiting.
     pub rate_limit: RateLimitSettings,
+    /// WebSocket sessions and PushService.
+    pub push: PushConfig,
     pub reload: Reload,
     pub shutdown: Shutdown,
 }
@@ -46,6 +49,10 @@ pub struct Listen {
     pub edge: SocketAddr,
     /// Metrics, health, route inspection and reload. Keep it on loopback.
     pub admin: SocketAddr,
+    /// WebSocket push listener (`/ws`).
+    pub push: SocketAddr,
+    /// Internal gRPC: PushService for backends. Loopback only (no TLS here yet).
+    pub internal: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +114,7 @@ impl Default for GatewayConfig {
             client_ip: ClientIpConfig::default(),
             cors: CorsConfig::default(),
             rate_limit: RateLimitSettings::default(),
+            push: PushConfig::default(),
             reload: Reload::default(),
             shutdown: Shutdown::default(),
         }
@@ -118,6 +126,8 @@ impl Default for Listen {
         Self {
             edge: ([0, 0, 0, 0], 8080).into(),
             admin: ([127, 0, 0, 1], 9901).into(),
+            push: ([0, 0, 0, 0], 8081).into(),
+            internal: ([127, 0, 0, 1], 9090).into(),
         }
     }
 }
@@ -168,9 +178,20 @@ impl GatewayConfig {
         })?;
         let mut cfg = Self::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.routes, &mut cfg.descriptors]
+        // Every file the config names is relative to the config file.
+        let tls = cfg.tls.as_mut().map(|t| [&mut t.cert, &mut t.key]);
+        let keys = cfg.auth.public_keys.iter_mut().map(|k| &mut k.file);
+        let files = [
+            &mut cfg.routes,
+            &mut cfg.descriptors,
+            &mut cfg.auth.hs256_secret_file,
+            &mut cfg.push.internal_token_file,
+        ];
+        for p in files
             .into_iter()
             .flatten()
+            .chain(tls.into_iter().flatten())
+            .chain(keys)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -199,6 +220,21 @@ impl GatewayConfig {
             field,
             message: message.to_owned(),
         };
+        if !self.listen.internal.ip().is_loopback() {
+            return Err(invalid(
+                "listen.internal",
+                "PushService has no TLS yet: bind it to loopback (e.g. 127.0.0.1:9090)",
+            ));
+        }
+        if self.push.max_inflight == 0
+            || self.push.queue_frames == 0
+            || self.push.queue_bytes.0 < 1024
+        {
+            return Err(invalid(
+                "push",
+                "max_inflight and queue_frames must be at least 1, queue_bytes at least 1KiB",
+            ));
+        }
         if self.rate_limit.max_keys < 16 {
             return Err(invalid("rate_limit.max_keys", "must be at least 16"));
         }

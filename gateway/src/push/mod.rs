@@ -1,10 +1,35 @@
-//! The WebSocket push plugin (DESIGN §7–§8), built socket-free first:
+//! The WebSocket push plugin (DESIGN §7–§8):
 //! - [`frames`]: client and server frames in both encodings (protobuf binary, JSON text with
-//!   nested payloads transcoded by the route's or the push's message type);
+//!   nested payloads transcoded by the route's or the push's message type), socket-free;
 //! - [`registry`]: user -> device -> connection, behind a trait cluster mode can back with Redis,
-//!   with the multi-device policies.
-//!
-//! The push listener, sessions and PushService that use them are the rest of issue #4.
+//!   with the multi-device policies;
+//! - [`hub`]: the node's sessions and their bounded outbound queues;
+//! - [`session`]: one connection's reader (frames -> the shared dispatcher) and writer;
+//! - [`listener`]: the push listener's Pingora service and the synchronous handshake checks;
+//! - [`service`]: `im.gateway.v1.PushService` for backends, behind the internal token.
 
+pub mod config;
 pub mod frames;
+pub mod hub;
+pub mod listener;
 pub mod registry;
+pub mod service;
+pub mod session;
+
+use std::sync::Arc;
+
+use crate::dispatch::Dispatcher;
+use crate::filters::Guard;
+use crate::routes::RouteStore;
+
+pub use config::PushConfig;
+pub use hub::Hub;
+
+/// What sessions, the listener and PushService share.
+pub struct PushDeps {
+    pub config: PushConfig,
+    pub routes: Arc<RouteStore>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub guard: Arc<Guard>,
+    pub hub: Hub,
+}

@@ -78,6 +78,19 @@ impl<H> MemoryRegistry<H> {
     }
 }
 
+impl<H: Clone> MemoryRegistry<H> {
+    /// Every connection matching `pred`, over all users: O(connections), for rare operations
+    /// such as revoking a session id.
+    pub fn find(&self, pred: impl Fn(&Connection<H>) -> bool) -> Vec<Connection<H>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().expect("registry poisoned");
+            out.extend(shard.values().flatten().filter(|c| pred(c)).cloned());
+        }
+        out
+    }
+}
+
 impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
     fn register(&self, user: &str, conn: Connection<H>) -> Vec<Connection<H>> {
         let mut shard = self.shard(user).write().expect("registry poisoned");

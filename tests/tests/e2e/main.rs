@@ -6,6 +6,7 @@ mod check;
 mod failover;
 mod health;
 mod passthrough;
+mod push;
 mod ratelimit;
 mod reload;
 mod tls;

@@ -1,0 +1,256 @@
+//! The push listener: its own Pingora service whose app hands each accepted stream to
+//! tokio-tungstenite. Everything the handshake checks is in memory (the callback is synchronous):
+//! path, token (header or `?token=`), revocation, device/platform against the token, `Origin`,
+//! the connection cap; the chosen encoding is echoed as the subprotocol.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::frames::FrameEncoding;
+use super::registry::Device;
+use super::session::{self, SessionInfo};
+use super::PushDeps;
+use crate::filters::auth::bearer;
+
+pub struct PushApp {
+    pub deps: Arc<PushDeps>,
+}
+
+/// Validated tungstenite settings: small buffers (its defaults cost >100 KiB per connection),
+/// explicit caps.
+pub fn ws_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message.saturating_mul(2).max(64 * 1024))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// A refused handshake: the HTTP status and the reason in its body.
+pub type Refusal = (StatusCode, String);
+
+fn reject(status: StatusCode, why: &str) -> Refusal {
+    (status, why.to_owned())
+}
+
+fn error_response((status, why): Refusal) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(why));
+    *r.status_mut() = status;
+    r
+}
+
+/// `%XX` decoding of one query value (tokens and ids are usually plain).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex))
+                if std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .is_some() =>
+            {
+                out.push(
+                    u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("0"), 16).unwrap_or(b'?'),
+                );
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The handshake checks, as a pure function of the request (unit-testable).
+pub fn check_handshake(
+    deps: &PushDeps,
+    req: &Request,
+    resp: &mut Response,
+    client_ip: IpAddr,
+) -> Result<SessionInfo, Refusal> {
+    if req.uri().path() != "/ws" {
+        return Err(reject(StatusCode::NOT_FOUND, "the push endpoint is /ws"));
+    }
+    if deps.hub.open.load(Ordering::Relaxed) >= deps.config.max_connections {
+        return Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway at its connection limit",
+        ));
+    }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+        .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+
+    if !deps.config.allowed_origins.is_empty() {
+        if let Some(origin) = header("origin") {
+            if !deps
+                .config
+                .allowed_origins
+                .iter()
+                .any(|o| o == origin || o == "*")
+            {
+                return Err(reject(StatusCode::FORBIDDEN, "origin not allowed"));
+            }
+        }
+    }
+    let token = header("authorization")
+        .and_then(bearer)
+        .or_else(|| param("token"))
+        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "missing token"))?;
+    let identity = deps
+        .guard
+        .auth
+        .verify(token)
+        .map_err(|f| reject(StatusCode::UNAUTHORIZED, &f.to_string()))?;
+    let device_id = param("device_id").map(str::to_owned);
+    let platform = param("platform").map(str::to_owned);
+    for (asked, claimed, what) in [
+        (&device_id, &identity.device_id, "device_id"),
+        (&platform, &identity.platform, "platform"),
+    ] {
+        if let (Some(a), Some(c)) = (asked, claimed) {
+            if a != c {
+                return Err(reject(
+                    StatusCode::UNAUTHORIZED,
+                    &format!("{what} does not match the token"),
+                ));
+            }
+        }
+    }
+    let protocols: Vec<&str> = header("sec-websocket-protocol")
+        .map(|p| p.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let encoding = match (param("encoding"), protocols.as_slice()) {
+        (Some("json"), _) => FrameEncoding::Json,
+        (Some("proto") | None, p) if p.contains(&"im.v1.json") && param("encoding").is_none() => {
+            FrameEncoding::Json
+        }
+        (Some("proto") | None, _) => FrameEncoding::Proto,
+        (Some(other), _) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                &format!("encoding `{other}`: use proto or json"),
+            ));
+        }
+    };
+    let chosen = match encoding {
+        FrameEncoding::Json => "im.v1.json",
+        FrameEncoding::Proto => "im.v1.proto",
+    };
+    if protocols.contains(&chosen) {
+        resp.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
+    }
+    Ok(SessionInfo {
+        device: Device {
+            device_id: device_id
+                .or_else(|| identity.device_id.clone())
+                .unwrap_or_else(|| "default".into()),
+            platform: platform
+                .or_else(|| identity.platform.clone())
+                .unwrap_or_else(|| "unknown".into()),
+        },
+        token: token.to_owned(),
+        identity,
+        encoding,
+        client_ip,
+    })
+}
+
+#[async_trait]
+impl ServerApp for PushApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let deps = &self.deps;
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let mut info = None;
+        // tungstenite fixes the callback's error type (a whole HTTP response).
+        #[allow(clippy::result_large_err)]
+        let callback = |req: &Request, mut resp: Response| {
+            let checked = check_handshake(deps, req, &mut resp, client_ip);
+            match checked {
+                Ok(i) => {
+                    info = Some(i);
+                    Ok(resp)
+                }
+                Err(refusal) => Err(error_response(refusal)),
+            }
+        };
+        let config = ws_config(deps.config.max_message.0 as usize);
+        let accepted = tokio::time::timeout(
+            deps.config.handshake_timeout.0,
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
+        )
+        .await;
+        let ws = match accepted {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "websocket handshake refused");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if let Some(info) = info {
+            session::run(ws, info, deps.clone(), shutdown.clone()).await;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn config_is_valid_for_tungstenite() {
+        // tungstenite panics when max_write_buffer_size <= write_buffer_size.
+        let c = ws_config(1 << 20);
+        assert!(c.max_write_buffer_size > c.write_buffer_size);
+        let c = ws_config(0);
+        assert!(c.max_write_buffer_size > c.write_buffer_size);
+    }
+}

@@ -1,0 +1,271 @@
+//! `im.gateway.v1.PushService` for backends (DESIGN §8), on the internal listener: every call
+//! must carry `authorization: Bearer <internal token>`. Push frames are encoded once per encoding
+//! in use and shared by every recipient.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use im_proto::im::gateway::v1::push_service_server::{PushService, PushServiceServer};
+use im_proto::im::gateway::v1::{
+    DevicePresence, KickReply, KickRequest, PresenceReply, PresenceRequest, Push, PushReply,
+    PushRequest, RevokeReply, RevokeRequest, SessionKicked, UserPresence,
+};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::frames::{encode_push, Outbound};
+use super::hub::{close, SessionHandle};
+use super::registry::{Connection, SessionRegistry};
+use super::PushDeps;
+use crate::filters::request_id;
+use crate::filters::revocation::unix_now;
+
+/// Upper bound on recipients of one Push call.
+const MAX_RECIPIENT_USERS: usize = 100_000;
+/// How long a revocation without `exp` lasts.
+const DEFAULT_REVOCATION_SECS: u64 = 30 * 86_400;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Sends `session_kicked` to one connection, then closes it with 4002.
+pub fn kick(deps: &PushDeps, conn: &Connection<SessionHandle>, reason: &str, by_device_id: &str) {
+    let push = Push {
+        id: request_id::generate(),
+        kind: "session_kicked".into(),
+        payload_type: "im.gateway.v1.SessionKicked".into(),
+        payload: SessionKicked {
+            reason: reason.to_owned(),
+            by_device_id: by_device_id.to_owned(),
+        }
+        .encode_to_vec(),
+        ts: now_ms(),
+    };
+    let table = deps.routes.load();
+    if let Ok(frame) = encode_push(conn.handle.encoding, &push, &table.descriptors) {
+        conn.handle.send(frame, &deps.hub.slow_closes);
+    }
+    conn.handle.close_with(close::KICKED, "kicked");
+}
+
+pub struct PushSvc {
+    pub deps: Arc<PushDeps>,
+}
+
+#[async_trait]
+impl PushService for PushSvc {
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
+        let req = request.into_inner();
+        if req.user_ids.len() > MAX_RECIPIENT_USERS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_RECIPIENT_USERS} user_ids per call"
+            )));
+        }
+        if req.kind.is_empty() {
+            return Err(Status::invalid_argument("kind is required"));
+        }
+        let table = self.deps.routes.load();
+        if table
+            .descriptors
+            .get_message_by_name(&req.payload_type)
+            .is_none()
+        {
+            return Err(Status::invalid_argument(format!(
+                "unknown payload_type `{}`",
+                req.payload_type
+            )));
+        }
+        let push = Push {
+            id: request_id::generate(),
+            kind: req.kind,
+            payload_type: req.payload_type,
+            payload: req.payload,
+            ts: now_ms(),
+        };
+        // Encoded lazily, once per encoding, shared by every recipient.
+        let mut encoded: [Option<Outbound>; 2] = [None, None];
+        let mut reply = PushReply::default();
+        for user in &req.user_ids {
+            let mut online = false;
+            for conn in self.deps.hub.registry.connections(user) {
+                if (!req.platforms.is_empty() && !req.platforms.contains(&conn.device.platform))
+                    || req.exclude_device_ids.contains(&conn.device.device_id)
+                {
+                    continue;
+                }
+                online = true;
+                let slot = &mut encoded[conn.handle.encoding as usize];
+                if slot.is_none() {
+                    let frame = encode_push(conn.handle.encoding, &push, &table.descriptors)
+                        .map_err(Status::invalid_argument)?;
+                    *slot = Some(frame);
+                }
+                if let Some(frame) = slot {
+                    if self.deps.hub.deliver(&conn, frame.clone()) {
+                        reply.delivered += 1;
+                    }
+                }
+            }
+            if online {
+                reply.users_online += 1;
+            } else {
+                reply.users_offline += 1;
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
+        let req = request.into_inner();
+        let mut closed = 0;
+        for conn in self.deps.hub.registry.connections(&req.user_id) {
+            if !req.device_id.is_empty() && conn.device.device_id != req.device_id {
+                continue;
+            }
+            if let Some(sid) = &conn.handle.sid {
+                self.deps
+                    .guard
+                    .auth
+                    .revocation()
+                    .revoke(sid, conn.handle.exp);
+            }
+            kick(&self.deps, &conn, &req.reason, "");
+            closed += 1;
+        }
+        Ok(Response::new(KickReply { closed }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeReply>, Status> {
+        let req = request.into_inner();
+        if req.sid.is_empty() || req.sid.len() > 256 {
+            return Err(Status::invalid_argument("sid must be 1 to 256 characters"));
+        }
+        let until = u64::try_from(req.exp)
+            .ok()
+            .filter(|e| *e > 0)
+            .unwrap_or(unix_now() + DEFAULT_REVOCATION_SECS);
+        self.deps.guard.auth.revocation().revoke(&req.sid, until);
+        let sessions = self
+            .deps
+            .hub
+            .registry
+            .find(|c| c.handle.sid.as_deref() == Some(req.sid.as_str()));
+        for conn in &sessions {
+            conn.handle.close_with(close::TOKEN, "session revoked");
+        }
+        Ok(Response::new(RevokeReply {
+            closed: sessions.len() as u32,
+        }))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceReply>, Status> {
+        let req = request.into_inner();
+        if req.user_ids.len() > MAX_RECIPIENT_USERS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_RECIPIENT_USERS} user_ids per call"
+            )));
+        }
+        let users = req
+            .user_ids
+            .into_iter()
+            .map(|user_id| {
+                let devices = self
+                    .deps
+                    .hub
+                    .registry
+                    .connections(&user_id)
+                    .into_iter()
+                    .map(|c| DevicePresence {
+                        device_id: c.device.device_id,
+                        platform: c.device.platform,
+                    })
+                    .collect();
+                UserPresence { user_id, devices }
+            })
+            .collect();
+        Ok(Response::new(PresenceReply { users }))
+    }
+}
+
+/// Runs PushService (and `grpc.health.v1`) on the internal listener until shutdown.
+pub struct InternalGrpc {
+    pub deps: Arc<PushDeps>,
+    pub addr: SocketAddr,
+    /// SHA-256 of the internal token; `None` refuses every call.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+fn authorized(expected: Option<[u8; 32]>, req: &Request<()>) -> Result<(), Status> {
+    let presented = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::filters::auth::bearer);
+    match (expected, presented) {
+        (Some(want), Some(token)) => {
+            let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let diff = want
+                .iter()
+                .zip(got.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                Ok(())
+            } else {
+                Err(Status::unauthenticated("bad internal token"))
+            }
+        }
+        (None, _) => Err(Status::unauthenticated(
+            "PushService has no internal token configured",
+        )),
+        (_, None) => Err(Status::unauthenticated("missing internal token")),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for InternalGrpc {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %self.addr, error = %e, "cannot bind the internal gRPC listener");
+                return;
+            }
+        };
+        let expected = self.token_sha256;
+        let svc = PushServiceServer::with_interceptor(
+            PushSvc {
+                deps: self.deps.clone(),
+            },
+            move |req| authorized(expected, &req).map(|()| req),
+        );
+        let (_, health) = tonic_health::server::health_reporter();
+        tracing::info!(addr = %self.addr, "PushService listening");
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async move {
+                    let _ = shutdown.changed().await;
+                },
+            )
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "internal gRPC listener failed");
+        }
+    }
+}

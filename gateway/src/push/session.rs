@@ -1,0 +1,276 @@
+//! One WebSocket session: a reader that routes request frames through the shared dispatcher
+//! (bounded in flight) and a writer that drains the bounded outbound queue, coalescing queued
+//! frames into one flush, pinging, and honouring close requests (kick, revoke, expiry, slow
+//! consumer, drain) even when the socket is clogged.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tonic::Code;
+
+use super::frames::{decode_request, encode_response, FrameEncoding, Inbound, Outbound};
+use super::hub::{close, SessionHandle};
+use super::registry::{Connection, Device, SessionRegistry};
+use super::PushDeps;
+use crate::dispatch::CallContext;
+use crate::filters::auth::Identity;
+use crate::filters::revocation::unix_now;
+use crate::filters::{request_id, Credentials};
+
+/// What the handshake established.
+pub struct SessionInfo {
+    pub identity: Arc<Identity>,
+    pub token: String,
+    pub device: Device,
+    pub encoding: FrameEncoding,
+    pub client_ip: IpAddr,
+}
+
+fn to_message(frame: Outbound) -> Message {
+    match frame {
+        Outbound::Binary(b) => Message::Binary(b),
+        Outbound::Text(t) => Message::Text(t.into()),
+    }
+}
+
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    info: SessionInfo,
+    deps: Arc<PushDeps>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &deps.config;
+    let conn_id = deps.hub.next_conn_id();
+    let (handle, rx, mut close_rx, queued) = SessionHandle::new(
+        conn_id,
+        info.identity.sid.clone(),
+        info.identity.exp,
+        info.encoding,
+        cfg.queue_frames,
+        cfg.queue_bytes.0 as usize,
+    );
+    let user = info.identity.user_id.clone();
+    let displaced = deps.hub.registry.register(
+        &user,
+        Connection {
+            conn_id,
+            device: info.device.clone(),
+            handle: handle.clone(),
+        },
+    );
+    for old in displaced {
+        super::service::kick(
+            &deps,
+            &old,
+            "signed in on another device",
+            &info.device.device_id,
+        );
+    }
+    deps.hub.open.fetch_add(1, Ordering::Relaxed);
+
+    let (sink, mut stream) = ws.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        close_rx.clone(),
+        queued,
+        cfg.ping_interval.0,
+    ));
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let exp_in = Duration::from_secs(info.identity.exp.saturating_sub(unix_now()));
+    let expiry = tokio::time::sleep(exp_in);
+    tokio::pin!(expiry);
+    let info = Arc::new(info);
+    loop {
+        tokio::select! {
+            next = tokio::time::timeout(cfg.idle_timeout.0, stream.next()) => match next {
+                Err(_) => handle.close_with(close::POLICY, "idle timeout"),
+                Ok(None) => handle.close_with(1000, "bye"),
+                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => handle.close_with(close::TOO_BIG, "message too big"),
+                Ok(Some(Err(WsError::Utf8(_)))) => handle.close_with(close::INVALID_TEXT, "invalid UTF-8"),
+                Ok(Some(Err(_))) => handle.close_with(close::POLICY, "protocol error"),
+                Ok(Some(Ok(msg))) => match msg {
+                    Message::Binary(b) => on_request(Inbound::Binary(&b), &info, &deps, &handle, &inflight),
+                    Message::Text(t) => on_request(Inbound::Text(t.as_str()), &info, &deps, &handle, &inflight),
+                    Message::Close(_) => handle.close_with(1000, "bye"),
+                    _ => {}
+                },
+            },
+            _ = close_rx.changed() => break,
+            _ = &mut expiry => handle.close_with(close::TOKEN, "token expired"),
+            _ = shutdown.changed() => handle.close_with(close::GOING_AWAY, "gateway shutting down"),
+        }
+        if close_rx.borrow().is_some() {
+            break;
+        }
+    }
+    deps.hub.registry.unregister(&user, conn_id);
+    deps.hub.open.fetch_sub(1, Ordering::Relaxed);
+    let _ = writer.await;
+}
+
+fn on_request(
+    inbound: Inbound<'_>,
+    info: &Arc<SessionInfo>,
+    deps: &Arc<PushDeps>,
+    handle: &SessionHandle,
+    inflight: &Arc<AtomicUsize>,
+) {
+    let table = deps.routes.load();
+    let reply = |frame| {
+        handle.send(frame, &deps.hub.slow_closes);
+    };
+    let req = match decode_request(inbound, info.encoding, &table) {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(encode_response(
+                info.encoding,
+                e.seq,
+                e.code,
+                &e.message,
+                None,
+                Bytes::new(),
+            ))
+        }
+    };
+    if inflight.fetch_add(1, Ordering::AcqRel) >= deps.config.max_inflight {
+        inflight.fetch_sub(1, Ordering::AcqRel);
+        let msg = "too many requests in flight on this connection";
+        return reply(encode_response(
+            info.encoding,
+            req.seq,
+            Code::ResourceExhausted,
+            msg,
+            None,
+            Bytes::new(),
+        ));
+    }
+    let (info, deps, handle, inflight) =
+        (info.clone(), deps.clone(), handle.clone(), inflight.clone());
+    tokio::spawn(async move {
+        let creds = Credentials {
+            bearer: Some(&info.token),
+            api_key: None,
+        };
+        let frame = match deps.guard.admit(&req.route, creds, info.client_ip) {
+            Err(rej) => encode_response(
+                info.encoding,
+                req.seq,
+                rej.code,
+                &rej.message,
+                None,
+                Bytes::new(),
+            ),
+            Ok(admitted) => {
+                let id = admitted.identity.as_deref().unwrap_or(&info.identity);
+                let ctx = CallContext {
+                    request_id: request_id::generate(),
+                    traceparent: None,
+                    user_id: Some(id.user_id.clone()),
+                    device_id: Some(info.device.device_id.clone()),
+                    platform: Some(info.device.platform.clone()),
+                    api_client: None,
+                };
+                match deps.dispatcher.unary(&req.route, req.payload, &ctx).await {
+                    Ok(bytes) => encode_response(
+                        info.encoding,
+                        req.seq,
+                        Code::Ok,
+                        "",
+                        Some(&req.route),
+                        bytes,
+                    ),
+                    Err(e) => encode_response(
+                        info.encoding,
+                        req.seq,
+                        e.code(),
+                        &e.client_message(),
+                        None,
+                        Bytes::new(),
+                    ),
+                }
+            }
+        };
+        handle.send(frame, &deps.hub.slow_closes);
+        inflight.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+async fn write_loop<S>(
+    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut close_rx: watch::Receiver<Option<(u16, &'static str)>>,
+    queued: Arc<AtomicUsize>,
+    ping: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+    loop {
+        tokio::select! {
+            biased;
+            _ = close_rx.changed() => break,
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                queued.fetch_sub(frame.len(), Ordering::AcqRel);
+                let mut ok = sink.feed(to_message(frame)).await.is_ok();
+                // Coalesce whatever else is queued into the same flush.
+                while ok {
+                    let Ok(more) = rx.try_recv() else { break };
+                    queued.fetch_sub(more.len(), Ordering::AcqRel);
+                    ok = sink.feed(to_message(more)).await.is_ok();
+                }
+                // A clogged socket must not keep a close request (4003, kick) waiting.
+                let flushed = tokio::select! {
+                    r = sink.flush() => ok && r.is_ok(),
+                    _ = close_rx.changed() => false,
+                };
+                if !flushed {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let requested = *close_rx.borrow();
+    if let Some((code, reason)) = requested {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        // A slow consumer is not reading: try briefly, then drop the TCP connection. Others get
+        // what was queued before the close (e.g. `session_kicked` before 4002).
+        let patience = if code == close::SLOW_CONSUMER {
+            100
+        } else {
+            1000
+        };
+        let farewell = async {
+            if code != close::SLOW_CONSUMER {
+                while let Ok(frame) = rx.try_recv() {
+                    queued.fetch_sub(frame.len(), Ordering::AcqRel);
+                    sink.feed(to_message(frame)).await?;
+                }
+            }
+            sink.send(Message::Close(Some(frame))).await
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(patience), farewell).await;
+    }
+}
