@@ -10,6 +10,7 @@ use im_proto::im::gateway::v1::{server_frame, ClientFrame, Push, Response, Serve
 use prost::Message;
 use prost_reflect::DescriptorPool;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Code;
 
 use crate::bridge::transcode;
@@ -174,10 +175,11 @@ fn unary_input(route: &Route, seq: u64) -> Result<prost_reflect::MessageDescript
 }
 
 /// The bytes of one outgoing message, ready to send as binary (protobuf) or text (JSON).
+/// Both are reference-counted, so one push frame is shared by every recipient, not copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     Binary(Bytes),
-    Text(String),
+    Text(Utf8Bytes),
 }
 
 impl Outbound {
@@ -224,15 +226,18 @@ pub fn encode_response(
                 (Code::Ok, Some(desc)) => transcode::proto_to_json(&desc, &payload).ok(),
                 _ => None,
             };
-            Outbound::Text(format!(
-                r#"{{"response":{{"seq":"{seq}","code":"{}","message":{},"payload":{}}}}}"#,
-                code_name(code),
-                Value::String(message.to_owned()),
-                payload_json.map_or_else(
-                    || "{}".to_owned(),
-                    |j| String::from_utf8_lossy(&j).into_owned()
+            Outbound::Text(
+                format!(
+                    r#"{{"response":{{"seq":"{seq}","code":"{}","message":{},"payload":{}}}}}"#,
+                    code_name(code),
+                    Value::String(message.to_owned()),
+                    payload_json.map_or_else(
+                        || "{}".to_owned(),
+                        |j| String::from_utf8_lossy(&j).into_owned()
+                    )
                 )
-            ))
+                .into(),
+            )
         }
     }
 }
@@ -257,14 +262,17 @@ pub fn encode_push(
                 .get_message_by_name(&push.payload_type)
                 .ok_or_else(|| format!("unknown payload_type `{}`", push.payload_type))?;
             let payload = transcode::proto_to_json(&desc, &push.payload)?;
-            Ok(Outbound::Text(format!(
-                r#"{{"push":{{"id":{},"kind":{},"payload_type":{},"payload":{},"ts":"{}"}}}}"#,
-                Value::String(push.id.clone()),
-                Value::String(push.kind.clone()),
-                Value::String(push.payload_type.clone()),
-                String::from_utf8_lossy(&payload),
-                push.ts
-            )))
+            Ok(Outbound::Text(
+                format!(
+                    r#"{{"push":{{"id":{},"kind":{},"payload_type":{},"payload":{},"ts":"{}"}}}}"#,
+                    Value::String(push.id.clone()),
+                    Value::String(push.kind.clone()),
+                    Value::String(push.payload_type.clone()),
+                    String::from_utf8_lossy(&payload),
+                    push.ts
+                )
+                .into(),
+            ))
         }
     }
 }

@@ -40,7 +40,7 @@ pub struct SessionInfo {
 fn to_message(frame: Outbound) -> Message {
     match frame {
         Outbound::Binary(b) => Message::Binary(b),
-        Outbound::Text(t) => Message::Text(t.into()),
+        Outbound::Text(t) => Message::Text(t),
     }
 }
 
