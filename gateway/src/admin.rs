@@ -14,12 +14,14 @@ use serde_json::json;
 use crate::filters::revocation::unix_now;
 use crate::filters::Guard;
 use crate::metrics::Metrics;
+use crate::push::PushDeps;
 use crate::routes::{RouteStore, RouteTable, RouteTarget};
 use crate::upstream::health::Health;
 
 pub struct AdminApp {
     pub routes: Arc<RouteStore>,
     pub metrics: Arc<Metrics>,
+    pub push: Arc<PushDeps>,
     pub guard: Arc<Guard>,
 }
 
@@ -160,6 +162,11 @@ impl AdminApp {
         self.metrics
             .revoked_sessions
             .set(self.guard.auth.revocation().len() as i64);
+        let hub = &self.push.hub;
+        self.metrics.ws_connections.set(hub.conns.open() as i64);
+        let (total, max) = hub.queued_bytes();
+        self.metrics.ws_queued_bytes.set(total as i64);
+        self.metrics.ws_queued_bytes_max.set(max as i64);
         let table = self.routes.load();
         self.metrics.endpoint_healthy.reset();
         for (up, ep) in table.endpoints() {

@@ -1,7 +1,8 @@
 //! Prometheus metrics of one gateway, in its own registry (two gateways in one process never mix).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,9 +24,26 @@ pub struct Metrics {
     /// Rate-limited requests by route and key kind.
     pub ratelimit_rejections: IntCounterVec,
     /// Live keys over all rate limiters; refreshed at scrape time.
-    pub ratelimit_keys: prometheus::IntGauge,
+    pub ratelimit_keys: IntGauge,
     /// Revoked sessions remembered; refreshed at scrape time.
-    pub revoked_sessions: prometheus::IntGauge,
+    pub revoked_sessions: IntGauge,
+    /// Open WebSocket sessions; refreshed at scrape time.
+    pub ws_connections: IntGauge,
+    /// Bytes queued for WebSocket clients and not yet written: total and the largest single
+    /// queue (bounded by `push.queue_bytes`); refreshed at scrape time.
+    pub ws_queued_bytes: IntGauge,
+    pub ws_queued_bytes_max: IntGauge,
+    /// Push frames queued for a connection / dropped (queue full or session closing).
+    pub pushes_delivered: IntCounter,
+    pub pushes_dropped: IntCounter,
+    /// Sessions closed with 4003 because they did not read.
+    pub ws_slow_closes: IntCounter,
+    /// Closed sessions by close code and reason.
+    pub ws_closes: IntCounterVec,
+    /// Refused WebSocket handshakes by reason.
+    pub ws_handshake_rejections: IntCounterVec,
+    /// Frames answered RESOURCE_EXHAUSTED by the per-connection frame rate limit.
+    pub ws_frames_limited: IntCounter,
 }
 
 impl Default for Metrics {
@@ -96,6 +114,41 @@ impl Metrics {
         let revoked_sessions =
             prometheus::IntGauge::new("revoked_sessions", "Revoked sessions remembered")
                 .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let ws_connections = gauge("ws_connections", "Open WebSocket sessions");
+        let ws_queued_bytes = gauge("ws_queued_bytes", "Bytes queued for WebSocket clients");
+        let ws_queued_bytes_max = gauge(
+            "ws_queued_bytes_max",
+            "Largest outbound queue of one WebSocket session, in bytes",
+        );
+        let pushes_delivered =
+            counter("pushes_delivered_total", "Push frames queued for a session");
+        let pushes_dropped = counter(
+            "pushes_dropped_total",
+            "Push frames dropped (queue full or session closing)",
+        );
+        let ws_slow_closes = counter(
+            "ws_slow_consumer_closes_total",
+            "Sessions closed with 4003 because they did not read",
+        );
+        let ws_closes = IntCounterVec::new(
+            Opts::new("ws_closes_total", "Closed WebSocket sessions by close code"),
+            &["code", "reason"],
+        )
+        .expect("valid metric");
+        let ws_handshake_rejections = IntCounterVec::new(
+            Opts::new(
+                "ws_handshake_rejections_total",
+                "Refused WebSocket handshakes by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let ws_frames_limited = counter(
+            "ws_frames_rate_limited_total",
+            "Frames refused by the per-connection frame rate limit",
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -107,6 +160,15 @@ impl Metrics {
             Box::new(ratelimit_rejections.clone()),
             Box::new(ratelimit_keys.clone()),
             Box::new(revoked_sessions.clone()),
+            Box::new(ws_connections.clone()),
+            Box::new(ws_queued_bytes.clone()),
+            Box::new(ws_queued_bytes_max.clone()),
+            Box::new(pushes_delivered.clone()),
+            Box::new(pushes_dropped.clone()),
+            Box::new(ws_slow_closes.clone()),
+            Box::new(ws_closes.clone()),
+            Box::new(ws_handshake_rejections.clone()),
+            Box::new(ws_frames_limited.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -122,6 +184,15 @@ impl Metrics {
             ratelimit_rejections,
             ratelimit_keys,
             revoked_sessions,
+            ws_connections,
+            ws_queued_bytes,
+            ws_queued_bytes_max,
+            pushes_delivered,
+            pushes_dropped,
+            ws_slow_closes,
+            ws_closes,
+            ws_handshake_rejections,
+            ws_frames_limited,
         }
     }
 

@@ -98,7 +98,7 @@ impl Gateway {
             routes: routes.clone(),
             dispatcher: dispatcher.clone(),
             guard: guard.clone(),
-            hub: Hub::new(config.push.multi_device),
+            hub: Hub::new(&config.push, config.rate_limit.max_keys, metrics.clone()),
         });
         Ok(Self {
             dispatcher,
@@ -158,6 +158,7 @@ impl Gateway {
                 routes: self.routes.clone(),
                 metrics: self.metrics.clone(),
                 guard: self.guard.clone(),
+                push: self.push.clone(),
             }),
         );
         admin.threads = Some(1);
@@ -187,7 +188,16 @@ impl Gateway {
                 deps: self.push.clone(),
             },
         );
-        push.add_tcp(&cfg.listen.push.to_string());
+        match &cfg.tls {
+            // WebSockets upgrade from HTTP/1.1: no h2 in this listener's ALPN.
+            Some(tls) => {
+                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+                let settings = TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| format!("tls: cannot load {cert} / {key}: {e}"))?;
+                push.add_tls_with_settings(&cfg.listen.push.to_string(), None, settings);
+            }
+            None => push.add_tcp(&cfg.listen.push.to_string()),
+        }
         let internal = background_service(
             "internal grpc",
             InternalGrpc {

@@ -222,6 +222,7 @@ impl TestGateway {
         cfg.shutdown.grace_period = im_gateway::config::units::HumanDuration(Duration::ZERO);
         cfg.shutdown.graceful_timeout =
             im_gateway::config::units::HumanDuration(Duration::from_secs(1));
+        cfg.push.drain_window = im_gateway::config::units::HumanDuration(Duration::ZERO);
         tweak(&mut cfg);
         let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
         let (push, internal) = (cfg.listen.push, cfg.listen.internal);

@@ -235,6 +235,30 @@ impl GatewayConfig {
                 "max_inflight and queue_frames must be at least 1, queue_bytes at least 1KiB",
             ));
         }
+        for (field, rate) in [
+            ("push.handshake_rate", &self.push.handshake_rate),
+            ("push.frame_rate", &self.push.frame_rate),
+        ] {
+            if !rate.is_valid() {
+                return Err(invalid(
+                    field,
+                    "per_second must be above 0 and burst at least 1",
+                ));
+            }
+        }
+        if self.push.max_connections == 0 || self.push.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "push.max_connections",
+                "max_connections and max_connections_per_ip must be at least 1",
+            ));
+        }
+        if self.push.drain_window.0 > self.shutdown.grace_period.0 {
+            return Err(invalid(
+                "push.drain_window",
+                "must not exceed shutdown.grace_period (sessions still open then are cut); \
+                 shorten it or lengthen the grace period",
+            ));
+        }
         if self.rate_limit.max_keys < 16 {
             return Err(invalid("rate_limit.max_keys", "must be at least 16"));
         }

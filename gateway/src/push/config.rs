@@ -28,8 +28,33 @@ pub struct PushConfig {
     pub queue_bytes: ByteSize,
     /// Connections per gateway; handshakes beyond it get 503.
     pub max_connections: usize,
+    /// Connections per client IP (as resolved through `client_ip`); handshakes beyond it get 429.
+    pub max_connections_per_ip: usize,
+    /// Handshakes per client IP (429 beyond it, before any token check).
+    pub handshake_rate: Rate,
+    /// Frames a connection may send; beyond it requests get RESOURCE_EXHAUSTED, and a client that
+    /// keeps going for `frame_flood_strikes` more frames is closed with 1008.
+    pub frame_rate: Rate,
+    pub frame_flood_strikes: u32,
+    /// On SIGTERM, sessions are closed with 1001 at random points spread over this window, so
+    /// clients do not all reconnect at once. Must fit in `shutdown.grace_period`.
+    pub drain_window: HumanDuration,
     /// Allowed `Origin`s (empty: any origin, for native clients and the same-origin demo).
     pub allowed_origins: Vec<String>,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub fn is_valid(&self) -> bool {
+        self.per_second.is_finite() && self.per_second > 0.0 && self.burst >= 1
+    }
 }
 
 impl Default for PushConfig {
@@ -45,6 +70,17 @@ impl Default for PushConfig {
             queue_frames: 1024,
             queue_bytes: ByteSize(1 << 20),
             max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+            handshake_rate: Rate {
+                per_second: 20.0,
+                burst: 100,
+            },
+            frame_rate: Rate {
+                per_second: 50.0,
+                burst: 200,
+            },
+            frame_flood_strikes: 50,
+            drain_window: HumanDuration(Duration::from_secs(4)),
             allowed_origins: Vec::new(),
         }
     }

@@ -195,6 +195,26 @@ impl Outbound {
     }
 }
 
+/// The `seq` of a frame, best effort (0 when unreadable): for answering a frame that is refused
+/// before it is decoded in full (rate limit).
+pub fn peek_seq(inbound: Inbound<'_>) -> u64 {
+    match inbound {
+        Inbound::Binary(b) => ClientFrame::decode(b).map_or(0, |f| f.seq),
+        Inbound::Text(t) => serde_json::from_str::<Value>(t)
+            .ok()
+            .and_then(|v| match &v["seq"] {
+                Value::String(s) => s.parse().ok(),
+                other => other.as_u64(),
+            })
+            .unwrap_or(0),
+    }
+}
+
+/// An error response (no payload).
+pub fn encode_error(encoding: FrameEncoding, seq: u64, code: Code, message: &str) -> Outbound {
+    encode_response(encoding, seq, code, message, None, Bytes::new())
+}
+
 /// A response frame: `payload` (the route's response message bytes) only when `code` is OK.
 pub fn encode_response(
     encoding: FrameEncoding,

@@ -1,15 +1,22 @@
 //! The node's live sessions: the registry plus what PushService needs to reach them.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
 use super::frames::{FrameEncoding, Outbound};
-use super::registry::{Connection, MemoryRegistry, MultiDevicePolicy};
+use super::registry::{Connection, MemoryRegistry};
+use super::PushConfig;
+use crate::filters::ratelimit::KeyedLimiter;
+use crate::metrics::Metrics;
+use crate::routes::file::{RateLimitKey, RateLimitSpec};
 
 /// Close codes of DESIGN §7.
 pub mod close {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const INVALID_TEXT: u16 = 1007;
     pub const POLICY: u16 = 1008;
@@ -70,40 +77,45 @@ impl SessionHandle {
     }
 
     /// Queues a frame; a full queue (frames or bytes) closes the session with 4003 instead of
-    /// growing memory. Returns whether it was queued.
-    pub fn send(&self, frame: Outbound, slow_closes: &AtomicU64) -> bool {
+    /// growing memory.
+    pub fn send(&self, frame: Outbound) -> Sent {
         let len = frame.len();
         if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.slow(slow_closes);
-            return false;
+            return self.slow();
         }
         if self.tx.try_send(frame).is_err() {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            if !self.tx.is_closed() {
-                self.slow(slow_closes);
+            if self.tx.is_closed() {
+                return Sent::Gone;
             }
-            return false;
+            return self.slow();
         }
-        true
+        Sent::Queued
     }
 
-    fn slow(&self, slow_closes: &AtomicU64) {
-        if self.close.borrow().is_none() {
-            slow_closes.fetch_add(1, Ordering::Relaxed);
+    fn slow(&self) -> Sent {
+        if self.try_close(close::SLOW_CONSUMER, "slow consumer") {
+            Sent::SlowConsumer
+        } else {
+            Sent::Gone
         }
-        self.close_with(close::SLOW_CONSUMER, "slow consumer");
     }
 
     /// Asks the session to close with `code` (the first request wins).
     pub fn close_with(&self, code: u16, reason: &'static str) {
+        self.try_close(code, reason);
+    }
+
+    /// Like [`Self::close_with`]; returns whether this request was the first.
+    pub fn try_close(&self, code: u16, reason: &'static str) -> bool {
         self.close.send_if_modified(|c| {
             let first = c.is_none();
             if first {
                 *c = Some((code, reason));
             }
             first
-        });
+        })
     }
 
     /// Bytes queued and not yet written (the bound the slow-consumer test watches).
@@ -112,28 +124,126 @@ impl SessionHandle {
     }
 }
 
+/// What [`SessionHandle::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Queued,
+    /// The queue was full: the session is now closing with 4003 (first time only).
+    SlowConsumer,
+    /// The session is already closing or gone.
+    Gone,
+}
+
+/// Live connections, overall and per client IP; a [`ConnSlot`] holds one.
+pub struct ConnCounts {
+    open: AtomicUsize,
+    per_ip: Vec<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+const IP_SHARDS: usize = 16;
+
+impl ConnCounts {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            per_ip: (0..IP_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let h = match ip {
+            IpAddr::V4(v4) => u32::from(v4) as usize,
+            IpAddr::V6(v6) => u128::from(v6) as usize,
+        };
+        &self.per_ip[(h.wrapping_mul(0x9E37_79B9) >> 7) & (IP_SHARDS - 1)]
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot unless the gateway or the IP is at its cap.
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnSlot, CapHit> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(CapHit::Gateway);
+        }
+        let mut shard = self.shard(ip).lock().expect("ip counts poisoned");
+        let n = shard.entry(ip).or_insert(0);
+        if *n as usize >= max_per_ip {
+            drop(shard);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(CapHit::Ip);
+        }
+        *n += 1;
+        Ok(ConnSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapHit {
+    Gateway,
+    Ip,
+}
+
+/// One counted connection; dropping it frees the slot.
+pub struct ConnSlot {
+    counts: Arc<ConnCounts>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut shard = self
+            .counts
+            .shard(self.ip)
+            .lock()
+            .expect("ip counts poisoned");
+        if let Some(n) = shard.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&self.ip);
+            }
+        }
+        drop(shard);
+        self.counts.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Every session of this gateway.
 pub struct Hub {
     pub registry: MemoryRegistry<SessionHandle>,
     next_id: AtomicU64,
-    pub open: AtomicUsize,
-    pub slow_closes: AtomicU64,
-    pub pushes_delivered: AtomicU64,
-    pub pushes_dropped: AtomicU64,
+    pub conns: Arc<ConnCounts>,
+    /// Handshakes per client IP.
+    pub handshakes: KeyedLimiter,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Connections per user kept at most, whatever the policy.
 const MAX_DEVICES_PER_USER: usize = 16;
 
 impl Hub {
-    pub fn new(policy: MultiDevicePolicy) -> Self {
+    pub fn new(config: &PushConfig, max_limiter_keys: usize, metrics: Arc<Metrics>) -> Self {
+        let spec = RateLimitSpec {
+            key: RateLimitKey::Ip,
+            per_second: config.handshake_rate.per_second,
+            burst: config.handshake_rate.burst,
+        };
         Self {
-            registry: MemoryRegistry::new(policy, MAX_DEVICES_PER_USER),
+            registry: MemoryRegistry::new(config.multi_device, MAX_DEVICES_PER_USER),
             next_id: AtomicU64::new(1),
-            open: AtomicUsize::new(0),
-            slow_closes: AtomicU64::new(0),
-            pushes_delivered: AtomicU64::new(0),
-            pushes_dropped: AtomicU64::new(0),
+            conns: Arc::new(ConnCounts::new()),
+            handshakes: KeyedLimiter::new(&spec, max_limiter_keys),
+            metrics,
         }
     }
 
@@ -141,15 +251,39 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Delivers one pre-encoded frame to a connection, counting the outcome.
+    /// Queues a frame for one session, counting a slow-consumer close.
+    pub fn send(&self, handle: &SessionHandle, frame: Outbound) -> bool {
+        match handle.send(frame) {
+            Sent::Queued => true,
+            Sent::SlowConsumer => {
+                self.metrics.ws_slow_closes.inc();
+                false
+            }
+            Sent::Gone => false,
+        }
+    }
+
+    /// Delivers one pre-encoded push to a connection, counting the outcome.
     pub fn deliver(&self, conn: &Connection<SessionHandle>, frame: Outbound) -> bool {
-        let ok = conn.handle.send(frame, &self.slow_closes);
+        let ok = self.send(&conn.handle, frame);
         let counter = if ok {
-            &self.pushes_delivered
+            &self.metrics.pushes_delivered
         } else {
-            &self.pushes_dropped
+            &self.metrics.pushes_dropped
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         ok
+    }
+
+    /// (total, largest) bytes queued and not yet written over all sessions (scrape time).
+    pub fn queued_bytes(&self) -> (usize, usize) {
+        let mut total = 0;
+        let mut max = 0;
+        self.registry.for_each(|c| {
+            let q = c.handle.queued_bytes();
+            total += q;
+            max = max.max(q);
+        });
+        (total, max)
     }
 }

@@ -4,7 +4,6 @@
 //! the connection cap; the chosen encoding is echoed as the subprotocol.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,6 +15,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::frames::FrameEncoding;
+use super::hub::CapHit;
 use super::registry::Device;
 use super::session::{self, SessionInfo};
 use super::PushDeps;
@@ -36,16 +36,25 @@ pub fn ws_config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
-/// A refused handshake: the HTTP status and the reason in its body.
-pub type Refusal = (StatusCode, String);
-
-fn reject(status: StatusCode, why: &str) -> Refusal {
-    (status, why.to_owned())
+/// A refused handshake: the HTTP status, the reason in its body, and the metric label.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub why: String,
+    pub label: &'static str,
 }
 
-fn error_response((status, why): Refusal) -> ErrorResponse {
-    let mut r = ErrorResponse::new(Some(why));
-    *r.status_mut() = status;
+fn reject(status: StatusCode, label: &'static str, why: &str) -> Refusal {
+    Refusal {
+        status,
+        why: why.to_owned(),
+        label,
+    }
+}
+
+fn error_response(refusal: Refusal) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(refusal.why));
+    *r.status_mut() = refusal.status;
     r
 }
 
@@ -80,22 +89,52 @@ fn percent_decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The handshake checks, as a pure function of the request (unit-testable).
+/// The handshake checks, as a function of the request and the peer (unit-testable).
 pub fn check_handshake(
     deps: &PushDeps,
     req: &Request,
     resp: &mut Response,
-    client_ip: IpAddr,
+    peer: IpAddr,
 ) -> Result<SessionInfo, Refusal> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if req.uri().path() != "/ws" {
-        return Err(reject(StatusCode::NOT_FOUND, "the push endpoint is /ws"));
-    }
-    if deps.hub.open.load(Ordering::Relaxed) >= deps.config.max_connections {
         return Err(reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "gateway at its connection limit",
+            StatusCode::NOT_FOUND,
+            "path",
+            "the push endpoint is /ws",
         ));
     }
+    let client_ip = deps
+        .guard
+        .client_ip
+        .resolve(peer, |name| header(name).map(str::to_owned));
+    if !deps.hub.handshakes.check(&client_ip.to_string()).allowed {
+        return Err(reject(
+            StatusCode::TOO_MANY_REQUESTS,
+            "handshake_rate",
+            "too many handshakes from this address; retry later",
+        ));
+    }
+    let slot = deps
+        .hub
+        .conns
+        .acquire(
+            client_ip,
+            deps.config.max_connections,
+            deps.config.max_connections_per_ip,
+        )
+        .map_err(|hit| match hit {
+            CapHit::Gateway => reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway_cap",
+                "gateway at its connection limit; retry later",
+            ),
+            CapHit::Ip => reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "ip_cap",
+                "too many connections from this address",
+            ),
+        })?;
     let query: Vec<(String, String)> = req
         .uri()
         .query()
@@ -110,7 +149,6 @@ pub fn check_handshake(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
 
     if !deps.config.allowed_origins.is_empty() {
         if let Some(origin) = header("origin") {
@@ -120,19 +158,23 @@ pub fn check_handshake(
                 .iter()
                 .any(|o| o == origin || o == "*")
             {
-                return Err(reject(StatusCode::FORBIDDEN, "origin not allowed"));
+                return Err(reject(
+                    StatusCode::FORBIDDEN,
+                    "origin",
+                    "origin not allowed",
+                ));
             }
         }
     }
     let token = header("authorization")
         .and_then(bearer)
         .or_else(|| param("token"))
-        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "missing token"))?;
+        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "token", "missing token"))?;
     let identity = deps
         .guard
         .auth
         .verify(token)
-        .map_err(|f| reject(StatusCode::UNAUTHORIZED, &f.to_string()))?;
+        .map_err(|f| reject(StatusCode::UNAUTHORIZED, "token", &f.to_string()))?;
     let device_id = param("device_id").map(str::to_owned);
     let platform = param("platform").map(str::to_owned);
     for (asked, claimed, what) in [
@@ -143,6 +185,7 @@ pub fn check_handshake(
             if a != c {
                 return Err(reject(
                     StatusCode::UNAUTHORIZED,
+                    "identity",
                     &format!("{what} does not match the token"),
                 ));
             }
@@ -160,6 +203,7 @@ pub fn check_handshake(
         (Some(other), _) => {
             return Err(reject(
                 StatusCode::BAD_REQUEST,
+                "encoding",
                 &format!("encoding `{other}`: use proto or json"),
             ));
         }
@@ -185,6 +229,7 @@ pub fn check_handshake(
         identity,
         encoding,
         client_ip,
+        slot,
     })
 }
 
@@ -196,7 +241,7 @@ impl ServerApp for PushApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let deps = &self.deps;
-        let client_ip = stream
+        let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -204,13 +249,20 @@ impl ServerApp for PushApp {
         // tungstenite fixes the callback's error type (a whole HTTP response).
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, mut resp: Response| {
-            let checked = check_handshake(deps, req, &mut resp, client_ip);
+            let checked = check_handshake(deps, req, &mut resp, peer);
             match checked {
                 Ok(i) => {
                     info = Some(i);
                     Ok(resp)
                 }
-                Err(refusal) => Err(error_response(refusal)),
+                Err(refusal) => {
+                    deps.hub
+                        .metrics
+                        .ws_handshake_rejections
+                        .with_label_values(&[refusal.label])
+                        .inc();
+                    Err(error_response(refusal))
+                }
             }
         };
         let config = ws_config(deps.config.max_message.0 as usize);

@@ -4,11 +4,13 @@
 //! - [`registry`]: user -> device -> connection, behind a trait cluster mode can back with Redis,
 //!   with the multi-device policies;
 //! - [`hub`]: the node's sessions and their bounded outbound queues;
+//! - [`frame_budget`]: the per-connection frame rate limit;
 //! - [`session`]: one connection's reader (frames -> the shared dispatcher) and writer;
 //! - [`listener`]: the push listener's Pingora service and the synchronous handshake checks;
 //! - [`service`]: `im.gateway.v1.PushService` for backends, behind the internal token.
 
 pub mod config;
+pub mod frame_budget;
 pub mod frames;
 pub mod hub;
 pub mod listener;

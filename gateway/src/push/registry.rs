@@ -43,6 +43,9 @@ pub trait SessionRegistry<H>: Send + Sync {
     fn unregister(&self, user: &str, conn_id: u64);
     /// The user's live connections (for pushes, kicks, revocation).
     fn connections(&self, user: &str) -> Vec<Connection<H>>;
+    /// Visits the user's live connections without copying them (the push fan-out path).
+    /// `visit` must not call back into the registry.
+    fn visit(&self, user: &str, visit: &mut dyn FnMut(&Connection<H>));
     /// Live connections over all users.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -75,6 +78,16 @@ impl<H> MemoryRegistry<H> {
 
     fn shard(&self, user: &str) -> &RwLock<HashMap<String, Vec<Connection<H>>>> {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
+    }
+}
+
+impl<H> MemoryRegistry<H> {
+    /// Visits every connection (scrape-time statistics); holds one shard's lock at a time.
+    pub fn for_each(&self, mut visit: impl FnMut(&Connection<H>)) {
+        for shard in &self.shards {
+            let shard = shard.read().expect("registry poisoned");
+            shard.values().flatten().for_each(&mut visit);
+        }
     }
 }
 
@@ -126,6 +139,13 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
     fn connections(&self, user: &str) -> Vec<Connection<H>> {
         let shard = self.shard(user).read().expect("registry poisoned");
         shard.get(user).cloned().unwrap_or_default()
+    }
+
+    fn visit(&self, user: &str, visit: &mut dyn FnMut(&Connection<H>)) {
+        let shard = self.shard(user).read().expect("registry poisoned");
+        for c in shard.get(user).into_iter().flatten() {
+            visit(c);
+        }
     }
 
     fn len(&self) -> usize {

@@ -15,12 +15,13 @@ use im_proto::im::gateway::v1::{
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prost::Message;
+use prost_reflect::DescriptorPool;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::frames::{encode_push, Outbound};
-use super::hub::{close, SessionHandle};
-use super::registry::{Connection, SessionRegistry};
+use super::hub::{close, Hub, SessionHandle};
+use super::registry::{Connection, Device, SessionRegistry};
 use super::PushDeps;
 use crate::filters::request_id;
 use crate::filters::revocation::unix_now;
@@ -51,9 +52,70 @@ pub fn kick(deps: &PushDeps, conn: &Connection<SessionHandle>, reason: &str, by_
     };
     let table = deps.routes.load();
     if let Ok(frame) = encode_push(conn.handle.encoding, &push, &table.descriptors) {
-        conn.handle.send(frame, &deps.hub.slow_closes);
+        deps.hub.send(&conn.handle, frame);
     }
     conn.handle.close_with(close::KICKED, "kicked");
+}
+
+/// Which of a user's connections a push reaches (empty lists: all).
+pub struct Targets<'a> {
+    pub platforms: &'a [String],
+    pub exclude_device_ids: &'a [String],
+}
+
+impl Targets<'_> {
+    fn admits(&self, device: &Device) -> bool {
+        (self.platforms.is_empty() || self.platforms.contains(&device.platform))
+            && !self.exclude_device_ids.contains(&device.device_id)
+    }
+}
+
+/// Delivers one push to every targeted connection of `users` on this node. The frame is encoded
+/// lazily, once per encoding in use, and shared (reference-counted) by every recipient: the
+/// per-recipient cost is a queue slot, no copy.
+pub fn fan_out(
+    hub: &Hub,
+    push: &Push,
+    users: &[String],
+    targets: &Targets<'_>,
+    descriptors: &DescriptorPool,
+) -> Result<PushReply, String> {
+    let mut encoded: [Option<Outbound>; 2] = [None, None];
+    let mut reply = PushReply::default();
+    let mut failed = None;
+    for user in users {
+        let mut online = false;
+        hub.registry.visit(user, &mut |conn| {
+            if failed.is_some() || !targets.admits(&conn.device) {
+                return;
+            }
+            online = true;
+            let slot = &mut encoded[conn.handle.encoding as usize];
+            if slot.is_none() {
+                match encode_push(conn.handle.encoding, push, descriptors) {
+                    Ok(frame) => *slot = Some(frame),
+                    Err(e) => {
+                        failed = Some(e);
+                        return;
+                    }
+                }
+            }
+            if let Some(frame) = slot {
+                if hub.deliver(conn, frame.clone()) {
+                    reply.delivered += 1;
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if online {
+            reply.users_online += 1;
+        } else {
+            reply.users_offline += 1;
+        }
+    }
+    Ok(reply)
 }
 
 pub struct PushSvc {
@@ -90,36 +152,18 @@ impl PushService for PushSvc {
             payload: req.payload,
             ts: now_ms(),
         };
-        // Encoded lazily, once per encoding, shared by every recipient.
-        let mut encoded: [Option<Outbound>; 2] = [None, None];
-        let mut reply = PushReply::default();
-        for user in &req.user_ids {
-            let mut online = false;
-            for conn in self.deps.hub.registry.connections(user) {
-                if (!req.platforms.is_empty() && !req.platforms.contains(&conn.device.platform))
-                    || req.exclude_device_ids.contains(&conn.device.device_id)
-                {
-                    continue;
-                }
-                online = true;
-                let slot = &mut encoded[conn.handle.encoding as usize];
-                if slot.is_none() {
-                    let frame = encode_push(conn.handle.encoding, &push, &table.descriptors)
-                        .map_err(Status::invalid_argument)?;
-                    *slot = Some(frame);
-                }
-                if let Some(frame) = slot {
-                    if self.deps.hub.deliver(&conn, frame.clone()) {
-                        reply.delivered += 1;
-                    }
-                }
-            }
-            if online {
-                reply.users_online += 1;
-            } else {
-                reply.users_offline += 1;
-            }
-        }
+        let targets = Targets {
+            platforms: &req.platforms,
+            exclude_device_ids: &req.exclude_device_ids,
+        };
+        let reply = fan_out(
+            &self.deps.hub,
+            &push,
+            &req.user_ids,
+            &targets,
+            &table.descriptors,
+        )
+        .map_err(Status::invalid_argument)?;
         Ok(Response::new(reply))
     }
 

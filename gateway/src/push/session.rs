@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -19,8 +19,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tonic::Code;
 
-use super::frames::{decode_request, encode_response, FrameEncoding, Inbound, Outbound};
-use super::hub::{close, SessionHandle};
+use super::frame_budget::{FrameBudget, Verdict};
+use super::frames::{
+    decode_request, encode_error, encode_response, peek_seq, FrameEncoding, Inbound, Outbound,
+};
+use super::hub::{close, ConnSlot, SessionHandle};
 use super::registry::{Connection, Device, SessionRegistry};
 use super::PushDeps;
 use crate::dispatch::CallContext;
@@ -35,6 +38,8 @@ pub struct SessionInfo {
     pub device: Device,
     pub encoding: FrameEncoding,
     pub client_ip: IpAddr,
+    /// This connection's place under the gateway and per-IP caps, freed when the session ends.
+    pub slot: ConnSlot,
 }
 
 fn to_message(frame: Outbound) -> Message {
@@ -79,7 +84,6 @@ pub async fn run<S>(
             &info.device.device_id,
         );
     }
-    deps.hub.open.fetch_add(1, Ordering::Relaxed);
 
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(write_loop(
@@ -90,36 +94,86 @@ pub async fn run<S>(
         cfg.ping_interval.0,
     ));
     let inflight = Arc::new(AtomicUsize::new(0));
+    let mut budget = FrameBudget::new(cfg.frame_rate, cfg.frame_flood_strikes, Instant::now());
     let exp_in = Duration::from_secs(info.identity.exp.saturating_sub(unix_now()));
     let expiry = tokio::time::sleep(exp_in);
     tokio::pin!(expiry);
+    // Armed on shutdown: this session's moment within the drain window.
+    let drain = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(drain);
+    let mut draining = false;
     let info = Arc::new(info);
     loop {
         tokio::select! {
             next = tokio::time::timeout(cfg.idle_timeout.0, stream.next()) => match next {
                 Err(_) => handle.close_with(close::POLICY, "idle timeout"),
-                Ok(None) => handle.close_with(1000, "bye"),
+                Ok(None) => handle.close_with(close::NORMAL, "client gone"),
                 Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => handle.close_with(close::TOO_BIG, "message too big"),
                 Ok(Some(Err(WsError::Utf8(_)))) => handle.close_with(close::INVALID_TEXT, "invalid UTF-8"),
                 Ok(Some(Err(_))) => handle.close_with(close::POLICY, "protocol error"),
-                Ok(Some(Ok(msg))) => match msg {
-                    Message::Binary(b) => on_request(Inbound::Binary(&b), &info, &deps, &handle, &inflight),
-                    Message::Text(t) => on_request(Inbound::Text(t.as_str()), &info, &deps, &handle, &inflight),
-                    Message::Close(_) => handle.close_with(1000, "bye"),
-                    _ => {}
-                },
+                Ok(Some(Ok(msg))) => {
+                    let inbound = match &msg {
+                        Message::Binary(b) => Some(Inbound::Binary(b)),
+                        Message::Text(t) => Some(Inbound::Text(t.as_str())),
+                        Message::Close(_) => {
+                            handle.close_with(close::NORMAL, "client closed");
+                            None
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                    };
+                    // Pongs answer our pings; everything else the client sends is budgeted.
+                    let verdict = if matches!(msg, Message::Pong(_)) {
+                        Verdict::Pass
+                    } else {
+                        budget.take(Instant::now())
+                    };
+                    match (verdict, inbound) {
+                        (Verdict::Pass, Some(inbound)) => on_request(inbound, &info, &deps, &handle, &inflight),
+                        (Verdict::Pass, None) => {}
+                        (Verdict::Refuse, inbound) => {
+                            deps.hub.metrics.ws_frames_limited.inc();
+                            let seq = inbound.map_or(0, peek_seq);
+                            let frame = encode_error(info.encoding, seq, Code::ResourceExhausted, "frame rate limit: slow down");
+                            deps.hub.send(&handle, frame);
+                        }
+                        (Verdict::Close, _) => {
+                            handle.close_with(close::POLICY, "frame flood");
+                        }
+                    }
+                }
             },
             _ = close_rx.changed() => break,
-            _ = &mut expiry => handle.close_with(close::TOKEN, "token expired"),
-            _ = shutdown.changed() => handle.close_with(close::GOING_AWAY, "gateway shutting down"),
+            _ = &mut expiry => {
+                handle.close_with(close::TOKEN, "token expired");
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                drain.as_mut().reset(tokio::time::Instant::now() + drain_delay(conn_id, cfg.drain_window.0));
+            }
+            _ = &mut drain, if draining => {
+                handle.close_with(close::GOING_AWAY, "gateway shutting down");
+            }
         }
         if close_rx.borrow().is_some() {
             break;
         }
     }
     deps.hub.registry.unregister(&user, conn_id);
-    deps.hub.open.fetch_sub(1, Ordering::Relaxed);
+    if let Some((code, reason)) = *close_rx.borrow() {
+        deps.hub
+            .metrics
+            .ws_closes
+            .with_label_values(&[&code.to_string(), reason])
+            .inc();
+    }
     let _ = writer.await;
+}
+
+/// Where in the drain window a session closes: spread evenly by connection id, so clients do not
+/// all reconnect at once.
+fn drain_delay(conn_id: u64, window: Duration) -> Duration {
+    let spread = (conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    window.mul_f64(spread)
 }
 
 fn on_request(
@@ -130,33 +184,22 @@ fn on_request(
     inflight: &Arc<AtomicUsize>,
 ) {
     let table = deps.routes.load();
-    let reply = |frame| {
-        handle.send(frame, &deps.hub.slow_closes);
-    };
     let req = match decode_request(inbound, info.encoding, &table) {
         Ok(r) => r,
         Err(e) => {
-            return reply(encode_response(
-                info.encoding,
-                e.seq,
-                e.code,
-                &e.message,
-                None,
-                Bytes::new(),
-            ))
+            deps.hub.send(
+                handle,
+                encode_error(info.encoding, e.seq, e.code, &e.message),
+            );
+            return;
         }
     };
     if inflight.fetch_add(1, Ordering::AcqRel) >= deps.config.max_inflight {
         inflight.fetch_sub(1, Ordering::AcqRel);
         let msg = "too many requests in flight on this connection";
-        return reply(encode_response(
-            info.encoding,
-            req.seq,
-            Code::ResourceExhausted,
-            msg,
-            None,
-            Bytes::new(),
-        ));
+        let frame = encode_error(info.encoding, req.seq, Code::ResourceExhausted, msg);
+        deps.hub.send(handle, frame);
+        return;
     }
     let (info, deps, handle, inflight) =
         (info.clone(), deps.clone(), handle.clone(), inflight.clone());
@@ -166,14 +209,7 @@ fn on_request(
             api_key: None,
         };
         let frame = match deps.guard.admit(&req.route, creds, info.client_ip) {
-            Err(rej) => encode_response(
-                info.encoding,
-                req.seq,
-                rej.code,
-                &rej.message,
-                None,
-                Bytes::new(),
-            ),
+            Err(rej) => encode_error(info.encoding, req.seq, rej.code, &rej.message),
             Ok(admitted) => {
                 let id = admitted.identity.as_deref().unwrap_or(&info.identity);
                 let ctx = CallContext {
@@ -193,18 +229,11 @@ fn on_request(
                         Some(&req.route),
                         bytes,
                     ),
-                    Err(e) => encode_response(
-                        info.encoding,
-                        req.seq,
-                        e.code(),
-                        &e.client_message(),
-                        None,
-                        Bytes::new(),
-                    ),
+                    Err(e) => encode_error(info.encoding, req.seq, e.code(), &e.client_message()),
                 }
             }
         };
-        handle.send(frame, &deps.hub.slow_closes);
+        deps.hub.send(&handle, frame);
         inflight.fetch_sub(1, Ordering::AcqRel);
     });
 }

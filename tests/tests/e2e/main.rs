@@ -7,6 +7,7 @@ mod failover;
 mod health;
 mod passthrough;
 mod push;
+mod push_limits;
 mod ratelimit;
 mod reload;
 mod tls;

@@ -19,14 +19,18 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-fn token(user: &str, sid: &str, dev: &str, plt: &str) -> String {
+pub(crate) fn token(user: &str, sid: &str, dev: &str, plt: &str) -> String {
     hs256_token(&json!({"sub": user, "sid": sid, "dev": dev, "plt": plt, "exp": unix_now() + 300}))
 }
 
-async fn connect(gw: &TestGateway, query: &str) -> Result<Ws, u16> {
-    let url = format!("ws://{}/ws?{query}", gw.push);
+pub(crate) async fn connect(gw: &TestGateway, query: &str) -> Result<Ws, u16> {
+    connect_addr(gw.push, query).await
+}
+
+pub(crate) async fn connect_addr(addr: std::net::SocketAddr, query: &str) -> Result<Ws, u16> {
+    let url = format!("ws://{addr}/ws?{query}");
     match tokio_tungstenite::connect_async(url.into_client_request().unwrap()).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
@@ -34,13 +38,13 @@ async fn connect(gw: &TestGateway, query: &str) -> Result<Ws, u16> {
     }
 }
 
-async fn push_client(gw: &TestGateway) -> PushServiceClient<tonic::transport::Channel> {
+pub(crate) async fn push_client(gw: &TestGateway) -> PushServiceClient<tonic::transport::Channel> {
     PushServiceClient::connect(format!("http://{}", gw.internal))
         .await
         .unwrap()
 }
 
-fn authed<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
         "authorization",
@@ -50,7 +54,7 @@ fn authed<T>(msg: T) -> tonic::Request<T> {
 }
 
 /// The next data message, skipping pings.
-async fn next(ws: &mut Ws) -> Message {
+pub(crate) async fn next(ws: &mut Ws) -> Message {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -63,14 +67,14 @@ async fn next(ws: &mut Ws) -> Message {
     }
 }
 
-fn server_frame(msg: Message) -> server_frame::Body {
+pub(crate) fn server_frame(msg: Message) -> server_frame::Body {
     let Message::Binary(b) = msg else {
         panic!("binary frame expected, got {msg:?}")
     };
     ServerFrame::decode(b).unwrap().body.expect("frame body")
 }
 
-async fn wait_online(gw: &TestGateway, users: &[&str]) {
+pub(crate) async fn wait_online(gw: &TestGateway, users: &[&str]) {
     let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
     wait_for("sessions registered", Duration::from_secs(15), || {
         let users = users.clone();
