@@ -329,6 +329,10 @@ def write_report(args, med, results):
         "",
     ]
     os.makedirs(os.path.join(os.path.dirname(args.out), "benchmarks"), exist_ok=True)
+    # Keep the WebSocket section bench/ws.py writes.
+    previous = open(args.out).read() if os.path.exists(args.out) else ""
+    if "<!-- ws:begin -->" in previous:
+        lines += ["", previous[previous.index("<!-- ws:begin -->"):].rstrip("\n"), ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     with open(os.path.join(os.path.dirname(args.out), "benchmarks", "raw.json"), "w") as f:

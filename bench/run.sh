@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates docs/BENCHMARKS.md: builds release binaries, starts the echo backend, the gateway and
-# a bare Pingora pass-through, drives each with h2load several times (alternating systems), and
-# writes medians and ratios. Usage: bench/run.sh [--runs 3] [--requests 100000]
+# a bare Pingora pass-through, drives each with h2load several times (alternating systems), then
+# the WebSocket cases (gateway vs a bare tokio-tungstenite server, bench/ws.py), and writes medians
+# and ratios. Usage: bench/run.sh [--runs 3] [--requests 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
@@ -10,4 +11,5 @@ if ! command -v h2load >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nghttp2-client >/dev/null
 fi
 cargo build --release -q -p im-gateway -p im-backends -p im-bench
-exec python3 bench/run.py "$@"
+python3 bench/run.py "$@"
+exec python3 bench/ws.py

@@ -1,4 +1,5 @@
-//! The load tool's socket-free parts: latency statistics and the result document.
+//! The load tool's socket-free parts: latency statistics, the result document, and the
+//! `/proc` readings resource figures come from.
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -23,9 +24,61 @@ pub fn summary(hist: &Histogram<u64>, ok: u64, errors: &[(u16, u64)], elapsed_se
     })
 }
 
+/// Resident set size in KiB from the text of `/proc/<pid>/status`.
+pub fn parse_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// User + system CPU ticks from the text of `/proc/<pid>/stat` (fields 14 and 15; the command
+/// name in parentheses may hold spaces, so fields are counted after its closing parenthesis).
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+pub fn proc_rss_kib(pid: u32) -> Result<u64, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    parse_rss_kib(&text).ok_or_else(|| format!("/proc/{pid}/status has no VmRSS"))
+}
+
+pub fn proc_cpu_secs(pid: u32) -> Result<f64, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    let ticks = parse_cpu_ticks(&text).ok_or_else(|| format!("/proc/{pid}/stat is unreadable"))?;
+    Ok(ticks as f64 / USER_HZ)
+}
+
+/// RSS growth per connection, in bytes.
+pub fn per_conn_bytes(before_kib: u64, after_kib: u64, conns: usize) -> f64 {
+    after_kib.saturating_sub(before_kib) as f64 * 1024.0 / conns.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_readings() {
+        let status = "Name:\tim-gateway\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(parse_rss_kib(status), Some(12345));
+        assert_eq!(parse_rss_kib("Name: x\n"), None);
+        let stat = "4242 (im gw (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(per_conn_bytes(1000, 1100, 100), 1024.0);
+        assert_eq!(per_conn_bytes(1100, 1000, 100), 0.0);
+    }
 
     #[test]
     fn percentiles_and_rate() {

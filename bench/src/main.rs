@@ -25,7 +25,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: im-bench http --url URL [--conns 8] [--streams 16] [--requests 100000] \
+    "usage: im-bench ws-conns|ws-push --help, or im-bench http --url URL [--conns 8] [--streams 16] [--requests 100000] \
 [--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T]";
 
 fn parse() -> Result<Args, String> {
@@ -103,8 +103,40 @@ fn tokens(a: &Args) -> Result<Vec<String>, String> {
         .collect()
 }
 
+mod ws;
+
+/// `ws-conns` / `ws-push` arguments.
+#[derive(clap::Parser)]
+struct WsCli {
+    #[command(flatten)]
+    args: ws::WsArgs,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    let sub = std::env::args().nth(1).unwrap_or_default();
+    if sub == "ws-conns" || sub == "ws-push" {
+        use clap::Parser;
+        let cli = WsCli::parse_from(std::env::args().skip(1));
+        let result = if sub == "ws-conns" {
+            ws::conns(cli.args).await
+        } else {
+            ws::push(cli.args).await
+        };
+        match result {
+            Ok(v) => println!("{v}"),
+            Err(e) => {
+                eprintln!("im-bench {sub}: {e}");
+                std::process::exit(1);
+            }
+        }
+        // Connection tasks are still running; leave without waiting for them.
+        std::process::exit(0);
+    }
+    http_main().await;
+}
+
+async fn http_main() {
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {

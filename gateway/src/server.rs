@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -196,7 +197,11 @@ impl Gateway {
                     .map_err(|e| format!("tls: cannot load {cert} / {key}: {e}"))?;
                 push.add_tls_with_settings(&cfg.listen.push.to_string(), None, settings);
             }
-            None => push.add_tcp(&cfg.listen.push.to_string()),
+            // tungstenite keeps its own (small) read buffer: no second one in Pingora's stream.
+            None => push.add_listener(
+                ListenerConfig::tcp(cfg.listen.push.to_string())
+                    .l4_buffer(L4BufferSettings::unbuffered()),
+            ),
         }
         let internal = background_service(
             "internal grpc",

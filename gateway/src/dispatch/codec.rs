@@ -2,7 +2,7 @@
 //! business schema, it forwards what the client sent (or what JSON transcoding produced).
 
 use bytes::{Buf, BufMut, Bytes};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,6 +31,16 @@ impl Encoder for PassThroughCodec {
         dst.put(item);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        small_buffers()
+    }
+}
+
+/// IM messages are small: start each call's buffers at 1 KiB (tonic's default is 8 KiB, which
+/// with thousands of calls in flight is memory held for nothing); they grow for larger ones.
+fn small_buffers() -> BufferSettings {
+    BufferSettings::new(1024, 32 * 1024)
 }
 
 impl Decoder for PassThroughCodec {
@@ -39,5 +49,9 @@ impl Decoder for PassThroughCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        small_buffers()
     }
 }

@@ -5,9 +5,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::frames::{FrameEncoding, Outbound};
+use super::outbox::{self, Outbox};
 use super::registry::{Connection, MemoryRegistry};
 use super::PushConfig;
 use crate::filters::ratelimit::KeyedLimiter;
@@ -27,6 +28,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4003;
 }
 
+/// The close request of a session: code and reason, first one wins.
+pub type CloseRequest = Option<(u16, &'static str)>;
+
 /// How the rest of the gateway reaches one session: a bounded queue and a close request.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -35,14 +39,12 @@ pub struct SessionHandle {
     /// The token's `exp` (unix seconds): how long a revocation of this session must last.
     pub exp: u64,
     pub encoding: FrameEncoding,
-    tx: mpsc::Sender<Outbound>,
-    queued_bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-    close: Arc<watch::Sender<Option<(u16, &'static str)>>>,
+    outbox: Arc<Outbox>,
+    close: Arc<watch::Sender<CloseRequest>>,
 }
 
 impl SessionHandle {
-    #[allow(clippy::type_complexity)]
+    /// The handle, the queue its writer drains, and the close request it watches.
     pub fn new(
         conn_id: u64,
         sid: Option<String>,
@@ -50,48 +52,31 @@ impl SessionHandle {
         encoding: FrameEncoding,
         queue_frames: usize,
         max_bytes: usize,
-    ) -> (
-        Self,
-        mpsc::Receiver<Outbound>,
-        watch::Receiver<Option<(u16, &'static str)>>,
-        Arc<AtomicUsize>,
-    ) {
-        let (tx, rx) = mpsc::channel(queue_frames.max(1));
+    ) -> (Self, Arc<Outbox>, watch::Receiver<CloseRequest>) {
+        let outbox = Arc::new(Outbox::new(queue_frames, max_bytes));
         let (close, close_rx) = watch::channel(None);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
         (
             Self {
                 conn_id,
                 sid,
                 exp,
                 encoding,
-                tx,
-                queued_bytes: queued_bytes.clone(),
-                max_bytes,
+                outbox: outbox.clone(),
                 close: Arc::new(close),
             },
-            rx,
+            outbox,
             close_rx,
-            queued_bytes,
         )
     }
 
     /// Queues a frame; a full queue (frames or bytes) closes the session with 4003 instead of
     /// growing memory.
     pub fn send(&self, frame: Outbound) -> Sent {
-        let len = frame.len();
-        if self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return self.slow();
+        match self.outbox.push(frame) {
+            outbox::Push::Queued => Sent::Queued,
+            outbox::Push::Full => self.slow(),
+            outbox::Push::Closed => Sent::Gone,
         }
-        if self.tx.try_send(frame).is_err() {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            if self.tx.is_closed() {
-                return Sent::Gone;
-            }
-            return self.slow();
-        }
-        Sent::Queued
     }
 
     fn slow(&self) -> Sent {
@@ -120,7 +105,11 @@ impl SessionHandle {
 
     /// Bytes queued and not yet written (the bound the slow-consumer test watches).
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Acquire)
+        self.outbox.queued_bytes()
+    }
+
+    pub fn queued_frames(&self) -> usize {
+        self.outbox.queued_frames()
     }
 }
 

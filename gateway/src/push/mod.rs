@@ -3,7 +3,8 @@
 //!   nested payloads transcoded by the route's or the push's message type), socket-free;
 //! - [`registry`]: user -> device -> connection, behind a trait cluster mode can back with Redis,
 //!   with the multi-device policies;
-//! - [`hub`]: the node's sessions and their bounded outbound queues;
+//! - [`hub`]: the node's sessions and how to reach them;
+//! - [`outbox`]: one session's bounded outbound queue;
 //! - [`frame_budget`]: the per-connection frame rate limit;
 //! - [`session`]: one connection's reader (frames -> the shared dispatcher) and writer;
 //! - [`listener`]: the push listener's Pingora service and the synchronous handshake checks;
@@ -14,6 +15,7 @@ pub mod frame_budget;
 pub mod frames;
 pub mod hub;
 pub mod listener;
+pub mod outbox;
 pub mod registry;
 pub mod service;
 pub mod session;

@@ -107,7 +107,10 @@ impl<H: Clone> MemoryRegistry<H> {
 impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
     fn register(&self, user: &str, conn: Connection<H>) -> Vec<Connection<H>> {
         let mut shard = self.shard(user).write().expect("registry poisoned");
-        let conns = shard.entry(user.to_owned()).or_default();
+        // Most users have one connection: start with room for exactly one.
+        let conns = shard
+            .entry(user.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         let displaced_by_policy = |c: &Connection<H>| match self.policy {
             MultiDevicePolicy::Allow => c.device.device_id == conn.device.device_id,
             MultiDevicePolicy::OnePerPlatform => {

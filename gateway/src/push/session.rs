@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::time::Instant as TokioInstant;
+
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,7 +25,8 @@ use super::frame_budget::{FrameBudget, Verdict};
 use super::frames::{
     decode_request, encode_error, encode_response, peek_seq, FrameEncoding, Inbound, Outbound,
 };
-use super::hub::{close, ConnSlot, SessionHandle};
+use super::hub::{close, CloseRequest, ConnSlot, SessionHandle};
+use super::outbox::Outbox;
 use super::registry::{Connection, Device, SessionRegistry};
 use super::PushDeps;
 use crate::dispatch::CallContext;
@@ -59,7 +62,7 @@ pub async fn run<S>(
 {
     let cfg = &deps.config;
     let conn_id = deps.hub.next_conn_id();
-    let (handle, rx, mut close_rx, queued) = SessionHandle::new(
+    let (handle, outbox, mut close_rx) = SessionHandle::new(
         conn_id,
         info.identity.sid.clone(),
         info.identity.exp,
@@ -88,30 +91,35 @@ pub async fn run<S>(
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(write_loop(
         sink,
-        rx,
+        outbox,
         close_rx.clone(),
-        queued,
         cfg.ping_interval.0,
     ));
     let inflight = Arc::new(AtomicUsize::new(0));
     let mut budget = FrameBudget::new(cfg.frame_rate, cfg.frame_flood_strikes, Instant::now());
-    let exp_in = Duration::from_secs(info.identity.exp.saturating_sub(unix_now()));
-    let expiry = tokio::time::sleep(exp_in);
-    tokio::pin!(expiry);
-    // Armed on shutdown: this session's moment within the drain window.
-    let drain = tokio::time::sleep(Duration::MAX / 4);
-    tokio::pin!(drain);
-    let mut draining = false;
+    // One timer for idle, token expiry and drain (each is a deadline; activity does not re-arm
+    // it, the wake-up checks which deadline passed).
+    let idle = cfg.idle_timeout.0;
+    let expires_at =
+        TokioInstant::now() + Duration::from_secs(info.identity.exp.saturating_sub(unix_now()));
+    let mut last_active = TokioInstant::now();
+    let mut drain_at: Option<TokioInstant> = None;
+    let next_deadline = |last_active: TokioInstant, drain_at: Option<TokioInstant>| {
+        let d = (last_active + idle).min(expires_at);
+        drain_at.map_or(d, |t| d.min(t))
+    };
+    let timer = tokio::time::sleep_until(next_deadline(last_active, drain_at));
+    tokio::pin!(timer);
     let info = Arc::new(info);
     loop {
         tokio::select! {
-            next = tokio::time::timeout(cfg.idle_timeout.0, stream.next()) => match next {
-                Err(_) => handle.close_with(close::POLICY, "idle timeout"),
-                Ok(None) => handle.close_with(close::NORMAL, "client gone"),
-                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => handle.close_with(close::TOO_BIG, "message too big"),
-                Ok(Some(Err(WsError::Utf8(_)))) => handle.close_with(close::INVALID_TEXT, "invalid UTF-8"),
-                Ok(Some(Err(_))) => handle.close_with(close::POLICY, "protocol error"),
-                Ok(Some(Ok(msg))) => {
+            next = stream.next() => match next {
+                None => handle.close_with(close::NORMAL, "client gone"),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => handle.close_with(close::TOO_BIG, "message too big"),
+                Some(Err(WsError::Utf8(_))) => handle.close_with(close::INVALID_TEXT, "invalid UTF-8"),
+                Some(Err(_)) => handle.close_with(close::POLICY, "protocol error"),
+                Some(Ok(msg)) => {
+                    last_active = TokioInstant::now();
                     let inbound = match &msg {
                         Message::Binary(b) => Some(Inbound::Binary(b)),
                         Message::Text(t) => Some(Inbound::Text(t.as_str())),
@@ -143,15 +151,21 @@ pub async fn run<S>(
                 }
             },
             _ = close_rx.changed() => break,
-            _ = &mut expiry => {
-                handle.close_with(close::TOKEN, "token expired");
+            _ = &mut timer => {
+                let now = TokioInstant::now();
+                if now >= expires_at {
+                    handle.close_with(close::TOKEN, "token expired");
+                } else if drain_at.is_some_and(|t| now >= t) {
+                    handle.close_with(close::GOING_AWAY, "gateway shutting down");
+                } else if now >= last_active + idle {
+                    handle.close_with(close::POLICY, "idle timeout");
+                } else {
+                    timer.as_mut().reset(next_deadline(last_active, drain_at));
+                }
             }
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                drain.as_mut().reset(tokio::time::Instant::now() + drain_delay(conn_id, cfg.drain_window.0));
-            }
-            _ = &mut drain, if draining => {
-                handle.close_with(close::GOING_AWAY, "gateway shutting down");
+            _ = shutdown.changed(), if drain_at.is_none() => {
+                drain_at = Some(TokioInstant::now() + drain_delay(conn_id, cfg.drain_window.0));
+                timer.as_mut().reset(next_deadline(last_active, drain_at));
             }
         }
         if close_rx.borrow().is_some() {
@@ -240,9 +254,8 @@ fn on_request(
 
 async fn write_loop<S>(
     mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut close_rx: watch::Receiver<Option<(u16, &'static str)>>,
-    queued: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
+    mut close_rx: watch::Receiver<CloseRequest>,
     ping: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -252,15 +265,13 @@ async fn write_loop<S>(
         tokio::select! {
             biased;
             _ = close_rx.changed() => break,
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                queued.fetch_sub(frame.len(), Ordering::AcqRel);
-                let mut ok = sink.feed(to_message(frame)).await.is_ok();
-                // Coalesce whatever else is queued into the same flush.
-                while ok {
-                    let Ok(more) = rx.try_recv() else { break };
-                    queued.fetch_sub(more.len(), Ordering::AcqRel);
-                    ok = sink.feed(to_message(more)).await.is_ok();
+            _ = outbox.ready() => {
+                // Everything queued goes out in one flush.
+                let mut ok = true;
+                for frame in outbox.take() {
+                    if ok {
+                        ok = sink.feed(to_message(frame)).await.is_ok();
+                    }
                 }
                 // A clogged socket must not keep a close request (4003, kick) waiting.
                 let flushed = tokio::select! {
@@ -293,8 +304,7 @@ async fn write_loop<S>(
         };
         let farewell = async {
             if code != close::SLOW_CONSUMER {
-                while let Ok(frame) = rx.try_recv() {
-                    queued.fetch_sub(frame.len(), Ordering::AcqRel);
+                for frame in outbox.take() {
                     sink.feed(to_message(frame)).await?;
                 }
             }
@@ -302,4 +312,5 @@ async fn write_loop<S>(
         };
         let _ = tokio::time::timeout(Duration::from_millis(patience), farewell).await;
     }
+    outbox.close();
 }

@@ -1,0 +1,413 @@
+//! `im-bench ws-conns` and `im-bench ws-push`: N authenticated WebSocket clients (spread over
+//! several loopback source addresses) against the gateway's push listener or the bare baseline,
+//! driven through `im.gateway.v1.PushService`. Resource figures come from `/proc/<pid>` of the
+//! server under test, so the client sharing the machine does not distort them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use im_proto::im::echo::v1::{EchoReply, EchoRequest};
+use im_proto::im::gateway::v1::push_service_client::PushServiceClient;
+use im_proto::im::gateway::v1::{server_frame, ClientFrame, PushRequest, ServerFrame};
+use prost::Message as _;
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Args)]
+pub struct WsArgs {
+    /// Push listener, e.g. ws://127.0.0.1:8081/ws
+    #[arg(long)]
+    pub url: String,
+    /// PushService, e.g. http://127.0.0.1:9090
+    #[arg(long)]
+    pub push: String,
+    /// The server process to measure (RSS, CPU).
+    #[arg(long)]
+    pub pid: u32,
+    /// HS256 secret file for client tokens (none: no token, for the bare baseline).
+    #[arg(long)]
+    pub secret: Option<PathBuf>,
+    /// File holding PushService's internal token.
+    #[arg(long)]
+    pub internal_token: Option<PathBuf>,
+    #[arg(long, default_value_t = 1_000)]
+    pub conns: usize,
+    /// Source addresses 127.0.0.1..=127.0.0.N (ephemeral ports run out past ~28k per address).
+    #[arg(long, default_value_t = 4)]
+    pub sources: u8,
+    /// `cmd` of the request each connection sends once.
+    #[arg(long, default_value_t = 9001)]
+    pub cmd: u32,
+    /// ws-push: pushes to the whole group, one after another.
+    #[arg(long, default_value_t = 10)]
+    pub group_repeats: usize,
+    /// ws-push: pushes to the whole group fired together.
+    #[arg(long, default_value_t = 200)]
+    pub burst: usize,
+}
+
+/// What every connection task reports into.
+#[derive(Default)]
+struct Stats {
+    responses: AtomicU64,
+    pushes: AtomicU64,
+    hist: Mutex<Option<Histogram<u64>>>,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The push payload: an EchoReply carrying its send time, about 100 bytes on the wire.
+fn payload() -> Vec<u8> {
+    EchoReply {
+        number: now_micros(),
+        padding: vec![b'x'; 64],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn token(secret: &[u8], user: usize) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 3600;
+    let claims = json!({"sub": format!("u{user}"), "sid": format!("s{user}"), "dev": "d", "plt": "ios", "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 signs")
+}
+
+async fn connection(
+    url: String,
+    addr: SocketAddr,
+    source: IpAddr,
+    cmd: u32,
+    permit: OwnedSemaphorePermit,
+    stats: Arc<Stats>,
+) -> Result<(), String> {
+    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let tcp = sock.connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).ok();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024);
+    let req = url.into_client_request().map_err(|e| e.to_string())?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    drop(permit);
+    let request = ClientFrame {
+        seq: 1,
+        cmd,
+        payload: EchoRequest {
+            text: "hi".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    };
+    ws.send(Message::Binary(request.encode_to_vec().into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(msg) = ws.next().await {
+        let Ok(Message::Binary(b)) = msg else {
+            continue;
+        };
+        match ServerFrame::decode(b).ok().and_then(|f| f.body) {
+            Some(server_frame::Body::Response(_)) => {
+                stats.responses.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(server_frame::Body::Push(p)) => {
+                if let Ok(r) = EchoReply::decode(p.payload.as_slice()) {
+                    let us = (now_micros() - r.number).max(1) as u64;
+                    if let Some(h) = stats.hist.lock().expect("hist").as_mut() {
+                        let _ = h.record(us);
+                    }
+                }
+                stats.pushes.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+    Err("closed by the server".into())
+}
+
+/// Opens every connection, each sending its one request; returns once all are answered.
+async fn connect_all(a: &WsArgs, stats: &Arc<Stats>) -> Result<(), String> {
+    let secret = match &a.secret {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("--secret {}: {e}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let uri: http::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
+    let addr: SocketAddr = uri
+        .authority()
+        .ok_or("--url needs host:port")?
+        .as_str()
+        .parse()
+        .map_err(|e| format!("--url: {e}"))?;
+    // At most 128 handshakes in flight.
+    let gate = Arc::new(Semaphore::new(128));
+    let bar = progress(a.conns as u64, "connecting");
+    for i in 0..a.conns {
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % a.sources.max(1) as usize) as u8,
+        ));
+        let mut url = format!("{}?user=u{i}", a.url);
+        if let Some(s) = &secret {
+            url.push_str(&format!("&token={}", token(s.as_bytes(), i)));
+        }
+        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        let (stats, cmd) = (stats.clone(), a.cmd);
+        tokio::spawn(async move {
+            if let Err(e) = connection(url, addr, source, cmd, permit, stats).await {
+                eprintln!("connection {i}: {e}");
+            }
+        });
+        bar.set(i as u64 + 1);
+    }
+    wait_until(
+        &stats.responses,
+        a.conns as u64,
+        Duration::from_secs(120),
+        "responses",
+    )
+    .await?;
+    bar.done();
+    Ok(())
+}
+
+/// A tiny progress line on stderr (stdout carries the JSON result).
+struct Progress {
+    total: u64,
+    what: &'static str,
+    last: Mutex<Instant>,
+}
+
+fn progress(total: u64, what: &'static str) -> Progress {
+    Progress {
+        total,
+        what,
+        last: Mutex::new(Instant::now()),
+    }
+}
+
+impl Progress {
+    fn set(&self, n: u64) {
+        let mut last = self.last.lock().expect("progress");
+        if last.elapsed() > Duration::from_millis(500) || n == self.total {
+            eprint!("\r{} {n}/{}", self.what, self.total);
+            *last = Instant::now();
+        }
+    }
+    fn done(&self) {
+        eprintln!("\r{} {}/{} done", self.what, self.total, self.total);
+    }
+}
+
+async fn wait_until(
+    counter: &AtomicU64,
+    target: u64,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), String> {
+    let start = Instant::now();
+    while counter.load(Ordering::Relaxed) < target {
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "{what}: {} of {target} after {timeout:?}",
+                counter.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn push_client(a: &WsArgs) -> Result<(PushServiceClient<Channel>, Option<String>), String> {
+    let client = PushServiceClient::connect(a.push.clone())
+        .await
+        .map_err(|e| format!("--push {}: {e}", a.push))?;
+    let token = match &a.internal_token {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("--internal-token {}: {e}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok((client, token))
+}
+
+fn push_request(users: Vec<String>, token: &Option<String>) -> tonic::Request<PushRequest> {
+    let mut req = tonic::Request::new(PushRequest {
+        user_ids: users,
+        kind: "bench".into(),
+        payload_type: "im.echo.v1.EchoReply".into(),
+        payload: payload(),
+        ..Default::default()
+    });
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("token is ASCII"),
+        );
+    }
+    req
+}
+
+/// `ws-conns`: server RSS per connection after every connection made one request and got one push.
+pub async fn conns(a: WsArgs) -> Result<Value, String> {
+    let rss_before = im_bench::proc_rss_kib(a.pid)?;
+    let stats = Arc::new(Stats::default());
+    connect_all(&a, &stats).await?;
+    let (mut client, token) = push_client(&a).await?;
+    let users: Vec<String> = (0..a.conns).map(|i| format!("u{i}")).collect();
+    for chunk in users.chunks(5_000) {
+        client
+            .push(push_request(chunk.to_vec(), &token))
+            .await
+            .map_err(|e| format!("Push: {e}"))?;
+    }
+    wait_until(
+        &stats.pushes,
+        a.conns as u64,
+        Duration::from_secs(60),
+        "pushes",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = im_bench::proc_rss_kib(a.pid)?;
+    Ok(json!({
+        "conns": a.conns,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "bytes_per_conn": im_bench::per_conn_bytes(rss_before, rss_after, a.conns),
+    }))
+}
+
+/// `ws-push`: (a) one push per user, (b) pushes to the whole group in turn, (c) a burst of group
+/// pushes; deliveries per server CPU-second and push-to-receipt latency for each.
+pub async fn push(a: WsArgs) -> Result<Value, String> {
+    let stats = Arc::new(Stats::default());
+    connect_all(&a, &stats).await?;
+    let (client, token) = push_client(&a).await?;
+    let users: Vec<String> = (0..a.conns).map(|i| format!("u{i}")).collect();
+    let n = a.conns as u64;
+
+    let phase = |name: &'static str| {
+        *stats.hist.lock().expect("hist") = Some(im_bench::histogram());
+        let start = (
+            Instant::now(),
+            im_bench::proc_cpu_secs(a.pid),
+            stats.pushes.load(Ordering::Relaxed),
+        );
+        move |stats: &Stats| -> Result<Value, String> {
+            let cpu = im_bench::proc_cpu_secs(a.pid)? - start.1?;
+            let delivered = stats.pushes.load(Ordering::Relaxed) - start.2;
+            let hist = stats.hist.lock().expect("hist").take().expect("phase hist");
+            Ok(json!({
+                "phase": name,
+                "deliveries": delivered,
+                "wall_s": start.0.elapsed().as_secs_f64(),
+                "server_cpu_s": cpu,
+                "deliveries_per_cpu_s": delivered as f64 / cpu.max(0.01),
+                "p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+            }))
+        }
+    };
+
+    // (a) one push per user, 32 calls in flight.
+    let done = phase("users");
+    let target = stats.pushes.load(Ordering::Relaxed) + n;
+    futures::stream::iter(users.iter().cloned())
+        .map(|u| {
+            let mut c = client.clone();
+            let req = push_request(vec![u], &token);
+            async move { c.push(req).await }
+        })
+        .buffer_unordered(32)
+        .for_each(|_| async {})
+        .await;
+    wait_until(
+        &stats.pushes,
+        target,
+        Duration::from_secs(120),
+        "users pushes",
+    )
+    .await?;
+    let users_phase = done(&stats)?;
+
+    // (b) the whole group, one push at a time.
+    let done = phase("group");
+    for _ in 0..a.group_repeats {
+        let target = stats.pushes.load(Ordering::Relaxed) + n;
+        client
+            .clone()
+            .push(push_request(users.clone(), &token))
+            .await
+            .map_err(|e| format!("Push: {e}"))?;
+        wait_until(
+            &stats.pushes,
+            target,
+            Duration::from_secs(60),
+            "group pushes",
+        )
+        .await?;
+    }
+    let group_phase = done(&stats)?;
+
+    // (c) a burst: every push issued at once (8 calls in flight).
+    let done = phase("burst");
+    let target = stats.pushes.load(Ordering::Relaxed) + n * a.burst as u64;
+    futures::stream::iter(0..a.burst)
+        .map(|_| {
+            let mut c = client.clone();
+            let req = push_request(users.clone(), &token);
+            async move { c.push(req).await }
+        })
+        .buffer_unordered(8)
+        .for_each(|_| async {})
+        .await;
+    wait_until(
+        &stats.pushes,
+        target,
+        Duration::from_secs(300),
+        "burst pushes",
+    )
+    .await?;
+    let burst_phase = done(&stats)?;
+
+    Ok(json!({
+        "conns": a.conns,
+        "phases": [users_phase, group_phase, burst_phase],
+    }))
+}

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""WebSocket benchmarks: memory per authenticated connection (`im-bench ws-conns`) and push fan-out
+(`im-bench ws-push`), the gateway next to the bare tokio-tungstenite broadcast server (`bare-ws`),
+alternating systems in each round, every server started fresh and pinned to core 0, the client on
+core 1. Writes the "WebSocket push" section of docs/BENCHMARKS.md and docs/benchmarks/ws.json."""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port  # noqa: E402
+
+BEGIN, END = "<!-- ws:begin -->", "<!-- ws:end -->"
+
+
+def start_gateway(tmp, backend_port):
+    ports = {k: free_port() for k in ("edge", "admin", "push", "internal")}
+    with open(os.path.join(tmp, "routes.yaml"), "w") as f:
+        f.write(f"""upstreams:
+  echo:
+    endpoints: ["127.0.0.1:{backend_port}"]
+    health_check: {{ grpc_service: im.echo.v1.EchoService, interval: 1s }}
+routes:
+  - {{ name: echo, http: {{ path: /service/echo }}, cmd: 9001, upstream: echo, grpc: im.echo.v1.EchoService/Echo,
+       auth: none, rate_limit: {{ key: ip, per_second: 1000000, burst: 1000000 }} }}
+""")
+    with open(os.path.join(tmp, "gateway.yaml"), "w") as f:
+        f.write(f"""listen: {{ edge: 127.0.0.1:{ports['edge']}, admin: 127.0.0.1:{ports['admin']},
+          push: 127.0.0.1:{ports['push']}, internal: 127.0.0.1:{ports['internal']} }}
+threads: 1
+routes: routes.yaml
+reload: {{ watch: false }}
+shutdown: {{ grace_period: 0s, graceful_timeout: 1s }}
+auth: {{ hs256_secret_file: hs256.key }}
+push:
+  internal_token_file: internal.token
+  max_connections_per_ip: 100000
+  handshake_rate: {{ per_second: 100000, burst: 100000 }}
+  drain_window: 0s
+""")
+    proc = subprocess.Popen(PROXY_CPU + [os.path.join(BIN, "im-gateway"), "run", "--config",
+                                         os.path.join(tmp, "gateway.yaml")],
+                            env=dict(os.environ, RUST_LOG="warn"))
+    for p in ports.values():
+        wait_port(p)
+    auth = ["--secret", os.path.join(tmp, "hs256.key"), "--internal-token", os.path.join(tmp, "internal.token")]
+    return proc, ports["push"], ports["internal"], auth
+
+
+def start_bare(_tmp, _backend_port):
+    ws, grpc = free_port(), free_port()
+    proc = subprocess.Popen(PROXY_CPU + [os.path.join(BIN, "bare-ws"), "--ws", f"127.0.0.1:{ws}",
+                                         "--grpc", f"127.0.0.1:{grpc}"])
+    wait_port(ws)
+    wait_port(grpc)
+    return proc, ws, grpc, []
+
+
+SYSTEMS = {"gateway": start_gateway, "bare tokio-tungstenite": start_bare}
+
+
+def run_client(kind, start, tmp, backend_port, extra):
+    proc, ws, grpc, auth = start(tmp, backend_port)
+    try:
+        time.sleep(1.5)  # the gateway's backend joins after a passing health check
+        cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), kind, "--url", f"ws://127.0.0.1:{ws}/ws",
+                          "--push", f"http://127.0.0.1:{grpc}", "--pid", str(proc.pid)] + auth + extra
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=15_000, help="connections for the memory case")
+    ap.add_argument("--push-conns", type=int, default=10_000)
+    ap.add_argument("--burst", type=int, default=200)
+    ap.add_argument("--group-repeats", type=int, default=10)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="im-bench-ws-")
+    with open(os.path.join(tmp, "hs256.key"), "w") as f:
+        f.write("bench-hs256-secret-0123456789abcdef")
+    with open(os.path.join(tmp, "internal.token"), "w") as f:
+        f.write("bench-internal-token-0123456789")
+    backend_port = free_port()
+    backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--listen", f"127.0.0.1:{backend_port}"],
+                               env=dict(os.environ, RUST_LOG="warn"))
+    results = {name: {"conns": [], "push": []} for name in SYSTEMS}
+    try:
+        wait_port(backend_port)
+        for run in range(args.runs):
+            for name, start in SYSTEMS.items():
+                r = run_client("ws-conns", start, tmp, backend_port, ["--conns", str(args.conns)])
+                results[name]["conns"].append(r)
+                print(f"run {run + 1}/{args.runs} {name} ws-conns: {r['bytes_per_conn']:.0f} B/conn", file=sys.stderr)
+            for name, start in SYSTEMS.items():
+                r = run_client("ws-push", start, tmp, backend_port,
+                               ["--conns", str(args.push_conns), "--burst", str(args.burst),
+                                "--group-repeats", str(args.group_repeats)])
+                results[name]["push"].append(r)
+                summary = ", ".join(f"{p['phase']} {p['deliveries_per_cpu_s']:.0f}/cpu-s" for p in r["phases"])
+                print(f"run {run + 1}/{args.runs} {name} ws-push: {summary}", file=sys.stderr)
+    finally:
+        backend.terminate()
+        backend.wait(timeout=10)
+    write_report(args, results)
+
+
+def med(values):
+    return statistics.median(values)
+
+
+def write_report(args, results):
+    gw, bare = results["gateway"], results["bare tokio-tungstenite"]
+    mem = {n: med([r["bytes_per_conn"] for r in results[n]["conns"]]) for n in results}
+    phases = ["users", "group", "burst"]
+
+    def phase_med(sys_results, phase, key):
+        return med([next(p for p in r["phases"] if p["phase"] == phase)[key] for r in sys_results["push"]])
+
+    verdict = lambda ok: "met" if ok else "**not met**"  # noqa: E731
+    lines = [
+        BEGIN,
+        "## WebSocket push",
+        "",
+        f"Command: `python3 bench/ws.py --runs {args.runs}` (also run by `bench/run.sh`); date {datetime.date.today().isoformat()}.",
+        "Each case starts its server fresh, pinned to core 0; the client (`im-bench`) runs on core 1 and opens",
+        "connections from 4 loopback source addresses. Medians of the rounds; the systems alternate within each round.",
+        "The baseline is `bare-ws` (bench crate): tokio-tungstenite with 1 KiB read buffers, one task per connection,",
+        "one write per message, the same PushService entry point, no auth, limits or registry.",
+        "",
+        f"### Memory per connection ({args.conns:,} connections)",
+        "",
+        "Server RSS growth (`/proc/<pid>/status`) divided by connections, measured after every connection sent one",
+        "request (gateway: routed by `cmd` to the echo backend) and received one push.",
+        "",
+        "| system | bytes per connection | vs bare |",
+        "|---|---:|---:|",
+    ]
+    for n in results:
+        lines.append(f"| {n} | {mem[n]:.0f} ({mem[n] / 1024:.1f} KiB) | {mem[n] / mem['bare tokio-tungstenite']:.2f}x |")
+    lines += [
+        "",
+        f"### Push fan-out ({args.push_conns:,} connected users)",
+        "",
+        "(a) one Push call per user, 32 calls in flight; (b) one Push to all users, repeated "
+        f"{args.group_repeats} times; (c) a burst of {args.burst} Pushes to all users, 8 calls in flight.",
+        "Deliveries per server CPU-second from `/proc/<pid>/stat`; latency from the Push call to the client",
+        "decoding the frame (the client shares the machine, so under a burst it includes client queueing).",
+        "",
+        "| case | gateway deliveries/CPU-s | bare deliveries/CPU-s | ratio | gateway p50 / p99 ms | bare p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    ratios = {}
+    for ph in phases:
+        g, b = phase_med(gw, ph, "deliveries_per_cpu_s"), phase_med(bare, ph, "deliveries_per_cpu_s")
+        ratios[ph] = g / b
+        lines.append(
+            f"| ({'abc'[phases.index(ph)]}) {ph} | {g:.0f} | {b:.0f} | {g / b:.2f}x | "
+            f"{phase_med(gw, ph, 'p50_ms'):.1f} / {phase_med(gw, ph, 'p99_ms'):.1f} | "
+            f"{phase_med(bare, ph, 'p50_ms'):.1f} / {phase_med(bare, ph, 'p99_ms'):.1f} |")
+    gmem = mem["gateway"]
+    lines += [
+        "",
+        "### WebSocket targets",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+        f"| memory per connection <= 8 KiB (stretch 6 KiB) | {gmem / 1024:.1f} KiB | {verdict(gmem <= 8192)} |",
+        f"| (a) one push per user >= 0.8x bare | {ratios['users']:.2f}x | {verdict(ratios['users'] >= 0.8)} |",
+        f"| (b) group push >= 0.8x bare | {ratios['group']:.2f}x | {verdict(ratios['group'] >= 0.8)} |",
+        f"| (c) burst >= 1.5x bare | {ratios['burst']:.2f}x | {verdict(ratios['burst'] >= 1.5)} |",
+        "",
+        "Where the memory goes (heaptrack of the gateway at 2,000 connections, 2026-11-25): the session task",
+        "(handshake state, then the reader with its one timer) ~2 KiB, the writer task ~1 KiB, tungstenite's",
+        "buffers ~1 KiB, the registry entry, close channel and Pingora's stream ~1.3 KiB; the rest is allocator",
+        "fragmentation left by the burst of requests in flight while the connections open. Pingora's own",
+        "per-connection task (~13 KiB with its handshake state) is released: the push app moves the stream",
+        "into its own task and returns. Next step for memory: one task per session instead of a reader and a",
+        "writer (~1 KiB). Case (a) is one gRPC call per delivery: the gateway serves PushService on its own",
+        "runtime (a Pingora background service), so every call also wakes the push thread across runtimes,",
+        "which the single-runtime baseline never does; serving PushService on the push runtime is the fix.",
+        "Raw results: [`benchmarks/ws.json`](benchmarks/ws.json).",
+        END,
+    ]
+    os.makedirs(os.path.join(os.path.dirname(args.out), "benchmarks"), exist_ok=True)
+    text = open(args.out).read() if os.path.exists(args.out) else "# Benchmarks\n"
+    block = "\n".join(lines)
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(args.out, "w") as f:
+        f.write(text)
+    with open(os.path.join(os.path.dirname(args.out), "benchmarks", "ws.json"), "w") as f:
+        json.dump({"memory_bytes_per_conn": mem, "runs": results}, f, indent=2)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
