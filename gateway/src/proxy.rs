@@ -269,6 +269,7 @@ impl ProxyHttp for EdgeProxy {
         let creds = Credentials {
             bearer: header(req, "authorization").and_then(auth::bearer),
             api_key: header(req, "x-api-key"),
+            session: None,
         };
         if is_grpc(req) {
             let Some(route) = table.match_grpc(req.uri.path()).cloned() else {

@@ -13,9 +13,12 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::server::{
+    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use pingora::services::Service as PingoraService;
 use tokio::sync::mpsc;
 
 use crate::admin::AdminApp;
@@ -203,20 +206,52 @@ impl Gateway {
                     .l4_buffer(L4BufferSettings::unbuffered()),
             ),
         }
-        let internal = background_service(
-            "internal grpc",
-            InternalGrpc {
+        let push = PushRuntime {
+            listener: push,
+            internal: Some(InternalGrpc {
                 deps: self.push.clone(),
                 addr: cfg.listen.internal,
                 token_sha256: self.internal_token,
-            },
-        );
+            }),
+        };
         server.add_service(edge);
         server.add_service(push);
-        server.add_service(internal);
         server.add_service(admin);
         server.add_service(reloader);
         Ok(server)
+    }
+}
+
+/// The push listener and PushService on one runtime: a Push call then queues frames and wakes
+/// session writers on the threads that own them, without a wake-up across runtimes per call.
+struct PushRuntime {
+    listener: Service<PushApp>,
+    internal: Option<InternalGrpc>,
+}
+
+#[async_trait]
+impl PingoraService for PushRuntime {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        if let Some(internal) = self.internal.take() {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { internal.start(shutdown).await });
+        }
+        self.listener
+            .start_service(fds, shutdown, listeners_per_fd)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        "push"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.listener.threads()
     }
 }
 

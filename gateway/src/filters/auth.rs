@@ -285,16 +285,7 @@ impl Authenticator {
     /// answered from the cache, still subject to its expiry and to revocation.
     pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
         if let Some(id) = self.cache.as_ref().and_then(|c| c.get(token)) {
-            if id.exp.saturating_add(self.leeway) < unix_now() {
-                return Err(AuthFailure::Expired);
-            }
-            if id
-                .sid
-                .as_deref()
-                .is_some_and(|sid| self.revocation.is_revoked(sid))
-            {
-                return Err(AuthFailure::Revoked);
-            }
+            self.check_live(&id)?;
             return Ok(id);
         }
         let id = Arc::new(self.verify_signature(token)?);
@@ -302,6 +293,32 @@ impl Authenticator {
             cache.put(token, id.clone());
         }
         Ok(id)
+    }
+
+    /// Like [`Self::verify`], but a token the cache does not hold is not added: for WebSocket
+    /// handshakes, whose session keeps the identity itself (a cache entry per connection would
+    /// cost a few hundred bytes for nothing).
+    pub fn verify_once(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
+        if let Some(id) = self.cache.as_ref().and_then(|c| c.get(token)) {
+            self.check_live(&id)?;
+            return Ok(id);
+        }
+        Ok(Arc::new(self.verify_signature(token)?))
+    }
+
+    /// Expiry and revocation of an identity verified earlier.
+    pub fn check_live(&self, id: &Identity) -> Result<(), AuthFailure> {
+        if id.exp.saturating_add(self.leeway) < unix_now() {
+            return Err(AuthFailure::Expired);
+        }
+        if id
+            .sid
+            .as_deref()
+            .is_some_and(|sid| self.revocation.is_revoked(sid))
+        {
+            return Err(AuthFailure::Revoked);
+        }
+        Ok(())
     }
 
     fn verify_signature(&self, token: &str) -> Result<Identity, AuthFailure> {

@@ -28,6 +28,19 @@ use ratelimit::Decision;
 pub struct Credentials<'a> {
     pub bearer: Option<&'a str>,
     pub api_key: Option<&'a str>,
+    /// An identity verified at a WebSocket handshake: checked for expiry and revocation again on
+    /// every call, without keeping (or re-reading) the token.
+    pub session: Option<&'a Arc<Identity>>,
+}
+
+impl Credentials<'_> {
+    fn identity(&self, auth: &Authenticator) -> Result<Arc<Identity>, AuthFailure> {
+        match (self.session, self.bearer) {
+            (Some(id), _) => auth.check_live(id).map(|()| id.clone()),
+            (None, Some(token)) => auth.verify(token),
+            (None, None) => Err(AuthFailure::Missing),
+        }
+    }
 }
 
 /// A request let through: who it is and the rate-limit state for the response headers.
@@ -90,17 +103,12 @@ impl Guard {
     ) -> Result<Admitted, Rejection> {
         let mut admitted = Admitted::default();
         match route.auth {
-            AuthMode::Required => {
-                let token = creds.bearer.ok_or(AuthFailure::Missing);
-                match token.and_then(|t| self.auth.verify(t)) {
-                    Ok(id) => admitted.identity = Some(id),
-                    Err(f) => return Err(self.auth_failed(f)),
-                }
-            }
+            AuthMode::Required => match creds.identity(&self.auth) {
+                Ok(id) => admitted.identity = Some(id),
+                Err(f) => return Err(self.auth_failed(f)),
+            },
             // A valid token still passes identity along; a bad or stale one is ignored.
-            AuthMode::None => {
-                admitted.identity = creds.bearer.and_then(|t| self.auth.verify(t).ok())
-            }
+            AuthMode::None => admitted.identity = creds.identity(&self.auth).ok(),
             AuthMode::ApiKey => match creds
                 .api_key
                 .ok_or(AuthFailure::ApiKey)

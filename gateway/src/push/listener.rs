@@ -174,7 +174,7 @@ pub fn check_handshake(
     let identity = deps
         .guard
         .auth
-        .verify(token)
+        .verify_once(token)
         .map_err(|f| reject(StatusCode::UNAUTHORIZED, "token", &f.to_string()))?;
     let device_id = param("device_id").map(str::to_owned);
     let platform = param("platform").map(str::to_owned);
@@ -226,7 +226,6 @@ pub fn check_handshake(
                 .or_else(|| identity.platform.clone())
                 .unwrap_or_else(|| "unknown".into()),
         },
-        token: token.to_owned(),
         identity,
         encoding,
         client_ip,

@@ -1,7 +1,7 @@
-//! One WebSocket session: a reader that routes request frames through the shared dispatcher
-//! (bounded in flight) and a writer that drains the bounded outbound queue, coalescing queued
-//! frames into one flush, pinging, and honouring close requests (kick, revoke, expiry, slow
-//! consumer, drain) even when the socket is clogged.
+//! One WebSocket session, in one task: it routes request frames through the shared dispatcher
+//! (bounded in flight), pumps the bounded outbound queue to the socket (everything queued in one
+//! flush), pings, and honours close requests (kick, revoke, expiry, slow consumer, drain) even
+//! when the socket is clogged.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use tokio::time::Instant as TokioInstant;
 
 use bytes::Bytes;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -37,7 +41,6 @@ use crate::filters::{request_id, Credentials};
 /// What the handshake established.
 pub struct SessionInfo {
     pub identity: Arc<Identity>,
-    pub token: String,
     pub device: Device,
     pub encoding: FrameEncoding,
     pub client_ip: IpAddr,
@@ -88,13 +91,13 @@ pub async fn run<S>(
         );
     }
 
-    let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        outbox,
-        close_rx.clone(),
-        cfg.ping_interval.0,
-    ));
+    // One task per session: reads, the outbox pump and the timers share this loop (a second
+    // task per connection would cost about 1 KiB more).
+    let (mut sink, mut stream) = ws.split();
+    let mut pending: VecDeque<Message> = VecDeque::new();
+    let mut unflushed = false;
+    let ping = cfg.ping_interval.0;
+    let mut pings = tokio::time::interval_at(TokioInstant::now() + ping, ping);
     let inflight = Arc::new(AtomicUsize::new(0));
     let mut budget = FrameBudget::new(cfg.frame_rate, cfg.frame_flood_strikes, Instant::now());
     // One timer for idle, token expiry and drain (each is a deadline; activity does not re-arm
@@ -151,6 +154,12 @@ pub async fn run<S>(
                 }
             },
             _ = close_rx.changed() => break,
+            written = pump(&mut sink, &mut pending, &mut unflushed, &outbox) => {
+                if written.is_err() {
+                    handle.close_with(close::NORMAL, "connection lost");
+                }
+            }
+            _ = pings.tick() => pending.push_back(Message::Ping(Bytes::new())),
             _ = &mut timer => {
                 let now = TokioInstant::now();
                 if now >= expires_at {
@@ -173,14 +182,16 @@ pub async fn run<S>(
         }
     }
     deps.hub.registry.unregister(&user, conn_id);
-    if let Some((code, reason)) = *close_rx.borrow() {
+    let requested = *close_rx.borrow();
+    if let Some((code, reason)) = requested {
         deps.hub
             .metrics
             .ws_closes
             .with_label_values(&[&code.to_string(), reason])
             .inc();
     }
-    let _ = writer.await;
+    farewell(&mut sink, &outbox, requested).await;
+    outbox.close();
 }
 
 /// Where in the drain window a session closes: spread evenly by connection id, so clients do not
@@ -219,8 +230,8 @@ fn on_request(
         (info.clone(), deps.clone(), handle.clone(), inflight.clone());
     tokio::spawn(async move {
         let creds = Credentials {
-            bearer: Some(&info.token),
-            api_key: None,
+            session: Some(&info.identity),
+            ..Credentials::default()
         };
         let frame = match deps.guard.admit(&req.route, creds, info.client_ip) {
             Err(rej) => encode_error(info.encoding, req.seq, rej.code, &rej.message),
@@ -252,65 +263,66 @@ fn on_request(
     });
 }
 
-async fn write_loop<S>(
-    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
-    outbox: Arc<Outbox>,
-    mut close_rx: watch::Receiver<CloseRequest>,
-    ping: Duration,
+/// Moves queued frames to the socket: everything queued is fed, then flushed once. Cancel-safe
+/// (the session loop drops it whenever another branch wins): a frame leaves `pending` only once
+/// the sink has taken it, and the outbox is checked before every wait.
+async fn pump<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    pending: &mut VecDeque<Message>,
+    unflushed: &mut bool,
+    outbox: &Outbox,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        if pending.is_empty() {
+            // A fresh deque each batch, dropped once written: an idle session keeps no buffer.
+            *pending = outbox.take().into_iter().map(to_message).collect();
+        }
+        while !pending.is_empty() {
+            poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+            if let Some(msg) = pending.pop_front() {
+                sink.start_send_unpin(msg)?;
+                *unflushed = true;
+            }
+        }
+        *pending = VecDeque::new();
+        if *unflushed {
+            poll_fn(|cx| sink.poll_flush_unpin(cx)).await?;
+            *unflushed = false;
+        }
+        if outbox.queued_frames() == 0 {
+            outbox.ready().await;
+        }
+    }
+}
+
+/// The close frame, after what was queued before the close (e.g. `session_kicked` before 4002).
+/// A slow consumer is not reading: try briefly, then drop the TCP connection.
+async fn farewell<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    outbox: &Outbox,
+    requested: CloseRequest,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
-    loop {
-        tokio::select! {
-            biased;
-            _ = close_rx.changed() => break,
-            _ = outbox.ready() => {
-                // Everything queued goes out in one flush.
-                let mut ok = true;
-                for frame in outbox.take() {
-                    if ok {
-                        ok = sink.feed(to_message(frame)).await.is_ok();
-                    }
-                }
-                // A clogged socket must not keep a close request (4003, kick) waiting.
-                let flushed = tokio::select! {
-                    r = sink.flush() => ok && r.is_ok(),
-                    _ = close_rx.changed() => false,
-                };
-                if !flushed {
-                    break;
-                }
-            }
-            _ = tick.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break;
-                }
+    let Some((code, reason)) = requested else {
+        return;
+    };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let slow = code == close::SLOW_CONSUMER;
+    let patience = Duration::from_millis(if slow { 100 } else { 1000 });
+    let send = async {
+        if !slow {
+            for frame in outbox.take() {
+                sink.feed(to_message(frame)).await?;
             }
         }
-    }
-    let requested = *close_rx.borrow();
-    if let Some((code, reason)) = requested {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
-        // A slow consumer is not reading: try briefly, then drop the TCP connection. Others get
-        // what was queued before the close (e.g. `session_kicked` before 4002).
-        let patience = if code == close::SLOW_CONSUMER {
-            100
-        } else {
-            1000
-        };
-        let farewell = async {
-            if code != close::SLOW_CONSUMER {
-                for frame in outbox.take() {
-                    sink.feed(to_message(frame)).await?;
-                }
-            }
-            sink.send(Message::Close(Some(frame))).await
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(patience), farewell).await;
-    }
-    outbox.close();
+        sink.send(Message::Close(Some(frame))).await
+    };
+    let _ = tokio::time::timeout(patience, send).await;
 }
