@@ -24,6 +24,11 @@ pub fn summary(hist: &Histogram<u64>, ok: u64, errors: &[(u16, u64)], elapsed_se
     })
 }
 
+/// When request `i` of an open-loop run is due, from the start, at `rate` requests per second.
+pub fn scheduled_offset(i: u64, rate: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(i as f64 / rate)
+}
+
 /// Resident set size in KiB from the text of `/proc/<pid>/status`.
 pub fn parse_rss_kib(status: &str) -> Option<u64> {
     status
@@ -67,6 +72,40 @@ pub fn per_conn_bytes(before_kib: u64, after_kib: u64, conns: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_loop_schedule_is_evenly_spaced() {
+        use std::time::Duration;
+        assert_eq!(scheduled_offset(0, 1000.0), Duration::ZERO);
+        assert_eq!(scheduled_offset(1, 1000.0), Duration::from_millis(1));
+        assert_eq!(scheduled_offset(2500, 1000.0), Duration::from_millis(2500));
+        // Offsets never drift: request 1,000,000 at 50,000/s is due at exactly 20 s.
+        assert_eq!(
+            scheduled_offset(1_000_000, 50_000.0),
+            Duration::from_secs(20)
+        );
+    }
+
+    #[test]
+    fn summary_is_json_with_every_field() {
+        let mut h = histogram();
+        h.record(1500).unwrap();
+        let v = summary(&h, 1, &[], 1.0);
+        for k in [
+            "ok",
+            "errors",
+            "elapsed_s",
+            "rps",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "p999_ms",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        let back: serde_json::Value = serde_json::from_str(&v.to_string()).unwrap();
+        assert_eq!(back, v);
+    }
 
     #[test]
     fn proc_readings() {

@@ -1,6 +1,7 @@
-//! `im-bench http`: a closed-loop HTTP/2 (h2c) load generator for the bridge that spreads
-//! requests over many users (distinct signed tokens) and client IPs (`X-Forwarded-For`), which
-//! h2load cannot. Prints one JSON result line.
+//! `im-bench http`: an HTTP/2 (h2c) load generator for the bridge, closed loop or open loop
+//! (`--rate`), that spreads requests over many users (distinct signed tokens) and client IPs
+//! (`X-Forwarded-For`), which h2load cannot. Prints one JSON result line.
+//! `im-bench ws-conns` / `ws-push`: see [`ws`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,11 +23,14 @@ struct Args {
     key: Option<String>,
     body: Bytes,
     content_type: String,
+    /// Open loop: requests per second (0: closed loop).
+    rate: f64,
 }
 
 const USAGE: &str =
     "usage: im-bench ws-conns|ws-push --help, or im-bench http --url URL [--conns 8] [--streams 16] [--requests 100000] \
-[--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T]";
+[--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T] \
+[--rate R (open loop: R requests/s; default closed loop)]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -44,6 +48,7 @@ fn parse() -> Result<Args, String> {
         key: None,
         body: Bytes::from_static(b"{}"),
         content_type: "application/json".into(),
+        rate: 0.0,
     };
     while let Some(flag) = it.next() {
         let v = it
@@ -68,6 +73,13 @@ fn parse() -> Result<Args, String> {
                     .into()
             }
             "--content-type" => a.content_type = v,
+            "--rate" => {
+                a.rate = v
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| r.is_finite() && *r >= 0.0)
+                    .ok_or_else(|| format!("--rate: `{v}` is not a rate"))?
+            }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -156,10 +168,7 @@ async fn http_main() {
         .authority()
         .expect("--url has host:port")
         .to_string();
-    let args = Arc::new(args);
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
+    let mut senders = Vec::new();
     for _ in 0..args.conns {
         let tcp = tokio::net::TcpStream::connect(&authority)
             .await
@@ -170,75 +179,176 @@ async fn http_main() {
                 .await
                 .expect("h2c handshake");
         tokio::spawn(conn);
+        senders.push(sender);
+    }
+    let args = Arc::new(args);
+    let tally = if args.rate > 0.0 {
+        open_loop(&args, &tokens, &senders).await
+    } else {
+        closed_loop(&args, &tokens, &senders).await
+    };
+    println!(
+        "{}",
+        im_bench::summary(&tally.hist, tally.ok, &tally.errors, tally.elapsed)
+    );
+}
+
+/// What one run (or one worker) counted.
+struct Tally {
+    hist: hdrhistogram::Histogram<u64>,
+    ok: u64,
+    errors: Vec<(u16, u64)>,
+    elapsed: f64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            hist: im_bench::histogram(),
+            ok: 0,
+            errors: Vec::new(),
+            elapsed: 0.0,
+        }
+    }
+
+    /// Status 0: transport error; 1: not sent (open loop over its in-flight cap).
+    fn record(&mut self, status: u16, latency: Duration) {
+        if status == 200 {
+            self.ok += 1;
+            let _ = self.hist.record(latency.as_micros().max(1) as u64);
+        } else {
+            self.error(status, 1);
+        }
+    }
+
+    fn error(&mut self, status: u16, n: u64) {
+        match self.errors.iter_mut().find(|(s, _)| *s == status) {
+            Some(e) => e.1 += n,
+            None => self.errors.push((status, n)),
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.hist.add(other.hist).expect("same bounds");
+        self.ok += other.ok;
+        for (s, n) in other.errors {
+            self.error(s, n);
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// Request `i`: its user's token and its client IP.
+fn request(args: &Args, tokens: &[String], i: u64) -> http::Request<Full<Bytes>> {
+    let mut req =
+        http::Request::post(args.url.clone()).header("content-type", args.content_type.as_str());
+    if !tokens.is_empty() {
+        req = req.header(
+            "authorization",
+            format!("Bearer {}", tokens[i as usize % tokens.len()]),
+        );
+    }
+    if args.ips > 0 {
+        let ip = i as usize % args.ips;
+        req = req.header(
+            "x-forwarded-for",
+            format!("10.{}.{}.{}", ip >> 16 & 255, ip >> 8 & 255, ip & 255),
+        );
+    }
+    req.body(Full::new(args.body.clone()))
+        .expect("valid request")
+}
+
+async fn send(sender: &mut Sender, req: http::Request<Full<Bytes>>) -> u16 {
+    match sender.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            status
+        }
+        Err(_) => 0,
+    }
+}
+
+/// `conns` x `streams` workers, each sending its next request when the last one is answered.
+async fn closed_loop(args: &Arc<Args>, tokens: &Arc<Vec<String>>, senders: &[Sender]) -> Tally {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for sender in senders {
         for _ in 0..args.streams {
             let (mut sender, args, tokens, next) =
                 (sender.clone(), args.clone(), tokens.clone(), next.clone());
             workers.push(tokio::spawn(async move {
-                let mut hist = im_bench::histogram();
-                let mut errors: Vec<(u16, u64)> = Vec::new();
-                let mut ok = 0u64;
+                let mut tally = Tally::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= args.requests {
                         break;
                     }
-                    let mut req = http::Request::post(args.url.clone())
-                        .header("content-type", args.content_type.as_str());
-                    if !tokens.is_empty() {
-                        req = req.header(
-                            "authorization",
-                            format!("Bearer {}", tokens[i as usize % tokens.len()]),
-                        );
-                    }
-                    if args.ips > 0 {
-                        let ip = i as usize % args.ips;
-                        req = req.header(
-                            "x-forwarded-for",
-                            format!("10.{}.{}.{}", ip >> 16 & 255, ip >> 8 & 255, ip & 255),
-                        );
-                    }
-                    let req = req
-                        .body(Full::new(args.body.clone()))
-                        .expect("valid request");
                     let t = Instant::now();
-                    let status = match sender.send_request(req).await {
-                        Ok(resp) => {
-                            let status = resp.status().as_u16();
-                            let _ = resp.into_body().collect().await;
-                            status
-                        }
-                        Err(_) => 0,
-                    };
-                    if status == 200 {
-                        ok += 1;
-                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
-                    } else if let Some(e) = errors.iter_mut().find(|(s, _)| *s == status) {
-                        e.1 += 1;
-                    } else {
-                        errors.push((status, 1));
-                    }
+                    let status = send(&mut sender, request(&args, &tokens, i)).await;
+                    tally.record(status, t.elapsed());
                 }
-                (hist, ok, errors)
+                tally
             }));
         }
     }
-    let mut hist = im_bench::histogram();
-    let mut ok = 0;
-    let mut errors: Vec<(u16, u64)> = Vec::new();
+    let mut total = Tally::new();
     for w in workers {
-        let (h, o, e) = w.await.expect("worker");
-        hist.add(h).expect("same bounds");
-        ok += o;
-        for (s, n) in e {
-            match errors.iter_mut().find(|(x, _)| *x == s) {
-                Some(x) => x.1 += n,
-                None => errors.push((s, n)),
-            }
-        }
+        total.merge(w.await.expect("worker"));
     }
-    let elapsed = started
+    total.elapsed = started
         .elapsed()
         .max(Duration::from_micros(1))
         .as_secs_f64();
-    println!("{}", im_bench::summary(&hist, ok, &errors, elapsed));
+    total
+}
+
+/// Waits for `at` more precisely than the timer wheel's 1 ms: sleep most of the way, then yield
+/// until due (the load tool has a core of its own), so latency counted from the schedule does not
+/// include timer slack.
+async fn wait_until(at: tokio::time::Instant) {
+    let slack = Duration::from_millis(2);
+    if at.saturating_duration_since(tokio::time::Instant::now()) > slack {
+        tokio::time::sleep_until(at - slack).await;
+    }
+    while tokio::time::Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Requests at a fixed arrival rate whatever the answers, latency counted from each request's
+/// scheduled time (so a stall shows as latency, not as fewer requests); at most `conns` x
+/// `streams` in flight, beyond which a request is counted as not sent (status 1).
+async fn open_loop(args: &Arc<Args>, tokens: &Arc<Vec<String>>, senders: &[Sender]) -> Tally {
+    let cap = (args.conns * args.streams).max(1);
+    let inflight = Arc::new(AtomicU64::new(0));
+    let tally = Arc::new(std::sync::Mutex::new(Tally::new()));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.requests {
+        let at = start + im_bench::scheduled_offset(i, args.rate);
+        wait_until(at).await;
+        if inflight.load(Ordering::Relaxed) as usize >= cap {
+            tally.lock().expect("tally").error(1, 1);
+            continue;
+        }
+        inflight.fetch_add(1, Ordering::Relaxed);
+        let mut sender = senders[i as usize % senders.len()].clone();
+        let req = request(args, tokens, i);
+        let (inflight, tally) = (inflight.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            let status = send(&mut sender, req).await;
+            tally.lock().expect("tally").record(status, at.elapsed());
+            inflight.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut total = std::mem::replace(&mut *tally.lock().expect("tally"), Tally::new());
+    total.elapsed = start.elapsed().as_secs_f64();
+    total
 }

@@ -283,6 +283,23 @@ fn push_request(users: Vec<String>, token: &Option<String>) -> tonic::Request<Pu
     req
 }
 
+/// Issues Push calls with at most `in_flight` outstanding (their replies are not needed: the
+/// clients count what arrives).
+async fn fire(
+    client: &PushServiceClient<Channel>,
+    requests: impl Iterator<Item = tonic::Request<PushRequest>>,
+    in_flight: usize,
+) {
+    futures::stream::iter(requests)
+        .map(|req| {
+            let mut c = client.clone();
+            async move { c.push(req).await }
+        })
+        .buffer_unordered(in_flight)
+        .for_each(|_| async {})
+        .await;
+}
+
 /// `ws-conns`: server RSS per connection after every connection made one request and got one push.
 pub async fn conns(a: WsArgs) -> Result<Value, String> {
     let rss_before = im_bench::proc_rss_kib(a.pid)?;
@@ -348,15 +365,8 @@ pub async fn push(a: WsArgs) -> Result<Value, String> {
     // (a) one push per user, 32 calls in flight.
     let done = phase("users");
     let target = stats.pushes.load(Ordering::Relaxed) + n;
-    futures::stream::iter(users.iter().cloned())
-        .map(|u| {
-            let mut c = client.clone();
-            let req = push_request(vec![u], &token);
-            async move { c.push(req).await }
-        })
-        .buffer_unordered(32)
-        .for_each(|_| async {})
-        .await;
+    let requests = users.iter().map(|u| push_request(vec![u.clone()], &token));
+    fire(&client, requests, 32).await;
     wait_until(
         &stats.pushes,
         target,
@@ -388,15 +398,12 @@ pub async fn push(a: WsArgs) -> Result<Value, String> {
     // (c) a burst: every push issued at once (8 calls in flight).
     let done = phase("burst");
     let target = stats.pushes.load(Ordering::Relaxed) + n * a.burst as u64;
-    futures::stream::iter(0..a.burst)
-        .map(|_| {
-            let mut c = client.clone();
-            let req = push_request(users.clone(), &token);
-            async move { c.push(req).await }
-        })
-        .buffer_unordered(8)
-        .for_each(|_| async {})
-        .await;
+    // Built up front: every push of the burst carries the burst's start as its send time, so a
+    // server that takes longer to drain the burst shows it as latency.
+    let requests: Vec<_> = (0..a.burst)
+        .map(|_| push_request(users.clone(), &token))
+        .collect();
+    fire(&client, requests.into_iter(), 8).await;
     wait_until(
         &stats.pushes,
         target,

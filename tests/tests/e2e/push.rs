@@ -44,6 +44,17 @@ pub(crate) async fn push_client(gw: &TestGateway) -> PushServiceClient<tonic::tr
         .unwrap()
 }
 
+/// A `chat_message_notify` push of an `im.echo.v1.EchoReply` payload.
+pub(crate) fn echo_push(users: &[&str], payload: &[u8]) -> PushRequest {
+    PushRequest {
+        user_ids: users.iter().map(|u| u.to_string()).collect(),
+        kind: "chat_message_notify".into(),
+        payload_type: "im.echo.v1.EchoReply".into(),
+        payload: payload.to_vec(),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert(
@@ -121,13 +132,7 @@ async fn pushes_reach_proto_and_json_sessions() {
     .encode_to_vec();
     let reply = push_client(&gw)
         .await
-        .push(authed(PushRequest {
-            user_ids: vec!["alice".into(), "bob".into(), "carol".into()],
-            kind: "chat_message_notify".into(),
-            payload_type: "im.echo.v1.EchoReply".into(),
-            payload: payload.clone(),
-            ..Default::default()
-        }))
+        .push(authed(echo_push(&["alice", "bob", "carol"], &payload)))
         .await
         .unwrap()
         .into_inner();

@@ -8,7 +8,7 @@ use im_gateway::config::units::{ByteSize, HumanDuration};
 use im_gateway::push::config::Rate;
 use im_gateway::push::registry::MultiDevicePolicy;
 use im_proto::im::echo::v1::{EchoReply, EchoRequest};
-use im_proto::im::gateway::v1::{server_frame, ClientFrame, PresenceRequest, PushRequest};
+use im_proto::im::gateway::v1::{server_frame, ClientFrame, PresenceRequest};
 use im_tests::{
     echo_routes, free_port, hs256_token, loopback, unix_now, wait_for, EchoBackend, ScratchDir,
     TestGateway, INTERNAL_TOKEN, TEST_SECRET,
@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::push::{
-    authed, connect, connect_addr, next, push_client, server_frame, token, wait_online, Ws,
+    authed, connect, connect_addr, echo_push, next, push_client, server_frame, token, wait_online,
+    Ws,
 };
 
 /// The close code the client sees next (skipping data and pings), within 10 s.
@@ -294,13 +295,7 @@ async fn a_client_that_stops_reading_is_closed_with_4003_and_memory_stays_bounde
     // Far more than the kernel's socket buffers plus the queue can hold (tens of MB).
     for _ in 0..2_000 {
         let reply = client
-            .push(authed(PushRequest {
-                user_ids: vec!["slow".into()],
-                kind: "chat_message_notify".into(),
-                payload_type: "im.echo.v1.EchoReply".into(),
-                payload: payload.clone(),
-                ..Default::default()
-            }))
+            .push(authed(echo_push(&["slow"], &payload)))
             .await
             .unwrap()
             .into_inner();
