@@ -10,13 +10,16 @@
 //! - [`dispatch`]: the one dispatcher (route -> pool -> endpoint -> tonic pass-through codec ->
 //!   status), shared by the HTTP bridge and WebSocket cmd frames; retries only unprocessed attempts.
 //! - [`bridge`]: HTTP <-> gRPC unary, JSON transcoding with the descriptor set, socket-free.
-//! - [`filters`]: small per-request filters (request id; auth and limits come next).
+//! - [`filters`]: admission shared by every entry point ([`filters::Guard`]): JWT / API keys,
+//!   revocation, GCRA rate limits with a key cap, client IP behind a CDN, CORS, request ids.
 //! - [`proxy`]: the edge `ProxyHttp`, which only dispatches to the above; gRPC pass-through routes.
-//! - [`push`]: the WebSocket push plugin's socket-free parts so far: frames in both encodings and
-//!   the user -> device -> connection registry with the multi-device policies.
+//! - [`push`]: the WebSocket push plugin: listener and handshake checks, one task per session,
+//!   frames in both encodings, the registry with the multi-device policies, bounded outboxes,
+//!   and PushService for backends.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload.
 //! - [`metrics`]: the Prometheus registry of one gateway.
-//! - [`server`]: assembles the Pingora services; runs and stops a gateway in-process.
+//! - [`server`]: assembles the Pingora services (edge, push + PushService on one runtime, admin,
+//!   reloader); runs and stops a gateway in-process.
 
 pub mod admin;
 pub mod bridge;
