@@ -88,6 +88,9 @@ def main():
     ap.add_argument("--push-conns", type=int, default=10_000)
     ap.add_argument("--burst", type=int, default=200)
     ap.add_argument("--group-repeats", type=int, default=10)
+    # Off by default: storms after the other cases gave inconsistent rounds here (client ports in
+    # TIME_WAIT are the suspect), so they are not reported until that is understood.
+    ap.add_argument("--storm", type=int, default=0, help="handshakes in a connect storm (0: skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the section from docs/benchmarks/ws.json without measuring")
@@ -107,7 +110,7 @@ def main():
     backend_port = free_port()
     backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--listen", f"127.0.0.1:{backend_port}"],
                                env=dict(os.environ, RUST_LOG="warn"))
-    results = {name: {"conns": [], "push": []} for name in SYSTEMS}
+    results = {name: {"conns": [], "push": [], "storm": []} for name in SYSTEMS}
     try:
         wait_port(backend_port)
         for run in range(args.runs):
@@ -115,6 +118,13 @@ def main():
                 r = run_client("ws-conns", start, tmp, backend_port, ["--conns", str(args.conns)])
                 results[name]["conns"].append(r)
                 print(f"run {run + 1}/{args.runs} {name} ws-conns: {r['bytes_per_conn']:.0f} B/conn", file=sys.stderr)
+            for name, start in SYSTEMS.items():
+                if not args.storm:
+                    break
+                r = run_client("ws-storm", start, tmp, backend_port, ["--conns", str(args.storm)])
+                results[name]["storm"].append(r)
+                print(f"run {run + 1}/{args.runs} {name} ws-storm: {r['handshakes_per_s']:.0f}/s, "
+                      f"{r['server_cpu_us_per_handshake']:.0f} us CPU each", file=sys.stderr)
             for name, start in SYSTEMS.items():
                 r = run_client("ws-push", start, tmp, backend_port,
                                ["--conns", str(args.push_conns), "--burst", str(args.burst),
@@ -184,6 +194,23 @@ def write_report(args, results):
             f"| ({'abc'[phases.index(ph)]}) {ph} | {g:.0f} | {b:.0f} | {g / b:.2f}x | "
             f"{phase_med(gw, ph, 'p50_ms'):.1f} / {phase_med(gw, ph, 'p99_ms'):.1f} | "
             f"{phase_med(bare, ph, 'p50_ms'):.1f} / {phase_med(bare, ph, 'p99_ms'):.1f} |")
+    if args.storm and all(results[n].get("storm") for n in results):
+        def storm_med(n, key):
+            return med([r[key] for r in results[n]["storm"]])
+        lines += [
+            "",
+            f"### Connect storm ({args.storm:,} handshakes, 128 in flight)",
+            "",
+            "Each client opens TCP, completes the WebSocket handshake (gateway: HS256 token checked, session",
+            "registered) and closes at once. Tokens are signed before the clock starts.",
+            "",
+            "| system | handshakes/s | server CPU µs per handshake | p50 / p99 ms |",
+            "|---|---:|---:|---:|",
+        ]
+        for n in results:
+            lines.append(f"| {n} | {storm_med(n, 'handshakes_per_s'):.0f} | "
+                         f"{storm_med(n, 'server_cpu_us_per_handshake'):.0f} | "
+                         f"{storm_med(n, 'p50_ms'):.1f} / {storm_med(n, 'p99_ms'):.1f} |")
     gmem = mem["gateway"]
     lines += [
         "",
@@ -195,6 +222,10 @@ def write_report(args, results):
         f"| (a) one push per user >= 0.8x bare | {ratios['users']:.2f}x | {verdict(ratios['users'] >= 0.8)} |",
         f"| (b) group push >= 0.8x bare | {ratios['group']:.2f}x | {verdict(ratios['group'] >= 0.8)} |",
         f"| (c) burst >= 1.5x bare | {ratios['burst']:.2f}x | {verdict(ratios['burst'] >= 1.5)} |",
+        "",
+        "Push ratios move between runs on this machine: (b) came out 0.93x, 0.98x and 0.89x in earlier runs of",
+        "the same command on 2026-11-25 (some before the last session changes) and lower in others; read (b)",
+        "as at the edge of its target, not safely above it. Per-round figures are in the raw JSON.",
         "",
         "The gateway's figure varies between rounds (7.5 to 9.2 KB per connection over the runs made on",
         "2026-11-25) while the baseline's does not: how much the allocator keeps depends on how many requests",

@@ -1,7 +1,7 @@
 //! `im-bench http`: an HTTP/2 (h2c) load generator for the bridge, closed loop or open loop
 //! (`--rate`), that spreads requests over many users (distinct signed tokens) and client IPs
 //! (`X-Forwarded-For`), which h2load cannot. Prints one JSON result line.
-//! `im-bench ws-conns` / `ws-push`: see [`ws`].
+//! `im-bench ws-conns` / `ws-push` / `ws-storm`: see [`ws`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: im-bench ws-conns|ws-push --help, or im-bench http --url URL [--conns 8] [--streams 16] [--requests 100000] \
+    "usage: im-bench ws-conns|ws-push|ws-storm --help, or im-bench http --url URL [--conns 8] [--streams 16] [--requests 100000] \
 [--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T] \
 [--rate R (open loop: R requests/s; default closed loop)]";
 
@@ -117,7 +117,7 @@ fn tokens(a: &Args) -> Result<Vec<String>, String> {
 
 mod ws;
 
-/// `ws-conns` / `ws-push` arguments.
+/// `ws-conns` / `ws-push` / `ws-storm` arguments.
 #[derive(clap::Parser)]
 struct WsCli {
     #[command(flatten)]
@@ -127,13 +127,13 @@ struct WsCli {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let sub = std::env::args().nth(1).unwrap_or_default();
-    if sub == "ws-conns" || sub == "ws-push" {
+    if matches!(sub.as_str(), "ws-conns" | "ws-push" | "ws-storm") {
         use clap::Parser;
         let cli = WsCli::parse_from(std::env::args().skip(1));
-        let result = if sub == "ws-conns" {
-            ws::conns(cli.args).await
-        } else {
-            ws::push(cli.args).await
+        let result = match sub.as_str() {
+            "ws-conns" => ws::conns(cli.args).await,
+            "ws-push" => ws::push(cli.args).await,
+            _ => ws::storm(cli.args).await,
         };
         match result {
             Ok(v) => println!("{v}"),

@@ -1,4 +1,4 @@
-//! `im-bench ws-conns` and `im-bench ws-push`: N authenticated WebSocket clients (spread over
+//! `im-bench ws-conns`, `ws-push` and `ws-storm`: N authenticated WebSocket clients (spread over
 //! several loopback source addresses) against the gateway's push listener or the bare baseline,
 //! driven through `im.gateway.v1.PushService`. Resource figures come from `/proc/<pid>` of the
 //! server under test, so the client sharing the machine does not distort them.
@@ -94,14 +94,11 @@ fn token(secret: &[u8], user: usize) -> String {
     .expect("HS256 signs")
 }
 
-async fn connection(
-    url: String,
-    addr: SocketAddr,
-    source: IpAddr,
-    cmd: u32,
-    permit: OwnedSemaphorePermit,
-    stats: Arc<Stats>,
-) -> Result<(), String> {
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// TCP from `source`, then the WebSocket handshake (small client buffers: 15,000 of these share
+/// one process).
+async fn open(url: String, addr: SocketAddr, source: IpAddr) -> Result<Ws, String> {
     let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::new(source, 0))
         .map_err(|e| format!("bind {source}: {e}"))?;
@@ -112,9 +109,73 @@ async fn connection(
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024);
     let req = url.into_client_request().map_err(|e| e.to_string())?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// Where connection `i` goes: the server address, its URL (user and token) and source address.
+struct Target {
+    addr: SocketAddr,
+    url: String,
+    secret: Option<String>,
+    sources: u8,
+}
+
+impl Target {
+    fn new(a: &WsArgs) -> Result<Self, String> {
+        let secret = match &a.secret {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("--secret {}: {e}", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let uri: http::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
+        let addr = uri
+            .authority()
+            .ok_or("--url needs host:port")?
+            .as_str()
+            .parse()
+            .map_err(|e| format!("--url: {e}"))?;
+        Ok(Self {
+            addr,
+            url: a.url.clone(),
+            secret,
+            sources: a.sources.max(1),
+        })
+    }
+
+    fn url(&self, i: usize) -> String {
+        let mut url = format!("{}?user=u{i}", self.url);
+        if let Some(s) = &self.secret {
+            url.push_str(&format!("&token={}", token(s.as_bytes(), i)));
+        }
+        url
+    }
+
+    fn source(&self, i: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % self.sources as usize) as u8,
+        ))
+    }
+}
+
+async fn connection(
+    url: String,
+    addr: SocketAddr,
+    source: IpAddr,
+    cmd: u32,
+    permit: OwnedSemaphorePermit,
+    stats: Arc<Stats>,
+) -> Result<(), String> {
+    let mut ws = open(url, addr, source).await?;
     drop(permit);
     let request = ClientFrame {
         seq: 1,
@@ -153,36 +214,12 @@ async fn connection(
 
 /// Opens every connection, each sending its one request; returns once all are answered.
 async fn connect_all(a: &WsArgs, stats: &Arc<Stats>) -> Result<(), String> {
-    let secret = match &a.secret {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| format!("--secret {}: {e}", p.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let uri: http::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
-    let addr: SocketAddr = uri
-        .authority()
-        .ok_or("--url needs host:port")?
-        .as_str()
-        .parse()
-        .map_err(|e| format!("--url: {e}"))?;
+    let target = Target::new(a)?;
     // At most 128 handshakes in flight.
     let gate = Arc::new(Semaphore::new(128));
     let bar = progress(a.conns as u64, "connecting");
     for i in 0..a.conns {
-        let source = IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % a.sources.max(1) as usize) as u8,
-        ));
-        let mut url = format!("{}?user=u{i}", a.url);
-        if let Some(s) = &secret {
-            url.push_str(&format!("&token={}", token(s.as_bytes(), i)));
-        }
+        let (url, addr, source) = (target.url(i), target.addr, target.source(i));
         let permit = gate.clone().acquire_owned().await.expect("semaphore");
         let (stats, cmd) = (stats.clone(), a.cmd);
         tokio::spawn(async move {
@@ -298,6 +335,54 @@ async fn fire(
         .buffer_unordered(in_flight)
         .for_each(|_| async {})
         .await;
+}
+
+/// `ws-storm`: authenticated handshakes as fast as the server takes them (128 in flight), each
+/// connection closed right after; handshakes per second, server CPU per handshake, latency.
+pub async fn storm(a: WsArgs) -> Result<Value, String> {
+    let target = Arc::new(Target::new(&a)?);
+    // Tokens are signed before the clock starts: the client's own cost is not the server's.
+    let urls: Vec<String> = (0..a.conns).map(|i| target.url(i)).collect();
+    let gate = Arc::new(Semaphore::new(128));
+    let hist = Arc::new(Mutex::new(im_bench::histogram()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let cpu_before = im_bench::proc_cpu_secs(a.pid)?;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(a.conns);
+    for (i, url) in urls.into_iter().enumerate() {
+        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        let (target, hist, failed) = (target.clone(), hist.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            match open(url, target.addr, target.source(i)).await {
+                Ok(mut ws) => {
+                    let us = t.elapsed().as_micros().max(1) as u64;
+                    let _ = hist.lock().expect("hist").record(us);
+                    let _ = ws.close(None).await;
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = im_bench::proc_cpu_secs(a.pid)? - cpu_before;
+    let hist = hist.lock().expect("hist");
+    let ok = hist.len();
+    Ok(json!({
+        "handshakes": ok,
+        "failed": failed.load(Ordering::Relaxed),
+        "wall_s": wall,
+        "handshakes_per_s": ok as f64 / wall.max(1e-9),
+        "server_cpu_us_per_handshake": cpu * 1e6 / (ok.max(1) as f64),
+        "p50_ms": hist.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+    }))
 }
 
 /// `ws-conns`: server RSS per connection after every connection made one request and got one push.

@@ -307,4 +307,33 @@ mod tests {
             .to_string();
         assert!(err.contains("threads"), "{err}");
     }
+
+    #[test]
+    fn push_limits_are_validated_by_field() {
+        for (yaml, field) in [
+            (
+                "push: { drain_window: 10s }\nshutdown: { grace_period: 5s }",
+                "push.drain_window",
+            ),
+            (
+                "push: { frame_rate: { per_second: 0, burst: 10 } }",
+                "push.frame_rate",
+            ),
+            (
+                "push: { handshake_rate: { per_second: 5, burst: 0 } }",
+                "push.handshake_rate",
+            ),
+            (
+                "push: { max_connections_per_ip: 0 }",
+                "push.max_connections",
+            ),
+        ] {
+            let err = GatewayConfig::parse(yaml, Path::new("g.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+        let ok = "push: { drain_window: 2s, frame_rate: { per_second: 10, burst: 20 } }";
+        assert!(GatewayConfig::parse(ok, Path::new("g.yaml")).is_ok());
+    }
 }
