@@ -284,8 +284,7 @@ impl Authenticator {
     /// Verifies a JWT and checks its session against the denylist. A token verified before is
     /// answered from the cache, still subject to its expiry and to revocation.
     pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
-        if let Some(id) = self.cache.as_ref().and_then(|c| c.get(token)) {
-            self.check_live(&id)?;
+        if let Some(id) = self.cached(token)? {
             return Ok(id);
         }
         let id = Arc::new(self.verify_signature(token)?);
@@ -299,11 +298,18 @@ impl Authenticator {
     /// handshakes, whose session keeps the identity itself (a cache entry per connection would
     /// cost a few hundred bytes for nothing).
     pub fn verify_once(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
-        if let Some(id) = self.cache.as_ref().and_then(|c| c.get(token)) {
-            self.check_live(&id)?;
-            return Ok(id);
+        match self.cached(token)? {
+            Some(id) => Ok(id),
+            None => Ok(Arc::new(self.verify_signature(token)?)),
         }
-        Ok(Arc::new(self.verify_signature(token)?))
+    }
+
+    /// A token verified earlier, checked for expiry and revocation again.
+    fn cached(&self, token: &str) -> Result<Option<Arc<Identity>>, AuthFailure> {
+        match self.cache.as_ref().and_then(|c| c.get(token)) {
+            Some(id) => self.check_live(&id).map(|()| Some(id)),
+            None => Ok(None),
+        }
     }
 
     /// Expiry and revocation of an identity verified earlier.

@@ -122,6 +122,7 @@ pub async fn run<S>(
                 Some(Err(WsError::Utf8(_))) => handle.close_with(close::INVALID_TEXT, "invalid UTF-8"),
                 Some(Err(_)) => handle.close_with(close::POLICY, "protocol error"),
                 Some(Ok(msg)) => {
+                    // One clock read per frame: activity and the frame budget.
                     last_active = TokioInstant::now();
                     let inbound = match &msg {
                         Message::Binary(b) => Some(Inbound::Binary(b)),
@@ -136,7 +137,7 @@ pub async fn run<S>(
                     let verdict = if matches!(msg, Message::Pong(_)) {
                         Verdict::Pass
                     } else {
-                        budget.take(Instant::now())
+                        budget.take(last_active.into_std())
                     };
                     match (verdict, inbound) {
                         (Verdict::Pass, Some(inbound)) => on_request(inbound, &info, &deps, &handle, &inflight),
