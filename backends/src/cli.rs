@@ -1,26 +1,95 @@
 //! `im-backends`: runs the chosen services on one address until SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+
+use crate::BackendConfig;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "im-backends",
     version,
-    about = "Reference backends of the IM system (tonic services)"
+    about = "Reference backends of the IM system (tonic services over h2c, with grpc.health.v1 and reflection)"
 )]
 pub struct Args {
-    /// Comma-separated services to run. Available: echo.
-    #[arg(long, value_delimiter = ',', default_value = "echo")]
+    /// Comma-separated services to run: user, friend, message, file, echo.
+    #[arg(long, value_delimiter = ',', default_value = "user,friend,message,file")]
     pub services: Vec<String>,
     /// Address to serve gRPC (h2c) on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Largest gRPC message accepted or sent, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
+    /// SQLite database file (created and migrated on start).
+    #[arg(long, default_value = "data/im.db")]
+    pub database: PathBuf,
+    /// Where file contents are stored.
+    #[arg(long, default_value = "data/files")]
+    pub files_dir: PathBuf,
+    /// Largest gRPC message accepted or sent, in bytes (match the upstream's `max_message`).
+    #[arg(long, default_value_t = 12 << 20)]
     pub max_message: usize,
+    /// Largest file the file service stores, in bytes (below --max-message and the route's max_body).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_file_size: usize,
+    /// HS256 key the gateway verifies tokens with (its `auth.hs256_secret_file`).
+    #[arg(long, default_value = "data/dev-jwt.key")]
+    pub jwt_secret_file: PathBuf,
+    /// `iss` claim of minted tokens (must match the gateway's `auth.issuer`).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// `aud` claim of minted tokens (must match the gateway's `auth.audience`).
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Token lifetime in seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub token_ttl_secs: u64,
+    /// The gateway's internal PushService address, for notifications and logout.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub push_addr: String,
+    /// File holding the internal PushService token (the gateway's `push.internal_token_file`).
+    #[arg(long, default_value = "data/internal.token")]
+    pub internal_token_file: PathBuf,
+}
+
+fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("{flag}: cannot read {}: {e}", path.display()))
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<BackendConfig, String> {
+        let data_dir = self.database.parent().map(PathBuf::from).unwrap_or_default();
+        let mut cfg = BackendConfig::new(self.services, &data_dir);
+        cfg.database = self.database;
+        cfg.files_dir = self.files_dir;
+        cfg.max_message = self.max_message;
+        cfg.max_file_size = self.max_file_size;
+        if cfg.max_file_size >= cfg.max_message {
+            return Err(format!(
+                "--max-file-size ({}) must be below --max-message ({}): a file travels inside one message",
+                cfg.max_file_size, cfg.max_message
+            ));
+        }
+        if cfg.services.iter().any(|s| s == "user") {
+            cfg.jwt_secret = Some(read_secret(&self.jwt_secret_file, "--jwt-secret-file")?);
+        }
+        cfg.issuer = self.issuer;
+        cfg.audience = self.audience;
+        cfg.token_ttl = Duration::from_secs(self.token_ttl_secs);
+        let notifying = cfg.services.iter().any(|s| s != "echo" && s != "file");
+        if notifying {
+            cfg.internal_token = Some(read_secret(
+                &self.internal_token_file,
+                "--internal-token-file",
+            )?);
+            cfg.push_addr = Some(self.push_addr);
+        }
+        Ok(cfg)
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -28,35 +97,27 @@ pub fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-    for s in &args.services {
-        if s != "echo" {
-            eprintln!("im-backends: unknown service `{s}`; available: echo");
+    let listen = args.listen;
+    let cfg = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("im-backends: {e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("im-backends: cannot listen on {}: {e}", args.listen);
+                eprintln!("im-backends: cannot listen on {listen}: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = %args.listen, services = ?args.services, "im-backends serving");
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
-        match crate::echo::serve(listener, args.max_message, Default::default(), shutdown).await {
+        match crate::serve(cfg, listener, crate::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("im-backends: {e}");

@@ -17,11 +17,12 @@ use tonic_health::ServingStatus;
 
 pub const SERVICE_NAME: &str = "im.echo.v1.EchoService";
 /// Metadata keys echoed back in `EchoReply.metadata`.
-const ECHOED_METADATA: [&str; 6] = [
+const ECHOED_METADATA: [&str; 7] = [
     "x-api-client",
     "x-user-id",
     "x-device-id",
     "x-platform",
+    "x-session-id",
     "x-request-id",
     "traceparent",
 ];
@@ -33,6 +34,17 @@ pub struct Echo {
     served_by: String,
     health: HealthReporter,
     calls: Arc<AtomicU64>,
+}
+
+impl Echo {
+    /// `served_by` is reported in every reply; `health` is flipped by `SetHealth`.
+    pub fn new(served_by: String, health: HealthReporter, calls: Arc<AtomicU64>) -> Self {
+        Self {
+            served_by,
+            health,
+            calls,
+        }
+    }
 }
 
 #[tonic::async_trait]

@@ -1,9 +1,211 @@
-//! Backends behind the gateway.
+//! Backends behind the gateway: the reference IM services (DESIGN §10) and a diagnostic echo
+//! service, served by one tonic server with `grpc.health.v1` and server reflection.
 //!
 //! # Layout
+//! - [`user`], [`friend`], [`message`], [`file`]: the IM services.
 //! - [`echo`]: the diagnostic echo service (delays, failures, health flips) that the gateway's
 //!   tests and benchmarks use as a trivial, controllable backend.
+//! - [`db`]: SQLite (WAL, busy timeout, one writer, blocking pool) and the schema migrations.
+//! - [`caller`]: identity from the gateway's metadata; [`error`]: what clients see on failure.
+//! - [`token`]: JWT issuance; [`notify`]: PushService client; [`sms`]: verification-code sender.
 //! - [`cli`]: the `im-backends` binary: run any subset of services on one address.
 
+pub mod caller;
 pub mod cli;
+pub mod db;
 pub mod echo;
+pub mod error;
+pub mod file;
+pub mod friend;
+pub mod message;
+pub mod notify;
+pub mod sms;
+pub mod token;
+pub mod user;
+pub mod util;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use im_proto::im::file::v1::file_service_server::FileServiceServer;
+use im_proto::im::friend::v1::friend_service_server::FriendServiceServer;
+use im_proto::im::message::v1::msg_storage_service_server::MsgStorageServiceServer;
+use im_proto::im::message::v1::msg_transmit_service_server::MsgTransmitServiceServer;
+use im_proto::im::user::v1::user_service_server::UserServiceServer;
+use im_proto::im::echo::v1::echo_service_server::EchoServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+/// Every service `--services` can name.
+pub const ALL_SERVICES: [&str; 5] = ["user", "friend", "message", "file", "echo"];
+
+/// What the services need; built by the CLI (or a test) from flags and files.
+pub struct BackendConfig {
+    /// Names from [`ALL_SERVICES`].
+    pub services: Vec<String>,
+    pub database: PathBuf,
+    pub files_dir: PathBuf,
+    /// Largest gRPC message in or out, in bytes (agrees with the upstream's `max_message`).
+    pub max_message: usize,
+    /// Largest file content the file service stores.
+    pub max_file_size: usize,
+    /// HS256 key material (the gateway's `auth.hs256_secret_file` contents); user service only.
+    pub jwt_secret: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub token_ttl: Duration,
+    /// The gateway's internal PushService address and token, for notifications and logout.
+    pub push_addr: Option<String>,
+    pub internal_token: Option<String>,
+    pub sms: sms::SharedSms,
+    /// Least time between two verification codes to one phone.
+    pub code_interval: Duration,
+}
+
+impl BackendConfig {
+    /// Defaults for `services`, with files under `data_dir`.
+    pub fn new(services: Vec<String>, data_dir: &std::path::Path) -> Self {
+        Self {
+            services,
+            database: data_dir.join("im.db"),
+            files_dir: data_dir.join("files"),
+            max_message: 12 << 20,
+            max_file_size: 8 << 20,
+            jwt_secret: None,
+            issuer: None,
+            audience: None,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            push_addr: None,
+            internal_token: None,
+            sms: Arc::new(sms::LogSms),
+            code_interval: Duration::from_secs(60),
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.services.iter().any(|s| s == name)
+    }
+}
+
+/// Serves the configured services on `listener` until `shutdown` resolves.
+pub async fn serve(
+    cfg: BackendConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    for s in &cfg.services {
+        if !ALL_SERVICES.contains(&s.as_str()) {
+            return Err(format!(
+                "--services: unknown service `{s}`; available: {}",
+                ALL_SERVICES.join(",")
+            ));
+        }
+    }
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stateful = ["user", "friend", "message", "file"]
+        .iter()
+        .any(|s| cfg.wants(s));
+    let db = stateful.then(|| db::Db::open(&cfg.database)).transpose()?;
+    let notifier = notify::Notifier::new(cfg.push_addr.as_deref(), cfg.internal_token.as_deref())?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(im_proto::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let limit = cfg.max_message;
+
+    macro_rules! limited {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        };
+    }
+
+    let mut names = Vec::new();
+    let user = if cfg.wants("user") {
+        let secret = cfg.jwt_secret.as_deref().ok_or(
+            "the user service mints tokens: pass --jwt-secret-file (the gateway's auth.hs256_secret_file)",
+        )?;
+        let tokens = token::TokenIssuer::hs256(secret, cfg.issuer.clone(), cfg.audience.clone(), cfg.token_ttl)?;
+        names.push(user::SERVICE_NAME);
+        Some(limited!(UserServiceServer::new(user::UserSvc {
+            db: db.clone().expect("db opened"),
+            tokens,
+            sms: cfg.sms.clone(),
+            notifier: notifier.clone(),
+            code_interval: cfg.code_interval,
+        })))
+    } else {
+        None
+    };
+    let friend = cfg.wants("friend").then(|| {
+        names.push(friend::SERVICE_NAME);
+        limited!(FriendServiceServer::new(friend::FriendSvc {
+            db: db.clone().expect("db opened"),
+            notifier: notifier.clone(),
+        }))
+    });
+    let (transmit, storage) = if cfg.wants("message") {
+        names.push(message::TRANSMIT_SERVICE_NAME);
+        names.push(message::STORAGE_SERVICE_NAME);
+        let svc = message::MessageSvc {
+            db: db.clone().expect("db opened"),
+            notifier: notifier.clone(),
+        };
+        (
+            Some(limited!(MsgTransmitServiceServer::new(svc.clone()))),
+            Some(limited!(MsgStorageServiceServer::new(svc))),
+        )
+    } else {
+        (None, None)
+    };
+    let file = if cfg.wants("file") {
+        names.push(file::SERVICE_NAME);
+        let store = file::FileStore::open(&cfg.files_dir, cfg.max_file_size)?;
+        Some(limited!(FileServiceServer::new(file::FileSvc {
+            db: db.clone().expect("db opened"),
+            store: Arc::new(store),
+        })))
+    } else {
+        None
+    };
+    let echo = cfg.wants("echo").then(|| {
+        names.push(echo::SERVICE_NAME);
+        limited!(EchoServiceServer::new(echo::Echo::new(
+            addr.to_string(),
+            health.clone(),
+            Default::default(),
+        )))
+    });
+    for name in &names {
+        health.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    tracing::info!(%addr, services = ?cfg.services, "im-backends serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_optional_service(user)
+        .add_optional_service(friend)
+        .add_optional_service(transmit)
+        .add_optional_service(storage)
+        .add_optional_service(file)
+        .add_optional_service(echo)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

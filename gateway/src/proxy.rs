@@ -25,7 +25,13 @@ use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
 
 /// Identity headers only the gateway may set; stripped from every client request.
-const IDENTITY_HEADERS: [&str; 4] = ["x-user-id", "x-device-id", "x-platform", "x-api-client"];
+const IDENTITY_HEADERS: [&str; 5] = [
+    "x-user-id",
+    "x-device-id",
+    "x-platform",
+    "x-session-id",
+    "x-api-client",
+];
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct EdgeProxy {
@@ -190,6 +196,7 @@ impl EdgeProxy {
             user_id: identity.map(|i| i.user_id.clone()),
             device_id: identity.and_then(|i| i.device_id.clone()),
             platform: identity.and_then(|i| i.platform.clone()),
+            session_id: identity.and_then(|i| i.sid.clone()),
             api_client: ctx.admitted.api_client.clone(),
         };
         let Some(body) = Self::read_body(session, route.max_body).await? else {
@@ -391,6 +398,9 @@ impl ProxyHttp for EdgeProxy {
             }
             if let Some(p) = &id.platform {
                 upstream_request.insert_header("x-platform", p.as_str())?;
+            }
+            if let Some(s) = &id.sid {
+                upstream_request.insert_header("x-session-id", s.as_str())?;
             }
         }
         if let Some(client) = &ctx.admitted.api_client {

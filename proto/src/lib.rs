@@ -18,4 +18,24 @@ pub mod im {
             tonic::include_proto!("im.echo.v1");
         }
     }
+    pub mod user {
+        pub mod v1 {
+            tonic::include_proto!("im.user.v1");
+        }
+    }
+    pub mod friend {
+        pub mod v1 {
+            tonic::include_proto!("im.friend.v1");
+        }
+    }
+    pub mod message {
+        pub mod v1 {
+            tonic::include_proto!("im.message.v1");
+        }
+    }
+    pub mod file {
+        pub mod v1 {
+            tonic::include_proto!("im.file.v1");
+        }
+    }
 }

@@ -29,6 +29,8 @@ pub struct CallContext {
     pub user_id: Option<String>,
     pub device_id: Option<String>,
     pub platform: Option<String>,
+    /// The token's `sid` (what `Revoke` takes, e.g. on logout).
+    pub session_id: Option<String>,
     /// Owner of the API key on `auth: api_key` routes.
     pub api_client: Option<String>,
 }
@@ -43,13 +45,14 @@ impl CallContext {
     }
 
     fn metadata(&self) -> MetadataMap {
-        let mut md = MetadataMap::with_capacity(6);
+        let mut md = MetadataMap::with_capacity(7);
         let pairs = [
             ("x-request-id", Some(&self.request_id)),
             ("traceparent", self.traceparent.as_ref()),
             ("x-user-id", self.user_id.as_ref()),
             ("x-device-id", self.device_id.as_ref()),
             ("x-platform", self.platform.as_ref()),
+            ("x-session-id", self.session_id.as_ref()),
             ("x-api-client", self.api_client.as_ref()),
         ];
         for (key, value) in pairs {

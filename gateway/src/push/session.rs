@@ -244,6 +244,7 @@ fn on_request(
                     user_id: Some(id.user_id.clone()),
                     device_id: Some(info.device.device_id.clone()),
                     platform: Some(info.device.platform.clone()),
+                    session_id: id.sid.clone(),
                     api_client: None,
                 };
                 match deps.dispatcher.unary(&req.route, req.payload, &ctx).await {
