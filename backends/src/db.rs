@@ -214,6 +214,7 @@ mod tests {
     fn migrations_apply_once_and_trigram_search_finds_chinese() {
         let dir = std::env::temp_dir().join(format!("im-db-test-{}", std::process::id()));
         let path = dir.join("t.db");
+        std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::remove_file(&path);
         let mut conn = open(&path).unwrap();
         migrate(&mut conn).unwrap();

@@ -26,7 +26,7 @@ struct Args {
     /// Gateway config; built-in defaults when absent.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Where dev secrets (and later, SQLite files) live.
+    /// Where dev secrets, the SQLite database and uploaded files live.
     #[arg(long, default_value = "data")]
     data: PathBuf,
     /// Address of the backends (must match the endpoints in the routes file).
@@ -53,6 +53,43 @@ fn ensure_secret(path: &Path, bytes: usize) -> std::io::Result<bool> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(true)
+}
+
+/// All reference services, sharing the gateway's dev key, issuer/audience and internal token.
+fn backend_config(
+    args: &Args,
+    gateway: &GatewayConfig,
+) -> Result<im_backends::BackendConfig, String> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let services = im_backends::ALL_SERVICES.map(String::from).to_vec();
+    let mut cfg = im_backends::BackendConfig::new(services, &args.data);
+    let key = gateway.auth.hs256_secret_file.as_deref().ok_or(
+        "the backends mint HS256 tokens: set auth.hs256_secret_file (or drop auth.public_keys)",
+    )?;
+    cfg.jwt_secret = Some(read(key)?);
+    cfg.issuer = gateway.auth.issuer.clone();
+    cfg.audience = gateway.auth.audience.clone();
+    let token = gateway
+        .push
+        .internal_token_file
+        .as_deref()
+        .ok_or("push.internal_token_file is needed")?;
+    cfg.internal_token = Some(read(token)?);
+    cfg.push_addr = Some(gateway.listen.internal.to_string());
+    Ok(cfg)
+}
+
+/// `0.0.0.0:8080` is not something to paste into a browser.
+fn browsable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
 }
 
 fn main() -> ExitCode {
@@ -90,6 +127,13 @@ fn main() -> ExitCode {
         cfg.push.internal_token_file = Some(args.data.join("internal.token"));
     }
     let (edge, admin, push) = (cfg.listen.edge, cfg.listen.admin, cfg.listen.push);
+    let backend_cfg = match backend_config(&args, &cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("im-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -107,14 +151,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let backends = runtime.spawn(im_backends::echo::serve(
-        listener,
-        4 << 20,
-        Default::default(),
-        async {
-            let _ = backends_stopped.await;
-        },
-    ));
+    let backends = runtime.spawn(im_backends::serve(backend_cfg, listener, async {
+        let _ = backends_stopped.await;
+    }));
 
     let gateway = match Gateway::build(cfg, args.routes.clone())
         .map_err(|e| e.to_string())
@@ -127,10 +166,15 @@ fn main() -> ExitCode {
         }
     };
     println!("IM system running (Ctrl-C to stop)");
+    println!("  web client    http://{}/", browsable(edge));
     println!("  HTTP API      http://{edge}/service/...   e.g. curl -d '{{\"text\":\"hi\"}}' http://{edge}/service/echo");
     println!("  WebSocket     ws://{push}/ws?token=<JWT>&encoding=json");
     println!("  admin         http://{admin}/admin/routes   /metrics   /readyz");
-    println!("  backends      {} (gRPC, h2c)", args.backends);
+    println!(
+        "  backends      {} (gRPC h2c, reflection on; data in {})",
+        args.backends,
+        args.data.display()
+    );
 
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -143,6 +187,11 @@ fn main() -> ExitCode {
     tracing::info!("stopping");
     gateway.stop();
     let _ = stop_backends.send(());
-    let _ = runtime.block_on(backends);
-    ExitCode::SUCCESS
+    match runtime.block_on(backends) {
+        Ok(Err(e)) => {
+            eprintln!("im-launcher: backends: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
