@@ -17,7 +17,11 @@ use crate::BackendConfig;
 )]
 pub struct Args {
     /// Comma-separated services to run: user, friend, message, file, echo.
-    #[arg(long, value_delimiter = ',', default_value = "user,friend,message,file")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "user,friend,message,file"
+    )]
     pub services: Vec<String>,
     /// Address to serve gRPC (h2c) on.
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -62,7 +66,11 @@ fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
 
 impl Args {
     pub fn into_config(self) -> Result<BackendConfig, String> {
-        let data_dir = self.database.parent().map(PathBuf::from).unwrap_or_default();
+        let data_dir = self
+            .database
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
         let mut cfg = BackendConfig::new(self.services, &data_dir);
         cfg.database = self.database;
         cfg.files_dir = self.files_dir;

@@ -110,7 +110,11 @@ impl FileSvc {
     }
 
     /// Validates every upload first, so a bad one in a batch stores nothing.
-    async fn put_all(&self, owner: String, files: Vec<FileUploadData>) -> Result<Vec<FileInfo>, ApiError> {
+    async fn put_all(
+        &self,
+        owner: String,
+        files: Vec<FileUploadData>,
+    ) -> Result<Vec<FileInfo>, ApiError> {
         for f in &files {
             self.check_upload(f)?;
         }
@@ -211,7 +215,10 @@ impl FileService for FileSvc {
         Ok(Response::new(PutSingleFileRsp { file_info }))
     }
 
-    async fn put_multi_file(&self, request: Request<PutMultiFileReq>) -> ApiResult<PutMultiFileRsp> {
+    async fn put_multi_file(
+        &self,
+        request: Request<PutMultiFileReq>,
+    ) -> ApiResult<PutMultiFileRsp> {
         let caller = Caller::of(&request)?;
         let files = request.into_inner().file_data;
         batch("file_data", &files)?;
@@ -229,7 +236,10 @@ impl FileService for FileSvc {
         Ok(Response::new(GetSingleFileRsp { file_data }))
     }
 
-    async fn get_multi_file(&self, request: Request<GetMultiFileReq>) -> ApiResult<GetMultiFileRsp> {
+    async fn get_multi_file(
+        &self,
+        request: Request<GetMultiFileReq>,
+    ) -> ApiResult<GetMultiFileRsp> {
         Caller::of(&request)?;
         let ids = request.into_inner().file_id_list;
         batch("file_id_list", &ids)?;
@@ -244,7 +254,15 @@ mod tests {
 
     #[test]
     fn names_with_path_tricks_are_refused() {
-        for bad in ["", "..", "../etc/passwd", "a/b", "a\\b", "x\u{0}y", &"n".repeat(256)] {
+        for bad in [
+            "",
+            "..",
+            "../etc/passwd",
+            "a/b",
+            "a\\b",
+            "x\u{0}y",
+            &"n".repeat(256),
+        ] {
             assert!(file_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(file_name(" 照片.png ").unwrap(), "照片.png");

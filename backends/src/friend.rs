@@ -194,7 +194,8 @@ impl FriendService for FriendSvc {
         request: Request<AddFriendApplyReq>,
     ) -> ApiResult<AddFriendApplyRsp> {
         let caller = Caller::of(&request)?;
-        let respondent = required("respondent_id", &request.into_inner().respondent_id, 64)?.to_owned();
+        let respondent =
+            required("respondent_id", &request.into_inner().respondent_id, 64)?.to_owned();
         if respondent == caller.user_id {
             return Err(ApiError::invalid("respondent_id is you; pick another user").into());
         }
@@ -361,7 +362,9 @@ impl FriendService for FriendSvc {
         let key = required("search_key", &request.into_inner().search_key, 64)?.to_owned();
         let pattern = format!(
             "%{}%",
-            key.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+            key.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
         );
         let user_info = self
             .db

@@ -29,12 +29,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use im_proto::im::echo::v1::echo_service_server::EchoServiceServer;
 use im_proto::im::file::v1::file_service_server::FileServiceServer;
 use im_proto::im::friend::v1::friend_service_server::FriendServiceServer;
 use im_proto::im::message::v1::msg_storage_service_server::MsgStorageServiceServer;
 use im_proto::im::message::v1::msg_transmit_service_server::MsgTransmitServiceServer;
 use im_proto::im::user::v1::user_service_server::UserServiceServer;
-use im_proto::im::echo::v1::echo_service_server::EchoServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -131,7 +131,12 @@ pub async fn serve(
         let secret = cfg.jwt_secret.as_deref().ok_or(
             "the user service mints tokens: pass --jwt-secret-file (the gateway's auth.hs256_secret_file)",
         )?;
-        let tokens = token::TokenIssuer::hs256(secret, cfg.issuer.clone(), cfg.audience.clone(), cfg.token_ttl)?;
+        let tokens = token::TokenIssuer::hs256(
+            secret,
+            cfg.issuer.clone(),
+            cfg.audience.clone(),
+            cfg.token_ttl,
+        )?;
         names.push(user::SERVICE_NAME);
         Some(limited!(UserServiceServer::new(user::UserSvc {
             db: db.clone().expect("db opened"),
@@ -183,7 +188,9 @@ pub async fn serve(
         )))
     });
     for name in &names {
-        health.set_service_status(*name, ServingStatus::Serving).await;
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
     tracing::info!(%addr, services = ?cfg.services, "im-backends serving");
     tonic::transport::Server::builder()

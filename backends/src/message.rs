@@ -77,7 +77,9 @@ fn content(message: Option<MessageContent>) -> Result<MessageContent, ApiError> 
         Ok(MessageType::Text) => {
             let text = m.text.trim();
             if text.is_empty() {
-                return Err(ApiError::invalid("message.text is required for a text message"));
+                return Err(ApiError::invalid(
+                    "message.text is required for a text message",
+                ));
             }
             if text.chars().count() > MAX_TEXT_CHARS {
                 return Err(ApiError::invalid(format!(
@@ -94,7 +96,9 @@ fn content(message: Option<MessageContent>) -> Result<MessageContent, ApiError> 
                 return Err(ApiError::invalid("message.file_size must not be negative"));
             }
             if m.file_name.chars().count() > 255 {
-                return Err(ApiError::invalid("message.file_name is longer than 255 characters"));
+                return Err(ApiError::invalid(
+                    "message.file_name is longer than 255 characters",
+                ));
             }
         }
         Err(_) => {
@@ -118,7 +122,12 @@ fn mark_read(conn: &Connection, session: &str, user: &str, seq: u64) -> Result<(
 
 impl MessageSvc {
     /// Reads `session`'s messages for a member and records how far they read.
-    async fn read_for_member<F>(&self, caller: Caller, session: String, f: F) -> Result<Vec<MessageInfo>, ApiError>
+    async fn read_for_member<F>(
+        &self,
+        caller: Caller,
+        session: String,
+        f: F,
+    ) -> Result<Vec<MessageInfo>, ApiError>
     where
         F: FnOnce(&Connection, &str) -> Result<Vec<MessageInfo>, ApiError> + Send + 'static,
     {
@@ -214,11 +223,7 @@ impl MsgStorageService for MessageSvc {
         let limit = match req.limit {
             0 => DEFAULT_LIMIT,
             n if n <= MAX_LIMIT => n,
-            n => {
-                return Err(
-                    ApiError::invalid(format!("limit {n} is above {MAX_LIMIT}")).into(),
-                )
-            }
+            n => return Err(ApiError::invalid(format!("limit {n} is above {MAX_LIMIT}")).into()),
         };
         if req.over_time != 0 && req.start_time > req.over_time {
             return Err(ApiError::invalid("start_time is after over_time").into());
@@ -303,4 +308,3 @@ impl MsgStorageService for MessageSvc {
         Ok(Response::new(SearchHistoryRsp { msg_list }))
     }
 }
-

@@ -63,7 +63,8 @@ impl Notifier {
         let Some(addr) = addr else {
             return Ok(Self { target: None });
         };
-        let token = token.ok_or("--push-addr needs --internal-token-file (the gateway checks it)")?;
+        let token =
+            token.ok_or("--push-addr needs --internal-token-file (the gateway checks it)")?;
         let uri = if addr.contains("://") {
             addr.to_owned()
         } else {

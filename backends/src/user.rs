@@ -185,9 +185,7 @@ impl UserSvc {
                     Ok(0) => return Err(ApiError::not_found("your account no longer exists")),
                     Ok(_) => {}
                     Err(e) if unique_violation(&e) => {
-                        return Err(ApiError::exists(
-                            "that value is taken by another account",
-                        ))
+                        return Err(ApiError::exists("that value is taken by another account"))
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -354,10 +352,9 @@ impl UserService for UserSvc {
 
     async fn refresh_token(&self, request: Request<RefreshTokenReq>) -> ApiResult<RefreshTokenRsp> {
         let caller = Caller::of(&request)?;
-        let sid = caller
-            .session_id
-            .clone()
-            .ok_or_else(|| ApiError::unauthenticated("this token has no session id; log in again"))?;
+        let sid = caller.session_id.clone().ok_or_else(|| {
+            ApiError::unauthenticated("this token has no session id; log in again")
+        })?;
         let who = caller.user_id.clone();
         self.db
             .read(move |c| existing_user(c, "x-user-id", &who).map(|_| ()))
@@ -408,8 +405,12 @@ impl UserService for UserSvc {
         let caller = Caller::of(&request)?;
         let avatar = request.into_inner().avatar_id;
         file_id("avatar_id", &avatar)?;
-        self.update_profile(caller, "UPDATE users SET avatar_id = ?1 WHERE id = ?2", avatar)
-            .await
+        self.update_profile(
+            caller,
+            "UPDATE users SET avatar_id = ?1 WHERE id = ?2",
+            avatar,
+        )
+        .await
     }
 
     async fn set_nickname(&self, request: Request<SetNicknameReq>) -> ApiResult<SetProfileRsp> {

@@ -57,7 +57,11 @@ pub fn token_like(field: &str, value: &str) -> Result<(), ApiError> {
 
 /// A file id: the 64 lowercase hex digits of a SHA-256.
 pub fn file_id(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.len() == 64 && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(

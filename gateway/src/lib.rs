@@ -33,5 +33,6 @@ pub mod push;
 pub mod routes;
 pub mod server;
 pub mod upstream;
+pub mod web;
 
 pub use server::{Gateway, RunningGateway};

@@ -23,6 +23,7 @@ use crate::routes::table::RouteMiss;
 use crate::routes::{Route, RouteStore, RouteTarget};
 use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
+use crate::web::WebApp;
 
 /// Identity headers only the gateway may set; stripped from every client request.
 const IDENTITY_HEADERS: [&str; 5] = [
@@ -39,6 +40,7 @@ pub struct EdgeProxy {
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub guard: Arc<Guard>,
+    pub web: WebApp,
 }
 
 /// Per-request state.
@@ -313,6 +315,13 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             Err(miss) => {
+                if req.method == http::Method::GET {
+                    if let Some(page) = self.web.get(req.uri.path(), header(req, "host")) {
+                        ctx.extra_headers.push(("cache-control", "no-cache".into()));
+                        self.write_reply(session, ctx, page).await?;
+                        return Ok(true);
+                    }
+                }
                 let (status, message) = match miss {
                     RouteMiss::NotFound => (404, "no route for this path"),
                     RouteMiss::MethodNotAllowed => (405, "method not allowed on this path"),

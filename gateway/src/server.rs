@@ -36,6 +36,7 @@ use crate::push::{Hub, PushDeps};
 use crate::routes::reloader::Reloader;
 use crate::routes::{Registries, RouteSource, RouteStore, RoutesError};
 use crate::upstream::HealthRegistry;
+use crate::web::WebApp;
 
 /// Why a gateway could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,7 @@ impl Gateway {
                 dispatcher: self.dispatcher.clone(),
                 metrics: self.metrics.clone(),
                 guard: self.guard.clone(),
+                web: WebApp::new(&cfg.web, cfg.listen.push.port(), cfg.tls.is_some()),
             },
             "edge",
         );

@@ -13,6 +13,8 @@ use im_gateway::config::GatewayConfig;
 use im_gateway::{Gateway, RunningGateway};
 use tokio::sync::oneshot;
 
+pub mod im;
+
 /// The PushService token of every test gateway.
 pub const INTERNAL_TOKEN: &str = "im-tests-internal-token-0123456789";
 

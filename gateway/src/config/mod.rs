@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub push: PushConfig,
     pub reload: Reload,
     pub shutdown: Shutdown,
+    /// The demo web client and `/config.json` on the edge listener.
+    pub web: crate::web::WebConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +119,7 @@ impl Default for GatewayConfig {
             push: PushConfig::default(),
             reload: Reload::default(),
             shutdown: Shutdown::default(),
+            web: crate::web::WebConfig::default(),
         }
     }
 }
@@ -220,6 +223,9 @@ impl GatewayConfig {
             field,
             message: message.to_owned(),
         };
+        if let Err(message) = self.web.validate() {
+            return Err(invalid("web.push_url", &message));
+        }
         if !self.listen.internal.ip().is_loopback() {
             return Err(invalid(
                 "listen.internal",
