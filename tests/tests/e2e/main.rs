@@ -5,6 +5,7 @@ mod bridge;
 mod check;
 mod failover;
 mod health;
+mod im_bad_input;
 mod im_flow;
 mod passthrough;
 mod push;
