@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need, only when missing (Debian/Ubuntu).
-# Pingora's zlib-ng needs cmake; the TLS test uses openssl and curl.
+# Pingora's zlib-ng needs cmake; the TLS test uses openssl and curl; the browser test drives
+# Debian's Chromium with playwright-core from npm (no browser download), and a CJK font makes
+# Chinese text legible in its screenshots.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need+=(fonts-wqy-zenhei)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${need[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "bootstrap: npm ci (tests/browser: playwright-core)"
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi

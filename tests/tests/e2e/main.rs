@@ -2,6 +2,7 @@
 
 mod auth;
 mod bridge;
+mod browser;
 mod check;
 mod failover;
 mod health;
