@@ -66,6 +66,16 @@ fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
 
 impl Args {
     pub fn into_config(self) -> Result<BackendConfig, String> {
+        if let Some(bad) = self
+            .services
+            .iter()
+            .find(|s| !crate::ALL_SERVICES.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "--services: unknown service `{bad}`; available: {}",
+                crate::ALL_SERVICES.join(",")
+            ));
+        }
         let data_dir = self
             .database
             .parent()

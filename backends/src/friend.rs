@@ -3,7 +3,6 @@
 
 use im_proto::im::friend::v1::friend_service_server::FriendService;
 use im_proto::im::friend::v1::*;
-use im_proto::im::user::v1::UserInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 use tonic::{Request, Response};
 
@@ -11,7 +10,7 @@ use crate::caller::Caller;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::{Kind, Notifier};
-use crate::user::{existing_user, user_info};
+use crate::user::{existing_user, query_users, user_info, USER_COLUMNS};
 use crate::util::{new_id, required, unix_millis};
 
 pub const SERVICE_NAME: &str = "im.friend.v1.FriendService";
@@ -168,22 +167,11 @@ impl FriendService for FriendSvc {
         let friend_list = self
             .db
             .read(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT u.id, u.nickname, u.description, COALESCE(u.phone, ''), u.avatar_id \
-                     FROM friends f JOIN users u ON u.id = f.peer_id WHERE f.user_id = ?1 ORDER BY u.nickname",
-                )?;
-                let list = stmt
-                    .query_map([&caller.user_id], |r| {
-                        Ok(UserInfo {
-                            user_id: r.get(0)?,
-                            nickname: r.get(1)?,
-                            description: r.get(2)?,
-                            phone: r.get(3)?,
-                            avatar_id: r.get(4)?,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
-                Ok(list)
+                let sql = format!(
+                    "SELECT {USER_COLUMNS} FROM friends f JOIN users u ON u.id = f.peer_id \
+                     WHERE f.user_id = ?1 ORDER BY u.nickname"
+                );
+                query_users(c, &sql, [&caller.user_id])
             })
             .await?;
         Ok(Response::new(GetFriendListRsp { friend_list }))
@@ -369,26 +357,16 @@ impl FriendService for FriendSvc {
         let user_info = self
             .db
             .read(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT id, nickname, description, COALESCE(phone, ''), avatar_id FROM users \
-                     WHERE id != ?1 AND (nickname LIKE ?2 ESCAPE '\\' OR phone LIKE ?2 ESCAPE '\\' OR id = ?3) \
-                     ORDER BY nickname LIMIT ?4",
-                )?;
-                let list = stmt
-                    .query_map(
-                        params![caller.user_id, pattern, key, MAX_SEARCH_RESULTS as i64],
-                        |r| {
-                            Ok(UserInfo {
-                                user_id: r.get(0)?,
-                                nickname: r.get(1)?,
-                                description: r.get(2)?,
-                                phone: r.get(3)?,
-                                avatar_id: r.get(4)?,
-                            })
-                        },
-                    )?
-                    .collect::<Result<_, _>>()?;
-                Ok(list)
+                let sql = format!(
+                    "SELECT {USER_COLUMNS} FROM users u WHERE u.id != ?1 AND \
+                     (u.nickname LIKE ?2 ESCAPE '\\' OR u.phone LIKE ?2 ESCAPE '\\' OR u.id = ?3) \
+                     ORDER BY u.nickname LIMIT ?4"
+                );
+                query_users(
+                    c,
+                    &sql,
+                    params![caller.user_id, pattern, key, MAX_SEARCH_RESULTS as i64],
+                )
             })
             .await?;
         Ok(Response::new(SearchFriendRsp { user_info }))

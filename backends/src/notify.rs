@@ -150,3 +150,37 @@ impl Notifier {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn every_payload_type_is_in_the_descriptor_set() {
+        let set = prost_types::FileDescriptorSet::decode(im_proto::DESCRIPTOR_SET).unwrap();
+        let names: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                let package = f.package().to_owned();
+                f.message_type
+                    .iter()
+                    .map(move |m| format!("{package}.{}", m.name()))
+            })
+            .collect();
+        for kind in [
+            Kind::FriendAddApply,
+            Kind::FriendAddProcess,
+            Kind::FriendRemove,
+            Kind::ChatSessionCreate,
+            Kind::ChatMessage,
+        ] {
+            assert!(
+                names.iter().any(|n| n == kind.payload_type()),
+                "{kind:?}: {} is not a message of proto/",
+                kind.payload_type()
+            );
+        }
+    }
+}

@@ -31,23 +31,37 @@ pub struct UserSvc {
     pub code_interval: Duration,
 }
 
+/// The columns of `users` (aliased `u`) that [`user_row`] reads, in its order.
+pub const USER_COLUMNS: &str =
+    "u.id, u.nickname, u.description, COALESCE(u.phone, ''), u.avatar_id";
+
+pub fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserInfo> {
+    Ok(UserInfo {
+        user_id: r.get(0)?,
+        nickname: r.get(1)?,
+        description: r.get(2)?,
+        phone: r.get(3)?,
+        avatar_id: r.get(4)?,
+    })
+}
+
+/// The users a query selecting [`USER_COLUMNS`] returns.
+pub fn query_users(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<UserInfo>, ApiError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let users = stmt
+        .query_map(params, user_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(users)
+}
+
 /// The public profile of `id`, if the user exists.
 pub fn user_info(conn: &Connection, id: &str) -> Result<Option<UserInfo>, ApiError> {
-    Ok(conn
-        .query_row(
-            "SELECT id, nickname, description, COALESCE(phone, ''), avatar_id FROM users WHERE id = ?1",
-            [id],
-            |r| {
-                Ok(UserInfo {
-                    user_id: r.get(0)?,
-                    nickname: r.get(1)?,
-                    description: r.get(2)?,
-                    phone: r.get(3)?,
-                    avatar_id: r.get(4)?,
-                })
-            },
-        )
-        .optional()?)
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ?1");
+    Ok(query_users(conn, &sql, [id])?.pop())
 }
 
 /// The profile of `id`, or NOT_FOUND naming `field`.
