@@ -16,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port  # noqa: E402
+import svg  # noqa: E402
 
 BEGIN, END = "<!-- ws:begin -->", "<!-- ws:end -->"
 
@@ -64,6 +65,9 @@ def start_bare(_tmp, _backend_port):
 
 
 SYSTEMS = {"gateway": start_gateway, "bare tokio-tungstenite": start_bare}
+# Each client run takes fresh source addresses (127.0.N.x): ports a finished run left in TIME_WAIT
+# would otherwise make the next run's binds search a crowded port range (it skewed connect storms).
+SOURCE_NETS = iter(range(1, 255))
 
 
 def run_client(kind, start, tmp, backend_port, extra):
@@ -71,7 +75,8 @@ def run_client(kind, start, tmp, backend_port, extra):
     try:
         time.sleep(1.5)  # the gateway's backend joins after a passing health check
         cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), kind, "--url", f"ws://127.0.0.1:{ws}/ws",
-                          "--push", f"http://127.0.0.1:{grpc}", "--pid", str(proc.pid)] + auth + extra
+                          "--push", f"http://127.0.0.1:{grpc}", "--pid", str(proc.pid),
+                          "--source-net", str(next(SOURCE_NETS))] + auth + extra
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
@@ -88,9 +93,7 @@ def main():
     ap.add_argument("--push-conns", type=int, default=10_000)
     ap.add_argument("--burst", type=int, default=200)
     ap.add_argument("--group-repeats", type=int, default=10)
-    # Off by default: storms after the other cases gave inconsistent rounds here (client ports in
-    # TIME_WAIT are the suspect), so they are not reported until that is understood.
-    ap.add_argument("--storm", type=int, default=0, help="handshakes in a connect storm (0: skip)")
+    ap.add_argument("--storm", type=int, default=10_000, help="handshakes in a connect storm (0: skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the section from docs/benchmarks/ws.json without measuring")
@@ -108,7 +111,8 @@ def main():
     with open(os.path.join(tmp, "internal.token"), "w") as f:
         f.write("bench-internal-token-0123456789")
     backend_port = free_port()
-    backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--listen", f"127.0.0.1:{backend_port}"],
+    backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--services", "echo",
+                                           "--listen", f"127.0.0.1:{backend_port}"],
                                env=dict(os.environ, RUST_LOG="warn"))
     results = {name: {"conns": [], "push": [], "storm": []} for name in SYSTEMS}
     try:
@@ -212,7 +216,19 @@ def write_report(args, results):
                          f"{storm_med(n, 'server_cpu_us_per_handshake'):.0f} | "
                          f"{storm_med(n, 'p50_ms'):.1f} / {storm_med(n, 'p99_ms'):.1f} |")
     gmem = mem["gateway"]
+    plots = os.path.join(os.path.dirname(args.out), "benchmarks")
+    os.makedirs(plots, exist_ok=True)
+    names = list(results)
+    svg.bars(os.path.join(plots, "ws-memory.svg"), f"Memory per WebSocket connection at {args.conns:,}", "B",
+             names, {"bytes/conn": [mem[n] for n in names]})
+    svg.bars(os.path.join(plots, "ws-push.svg"), "Push deliveries per server CPU-second", "/CPU-s",
+             [f"({'abc'[i]}) {ph}" for i, ph in enumerate(phases)],
+             {n: [phase_med(results[n], ph, "deliveries_per_cpu_s") for ph in phases] for n in names})
     lines += [
+        "",
+        "![Memory per connection](benchmarks/ws-memory.svg)",
+        "",
+        "![Push deliveries per CPU-second](benchmarks/ws-push.svg)",
         "",
         "### WebSocket targets",
         "",

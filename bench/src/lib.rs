@@ -132,3 +132,31 @@ mod tests {
         assert_eq!(v["errors"][0]["count"], 3);
     }
 }
+
+/// A gRPC length-prefixed message: uncompressed flag, big-endian length, the message.
+pub fn grpc_frame(message: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+/// `grpc-status` of a header or trailer map, if present and numeric.
+pub fn grpc_status(map: &http::HeaderMap) -> Option<u16> {
+    map.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_reads_status() {
+        assert_eq!(&grpc_frame(b"ab")[..], &[0, 0, 0, 0, 2, b'a', b'b']);
+        let mut m = http::HeaderMap::new();
+        assert_eq!(grpc_status(&m), None);
+        m.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(grpc_status(&m), Some(14));
+    }
+}

@@ -1,6 +1,9 @@
 //! `im-bench http`: an HTTP/2 (h2c) load generator for the bridge, closed loop or open loop
 //! (`--rate`), that spreads requests over many users (distinct signed tokens) and client IPs
 //! (`X-Forwarded-For`), which h2load cannot. Prints one JSON result line.
+//! `im-bench grpc`: the same for unary gRPC (`--url http://host:port/pkg.Service/Method`, `--body`
+//! the raw request message): framed, `te: trailers`, and a call counts as OK only when its
+//! `grpc-status` is 0; failures are reported with `status` = 1000 + the gRPC code.
 //! `im-bench ws-conns` / `ws-push` / `ws-storm`: see [`ws`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,18 +28,22 @@ struct Args {
     content_type: String,
     /// Open loop: requests per second (0: closed loop).
     rate: f64,
+    /// `grpc` mode: `body` is a framed message and success is `grpc-status: 0`.
+    grpc: bool,
 }
 
 const USAGE: &str =
-    "usage: im-bench ws-conns|ws-push|ws-storm --help, or im-bench http --url URL [--conns 8] [--streams 16] [--requests 100000] \
+    "usage: im-bench ws-conns|ws-push|ws-storm --help, or im-bench http|grpc --url URL [--conns 8] [--streams 16] [--requests 100000] \
 [--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T] \
 [--rate R (open loop: R requests/s; default closed loop)]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    if it.next().as_deref() != Some("http") {
-        return Err(USAGE.into());
-    }
+    let grpc = match it.next().as_deref() {
+        Some("http") => false,
+        Some("grpc") => true,
+        _ => return Err(USAGE.into()),
+    };
     let mut a = Args {
         url: http::Uri::from_static("http://127.0.0.1:8080/service/echo"),
         conns: 8,
@@ -49,6 +56,7 @@ fn parse() -> Result<Args, String> {
         body: Bytes::from_static(b"{}"),
         content_type: "application/json".into(),
         rate: 0.0,
+        grpc,
     };
     while let Some(flag) = it.next() {
         let v = it
@@ -82,6 +90,10 @@ fn parse() -> Result<Args, String> {
             }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
+    }
+    if a.grpc {
+        a.body = im_bench::grpc_frame(&a.body);
+        a.content_type = "application/grpc".into();
     }
     Ok(a)
 }
@@ -243,6 +255,9 @@ type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 fn request(args: &Args, tokens: &[String], i: u64) -> http::Request<Full<Bytes>> {
     let mut req =
         http::Request::post(args.url.clone()).header("content-type", args.content_type.as_str());
+    if args.grpc {
+        req = req.header("te", "trailers");
+    }
     if !tokens.is_empty() {
         req = req.header(
             "authorization",
@@ -260,12 +275,27 @@ fn request(args: &Args, tokens: &[String], i: u64) -> http::Request<Full<Bytes>>
         .expect("valid request")
 }
 
+/// The HTTP status, or for gRPC 200 when `grpc-status` is 0 and 1000 + the code otherwise.
 async fn send(sender: &mut Sender, req: http::Request<Full<Bytes>>) -> u16 {
+    let grpc = req.headers().get("te").is_some();
     match sender.send_request(req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let _ = resp.into_body().collect().await;
-            status
+            // Trailers-only answers carry grpc-status in the headers.
+            let in_headers = im_bench::grpc_status(resp.headers());
+            let body = resp.into_body().collect().await;
+            if !grpc || status != 200 {
+                return status;
+            }
+            let code = in_headers.or_else(|| {
+                body.ok()
+                    .and_then(|b| b.trailers().and_then(im_bench::grpc_status))
+            });
+            match code {
+                Some(0) => 200,
+                Some(c) => 1000 + c,
+                None => 1000 + 2, // no status at all: UNKNOWN
+            }
         }
         Err(_) => 0,
     }

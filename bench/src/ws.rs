@@ -44,6 +44,10 @@ pub struct WsArgs {
     /// Source addresses 127.0.0.1..=127.0.0.N (ephemeral ports run out past ~28k per address).
     #[arg(long, default_value_t = 4)]
     pub sources: u8,
+    /// Third octet of the source addresses (127.0.NET.1..=N): a fresh value per run keeps one
+    /// run's TIME_WAIT ports from slowing the next run's binds.
+    #[arg(long, default_value_t = 0)]
+    pub source_net: u8,
     /// `cmd` of the request each connection sends once.
     #[arg(long, default_value_t = 9001)]
     pub cmd: u32,
@@ -121,6 +125,7 @@ struct Target {
     url: String,
     secret: Option<String>,
     sources: u8,
+    source_net: u8,
 }
 
 impl Target {
@@ -146,6 +151,7 @@ impl Target {
             url: a.url.clone(),
             secret,
             sources: a.sources.max(1),
+            source_net: a.source_net,
         })
     }
 
@@ -161,7 +167,7 @@ impl Target {
         IpAddr::V4(Ipv4Addr::new(
             127,
             0,
-            0,
+            self.source_net,
             1 + (i % self.sources as usize) as u8,
         ))
     }
