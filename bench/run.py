@@ -280,7 +280,7 @@ def baseline_configs(tmp, haproxy_port, nginx_port, backend_port):
     with open(haproxy_cfg, "w") as f:
         f.write(f"""global
   nbthread 1
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 2s
@@ -298,7 +298,7 @@ backend echo
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 8000; }}
 http {{
   access_log off;
   client_body_temp_path {tmp}/nginx-body;
