@@ -16,6 +16,8 @@
 //! - [`push`]: the WebSocket push plugin: listener and handshake checks, one task per session,
 //!   frames in both encodings, the registry with the multi-device policies, bounded outboxes,
 //!   and PushService for backends.
+//! - [`web`]: the demo web client (embedded from `gateway/web/`) and `/config.json` with the
+//!   push URL, served by the edge for `GET` on paths no route claims.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload.
 //! - [`metrics`]: the Prometheus registry of one gateway.
 //! - [`server`]: assembles the Pingora services (edge, push + PushService on one runtime, admin,
