@@ -111,7 +111,15 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from docs/benchmarks/raw.json without measuring")
     args = ap.parse_args()
+    if args.report_only:
+        with open(os.path.join(os.path.dirname(args.out), "benchmarks", "raw.json")) as f:
+            raw = json.load(f)
+        args.runs = len(next(iter(raw["runs"].values())))
+        write_report(args, raw["medians"], raw["runs"])
+        return
 
     tmp = tempfile.mkdtemp(prefix="im-bench-")
     backend_port, edge, admin, bare = free_port(), free_port(), free_port(), free_port()
@@ -146,10 +154,12 @@ routes:
     def gateway_config(name, edge_port, admin_port, token_cache):
         path = os.path.join(tmp, name)
         with open(path, "w") as f:
-            f.write(f"""listen: {{ edge: 127.0.0.1:{edge_port}, admin: 127.0.0.1:{admin_port} }}
+            f.write(f"""listen: {{ edge: 127.0.0.1:{edge_port}, admin: 127.0.0.1:{admin_port},
+          push: 127.0.0.1:{free_port()}, internal: 127.0.0.1:{free_port()} }}
 threads: 1
 reload: {{ watch: false }}
 shutdown: {{ grace_period: 0s, graceful_timeout: 1s }}
+push: {{ drain_window: 0s }}
 client_ip: {{ trusted_proxies: ["127.0.0.0/8"] }}
 auth:
   token_cache: {token_cache}
@@ -294,19 +304,22 @@ backend echo
 """)
     nginx_cfg = os.path.join(tmp, "nginx.conf")
     with open(nginx_cfg, "w") as f:
+        # master_process off: the one process that serves is the one whose CPU is read.
         f.write(f"""worker_processes 1;
+master_process off;
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 8000; }}
 http {{
   access_log off;
+  keepalive_requests 10000000;
   client_body_temp_path {tmp}/nginx-body;
   proxy_temp_path {tmp}/nginx-proxy;
   fastcgi_temp_path {tmp}/nginx-fastcgi;
   uwsgi_temp_path {tmp}/nginx-uwsgi;
   scgi_temp_path {tmp}/nginx-scgi;
-  upstream echo {{ server 127.0.0.1:{backend_port}; keepalive 64; }}
+  upstream echo {{ server 127.0.0.1:{backend_port}; keepalive 64; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{nginx_port} http2;
     http2_max_concurrent_streams 1024;
@@ -443,7 +456,15 @@ def write_report(args, med, results):
         f"| bridge CPU per request <= bare Pingora's | {bridge['cpu_us_per_req'] / bare['cpu_us_per_req']:.2f}x | "
         f"{verdict(bridge['cpu_us_per_req'] <= bare['cpu_us_per_req'])} |",
         "",
-        "Where a target is not met, the gap is real and not yet closed. haproxy is a C proxy with its own h2",
+        "Where a target is not met, the gap is real and not yet closed.",
+        "",
+        "- Auth on the bridge: with 2,000 distinct tokens the auth rows show p99 spikes (40-70 ms) and about",
+        "  30 µs more CPU per request than the same route without auth, although every token is verified once and",
+        "  then served from the cache; a run with one user's token does not show the spikes. An earlier session",
+        "  measured this ratio at or above 0.9x with the same command; this run did not, and the cause is not",
+        "  found yet (suspects: HPACK cannot index 2,000 distinct ~700-byte `authorization` values, so every",
+        "  request carries and decodes the whole token; per-user limiter and cache lookups hash the full token).",
+        "- Pass-through and bridge against bare Pingora and haproxy: haproxy is a C proxy with its own h2",
         "stack; the gateway's pass-through is Pingora's h2 proxy path, which bare Pingora shows is the ceiling",
         "here. A `perf record` of the gateway under pass-through load (2026-11-25) put the gateway's own functions",
         "(route lookup, selection, admission, metrics, request ids) at about 2% of its CPU; the rest is Pingora's",
