@@ -202,7 +202,11 @@ auth:
         grpc_h = ["content-type: application/grpc", "te: trailers"]
         method = "/im.echo.v1.EchoService/Echo"
         # gRPC through every system, driven by `im-bench grpc` (8 connections x 16 streams).
-        rs256 = ["--alg", "RS256", "--key", keys["rsa"], "--users", "2000"]
+        # One expiry for every run: the same 2,000 tokens each time, so after the warm-up the gateway's
+        # token cache holds them and the rows measure the steady state (the no-cache row shows what a
+        # signature check per request costs).
+        exp = ["--exp", str(int(time.time()) + 3 * 3600)]
+        rs256 = ["--alg", "RS256", "--key", keys["rsa"], "--users", "2000"] + exp
         grpc_cases = [
             ("backend direct (gRPC)", "backend", f"http://127.0.0.1:{backend_port}{method}", []),
             ("haproxy h2 -> h2c (gRPC)", "haproxy", f"http://127.0.0.1:{haproxy_port}{method}", []),
@@ -219,7 +223,7 @@ auth:
         ]
         # The same bridge route through im-bench (many users and IPs), auth and limits off vs on.
         ib = os.path.join(BIN, "im-bench")
-        ips = ["--ips", "5000"]
+        ips = ["--ips", "5000"] + exp
         bench_cases = [
             ("bridge JSON, auth + limits off (im-bench)", "gateway", [f"http://127.0.0.1:{edge}/service/echo"] , []),
             ("bridge JSON, RS256 + per-user limit, 2000 users", "gateway", [f"http://127.0.0.1:{edge}/service/echo_auth"],
@@ -458,12 +462,15 @@ def write_report(args, med, results):
         "",
         "Where a target is not met, the gap is real and not yet closed.",
         "",
-        "- Auth on the bridge: with 2,000 distinct tokens the auth rows show p99 spikes (40-70 ms) and about",
-        "  30 µs more CPU per request than the same route without auth, although every token is verified once and",
-        "  then served from the cache; a run with one user's token does not show the spikes. An earlier session",
-        "  measured this ratio at or above 0.9x with the same command; this run did not, and the cause is not",
-        "  found yet (suspects: HPACK cannot index 2,000 distinct ~700-byte `authorization` values, so every",
-        "  request carries and decodes the whole token; per-user limiter and cache lookups hash the full token).",
+        "- Auth: every run sends the same 2,000 tokens (one `exp`), so after the warm-up each is served from",
+        "  the token cache; what remains is per request and grows with the token's size. An RS256 token is",
+        "  ~700 bytes and 2,000 distinct ones cannot stay in HPACK's 4 KiB table, so every request carries and",
+        "  Huffman-decodes it, the pass-through also forwards it to the backend (encoding it again), and the",
+        "  cache and limiter hash it; 2,000 HS256 tokens cost about nothing in a side run (2026-11-25). A cold",
+        "  RS256 check costs ~300 µs with jsonwebtoken's RustCrypto backend (the no-cache row); before `exp` was",
+        "  fixed, each run's 2,000 fresh tokens put the auth rows' p99 at 40-70 ms. Next steps: the `aws_lc_rs`",
+        "  backend for cold checks, not forwarding `authorization` on pass-through routes (backends trust",
+        "  metadata only), and shorter tokens (ES256/EdDSA).",
         "- Pass-through and bridge against bare Pingora and haproxy: haproxy is a C proxy with its own h2",
         "stack; the gateway's pass-through is Pingora's h2 proxy path, which bare Pingora shows is the ceiling",
         "here. A `perf record` of the gateway under pass-through load (2026-11-25) put the gateway's own functions",

@@ -30,12 +30,15 @@ struct Args {
     rate: f64,
     /// `grpc` mode: `body` is a framed message and success is `grpc-status: 0`.
     grpc: bool,
+    /// `exp` of the signed tokens (Unix seconds; 0: an hour from now). Runs that share it send
+    /// the same tokens, so a gateway's token cache stays warm from one run to the next.
+    exp: u64,
 }
 
 const USAGE: &str =
     "usage: im-bench ws-conns|ws-push|ws-storm --help, or im-bench http|grpc --url URL [--conns 8] [--streams 16] [--requests 100000] \
 [--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T] \
-[--rate R (open loop: R requests/s; default closed loop)]";
+[--rate R (open loop: R requests/s; default closed loop)] [--exp UNIX_SECONDS]";
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -57,6 +60,7 @@ fn parse() -> Result<Args, String> {
         content_type: "application/json".into(),
         rate: 0.0,
         grpc,
+        exp: 0,
     };
     while let Some(flag) = it.next() {
         let v = it
@@ -81,6 +85,7 @@ fn parse() -> Result<Args, String> {
                     .into()
             }
             "--content-type" => a.content_type = v,
+            "--exp" => a.exp = num(&v)?,
             "--rate" => {
                 a.rate = v
                     .parse()
@@ -114,11 +119,16 @@ fn tokens(a: &Args) -> Result<Vec<String>, String> {
         other => return Err(format!("--alg {other:?} is not supported")),
     }
     .map_err(|e| format!("--key {path}: {e}"))?;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        + 3600;
+    let exp = match a.exp {
+        0 => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_secs()
+                + 3600
+        }
+        fixed => fixed,
+    };
     (0..a.users.max(1))
         .map(|u| {
             let claims = serde_json::json!({"sub": format!("bench-user-{u}"), "sid": format!("bench-sid-{u}"), "exp": exp});
