@@ -160,3 +160,31 @@ mod grpc_tests {
         assert_eq!(grpc_status(&m), Some(14));
     }
 }
+
+/// A tiny progress line on stderr (stdout carries the JSON result).
+pub struct Progress {
+    total: u64,
+    what: &'static str,
+    last: std::sync::Mutex<std::time::Instant>,
+}
+
+pub fn progress(total: u64, what: &'static str) -> Progress {
+    Progress {
+        total,
+        what,
+        last: std::sync::Mutex::new(std::time::Instant::now()),
+    }
+}
+
+impl Progress {
+    pub fn set(&self, n: u64) {
+        let mut last = self.last.lock().expect("progress");
+        if last.elapsed() > std::time::Duration::from_millis(500) || n == self.total {
+            eprint!("\r{} {n}/{}", self.what, self.total);
+            *last = std::time::Instant::now();
+        }
+    }
+    pub fn done(&self) {
+        eprintln!("\r{} {}/{} done", self.what, self.total, self.total);
+    }
+}

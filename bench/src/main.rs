@@ -30,6 +30,8 @@ struct Args {
     rate: f64,
     /// `grpc` mode: `body` is a framed message and success is `grpc-status: 0`.
     grpc: bool,
+    /// Requests answered so far (for the progress line).
+    completed: AtomicU64,
     /// `exp` of the signed tokens (Unix seconds; 0: an hour from now). Runs that share it send
     /// the same tokens, so a gateway's token cache stays warm from one run to the next.
     exp: u64,
@@ -61,6 +63,7 @@ fn parse() -> Result<Args, String> {
         rate: 0.0,
         grpc,
         exp: 0,
+        completed: AtomicU64::new(0),
     };
     while let Some(flag) = it.next() {
         let v = it
@@ -204,11 +207,23 @@ async fn http_main() {
         senders.push(sender);
     }
     let args = Arc::new(args);
+    let ticker = {
+        let args = args.clone();
+        tokio::spawn(async move {
+            let bar = im_bench::progress(args.requests, "requests");
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                bar.set(args.completed.load(Ordering::Relaxed));
+            }
+        })
+    };
     let tally = if args.rate > 0.0 {
         open_loop(&args, &tokens, &senders).await
     } else {
         closed_loop(&args, &tokens, &senders).await
     };
+    ticker.abort();
+    im_bench::progress(args.requests, "requests").done();
     println!(
         "{}",
         im_bench::summary(&tally.hist, tally.ok, &tally.errors, tally.elapsed)
@@ -330,6 +345,7 @@ async fn closed_loop(args: &Arc<Args>, tokens: &Arc<Vec<String>>, senders: &[Sen
                     let t = Instant::now();
                     let status = send(&mut sender, request(&args, &tokens, i)).await;
                     tally.record(status, t.elapsed());
+                    args.completed.fetch_add(1, Ordering::Relaxed);
                 }
                 tally
             }));
@@ -378,11 +394,12 @@ async fn open_loop(args: &Arc<Args>, tokens: &Arc<Vec<String>>, senders: &[Sende
         inflight.fetch_add(1, Ordering::Relaxed);
         let mut sender = senders[i as usize % senders.len()].clone();
         let req = request(args, tokens, i);
-        let (inflight, tally) = (inflight.clone(), tally.clone());
+        let (inflight, tally, args) = (inflight.clone(), tally.clone(), args.clone());
         tasks.push(tokio::spawn(async move {
             let status = send(&mut sender, req).await;
             tally.lock().expect("tally").record(status, at.elapsed());
             inflight.fetch_sub(1, Ordering::Relaxed);
+            args.completed.fetch_add(1, Ordering::Relaxed);
         }));
     }
     for t in tasks {

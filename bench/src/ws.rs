@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::transport::Channel;
 
+use im_bench::progress;
+
 #[derive(Debug, clap::Args)]
 pub struct WsArgs {
     /// Push listener, e.g. ws://127.0.0.1:8081/ws
@@ -244,34 +246,6 @@ async fn connect_all(a: &WsArgs, stats: &Arc<Stats>) -> Result<(), String> {
     .await?;
     bar.done();
     Ok(())
-}
-
-/// A tiny progress line on stderr (stdout carries the JSON result).
-struct Progress {
-    total: u64,
-    what: &'static str,
-    last: Mutex<Instant>,
-}
-
-fn progress(total: u64, what: &'static str) -> Progress {
-    Progress {
-        total,
-        what,
-        last: Mutex::new(Instant::now()),
-    }
-}
-
-impl Progress {
-    fn set(&self, n: u64) {
-        let mut last = self.last.lock().expect("progress");
-        if last.elapsed() > Duration::from_millis(500) || n == self.total {
-            eprint!("\r{} {n}/{}", self.what, self.total);
-            *last = Instant::now();
-        }
-    }
-    fn done(&self) {
-        eprintln!("\r{} {}/{} done", self.what, self.total, self.total);
-    }
 }
 
 async fn wait_until(
