@@ -253,30 +253,24 @@ auth:
             if r["ok"] < 4000:
                 raise SystemExit(f"warm-up through {url} failed: {r}")
         results = {c[0]: [] for c in grpc_cases + cases + bench_cases}
-        for run in range(args.runs):
+        def measure(run, name, proc, load):
+            """One round of one case: the load's result plus the server's CPU per request."""
+            pid = procs[proc].pid
+            before = cpu_seconds(pid)
+            r = load()
+            r.setdefault("failed", sum(e["count"] for e in r.get("errors", [])))
+            r["cpu_us_per_req"] = (cpu_seconds(pid) - before) * 1e6 / max(1, r["ok"])
+            results[name].append(r)
+            report_run(run, args.runs, name, r)
+
+        for run in range(args.runs):  # alternate systems within each round
             for name, proc, url, extra in grpc_cases:
-                pid = procs[proc].pid
-                before = cpu_seconds(pid)
-                r = imbench_grpc(url, extra, args.requests)
-                r["failed"] = sum(e["count"] for e in r["errors"])
-                r["cpu_us_per_req"] = (cpu_seconds(pid) - before) * 1e6 / max(1, r["ok"])
-                results[name].append(r)
-                report_run(run, args.runs, name, r)
-            for name, proc, url, body, hdrs in cases:  # alternate systems within each round
-                pid = procs[proc].pid
-                before = cpu_seconds(pid)
-                r = h2load(url, bodies[body], hdrs, args.requests, 8, 16, os.path.join(tmp, "run.log"))
-                r["cpu_us_per_req"] = (cpu_seconds(pid) - before) * 1e6 / max(1, r["ok"])
-                results[name].append(r)
-                report_run(run, args.runs, name, r)
+                measure(run, name, proc, lambda: imbench_grpc(url, extra, args.requests))
+            for name, proc, url, body, hdrs in cases:
+                measure(run, name, proc, lambda: h2load(url, bodies[body], hdrs, args.requests, 8, 16,
+                                                        os.path.join(tmp, "run.log")))
             for name, proc, (url,), extra in bench_cases:
-                pid = procs[proc].pid
-                before = cpu_seconds(pid)
-                r = imbench(url, extra, args.requests)
-                r["failed"] = sum(e["count"] for e in r["errors"])
-                r["cpu_us_per_req"] = (cpu_seconds(pid) - before) * 1e6 / max(1, r["ok"])
-                results[name].append(r)
-                report_run(run, args.runs, name, r)
+                measure(run, name, proc, lambda: imbench(url, extra, args.requests))
     finally:
         for p in procs.values():
             p.terminate()
