@@ -194,24 +194,20 @@ impl MsgTransmitService for MessageSvc {
                 Ok((info, member_ids(tx, &session)?, true))
             })
             .await?;
+        let rsp = NewMessageRsp {
+            message_id: info.message_id.clone(),
+            seq: info.seq,
+            timestamp: info.timestamp,
+        };
+        // A retried send was announced the first time.
         if fresh {
-            let rsp = NewMessageRsp {
-                message_id: info.message_id.clone(),
-                seq: info.seq,
-                timestamp: info.timestamp,
-            };
             let notify = ChatMessageNotify {
                 message_info: Some(info),
             };
             self.notifier
                 .push(members, Kind::ChatMessage, &notify, caller.device_id);
-            return Ok(Response::new(rsp));
         }
-        Ok(Response::new(NewMessageRsp {
-            message_id: info.message_id,
-            seq: info.seq,
-            timestamp: info.timestamp,
-        }))
+        Ok(Response::new(rsp))
     }
 }
 
