@@ -56,6 +56,22 @@ pub struct Args {
     /// File holding the internal PushService token (the gateway's `push.internal_token_file`).
     #[arg(long, default_value = "data/internal.token")]
     pub internal_token_file: PathBuf,
+    /// Country code assumed for phone numbers typed without one (`138…` is `+86 138…`).
+    #[arg(long, default_value = "86")]
+    pub default_country_code: String,
+    /// Most verification codes sent to one phone in 24 hours.
+    #[arg(long, default_value_t = 10)]
+    pub codes_per_phone_per_day: u32,
+    /// Bytes of files one user may store, each distinct file counted once.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_storage_per_user: u64,
+    /// Threads hashing passwords (argon2id, 19 MiB each, kept for the process's life);
+    /// default: the core count.
+    #[arg(long)]
+    pub hash_workers: Option<usize>,
+    /// Password hashes that may wait for a thread; past it sign-ins get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    pub hash_queue: usize,
 }
 
 fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
@@ -98,6 +114,15 @@ impl Args {
         cfg.issuer = self.issuer;
         cfg.audience = self.audience;
         cfg.token_ttl = Duration::from_secs(self.token_ttl_secs);
+        crate::phone::PhoneRules::new(&self.default_country_code)?;
+        cfg.default_country_code = self.default_country_code;
+        cfg.codes_per_day = self.codes_per_phone_per_day;
+        cfg.max_storage_per_user = self.max_storage_per_user;
+        cfg.hash_workers = self.hash_workers.unwrap_or_else(crate::cores);
+        if cfg.hash_workers == 0 {
+            return Err("--hash-workers must be at least 1".into());
+        }
+        cfg.hash_queue = self.hash_queue;
         let notifying = cfg.services.iter().any(|s| s != "echo" && s != "file");
         if notifying {
             cfg.internal_token = Some(read_secret(

@@ -15,7 +15,8 @@ const IDLE_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema versions, applied in order on start; `PRAGMA user_version` records how far a file got.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,
     nickname      TEXT NOT NULL UNIQUE,
@@ -93,7 +94,26 @@ CREATE TABLE files (
     owner      TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- File names and ownership per upload, not per content (the first uploader's name leaked).
+CREATE TABLE uploads (
+    owner      TEXT NOT NULL,
+    file_id    TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, file_id)
+);
+CREATE INDEX uploads_by_file ON uploads (file_id);
+INSERT OR IGNORE INTO uploads (owner, file_id, name, size, created_at)
+    SELECT owner, id, name, size, created_at FROM files;
+DROP TABLE files;
+-- Who may read a file: sessions whose messages reference it, and profile pictures.
+CREATE INDEX messages_by_file ON messages (file_id);
+CREATE INDEX users_by_avatar ON users (avatar_id);
+"#,
+];
 
 #[derive(Clone)]
 pub struct Db {
@@ -146,15 +166,37 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, ApiError> + Send + 'static,
     {
+        self.write_recording(move |tx| f(tx).map(Ok)).await
+    }
+
+    /// Like [`write`](Self::write), for checks whose refusal must itself be stored (a wrong
+    /// verification code counts an attempt): an inner `Err` from `f` is committed and then
+    /// returned; an outer `Err` rolls back.
+    pub async fn write_recording<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<Result<T, ApiError>, ApiError>
+            + Send
+            + 'static,
+    {
         let inner = self.inner.clone();
         blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
+            let verdict = f(&tx)?;
             tx.commit()?;
-            Ok(out)
+            verdict
         })
         .await
+    }
+
+    /// Runs `f` on the writer outside the async pools, for start-up passes over stored rows.
+    pub fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let mut conn = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
     }
 
     /// Runs `f` on a reader connection, on the blocking pool.
@@ -234,6 +276,30 @@ mod tests {
             )
             .unwrap();
         assert_eq!(hits, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn files_of_the_first_schema_become_uploads() {
+        let dir = std::env::temp_dir().join(format!("im-db-up-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        let mut conn = open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO files (id, name, size, owner, created_at) VALUES ('f', 'a.png', 3, 'u', 7)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let row: (String, String, String, i64) = conn
+            .query_row("SELECT owner, file_id, name, size FROM uploads", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("u".into(), "f".into(), "a.png".into(), 3));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

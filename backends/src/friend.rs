@@ -10,6 +10,7 @@ use crate::caller::Caller;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::{Kind, Notifier};
+use crate::phone::PhoneRules;
 use crate::user::{existing_user, query_users, user_info, USER_COLUMNS};
 use crate::util::{new_id, required, unix_millis};
 
@@ -24,6 +25,8 @@ const REFUSED: i64 = 2;
 pub struct FriendSvc {
     pub db: Db,
     pub notifier: Notifier,
+    /// Search by phone matches the whole normalized number only.
+    pub phones: PhoneRules,
 }
 
 /// `session_id` as `viewer` sees it (a one-to-one chat is named after the peer).
@@ -99,7 +102,7 @@ pub fn require_member(conn: &Connection, session_id: &str, user: &str) -> Result
     }
 }
 
-fn are_friends(conn: &Connection, a: &str, b: &str) -> Result<bool, ApiError> {
+pub fn are_friends(conn: &Connection, a: &str, b: &str) -> Result<bool, ApiError> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM friends WHERE user_id = ?1 AND peer_id = ?2",
@@ -128,6 +131,41 @@ fn create_session(
         add.execute(params![id, m])?;
     }
     Ok(id)
+}
+
+/// The one-to-one session `a` and `b` had before, if any: a new friendship reopens it, with
+/// its history.
+fn pair_session(conn: &Connection, a: &str, b: &str) -> Result<Option<String>, ApiError> {
+    Ok(conn
+        .query_row(
+            "SELECT s.id FROM chat_sessions s \
+             JOIN chat_members x ON x.session_id = s.id AND x.user_id = ?1 \
+             JOIN chat_members y ON y.session_id = s.id AND y.user_id = ?2 \
+             WHERE s.is_group = 0 ORDER BY s.created_at LIMIT 1",
+            params![a, b],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// FAILED_PRECONDITION when `session` is a one-to-one chat whose two members are no longer
+/// friends: its history stays readable, but nobody can send until they are friends again.
+pub fn require_writable(conn: &Connection, session: &str, sender: &str) -> Result<(), ApiError> {
+    let is_group: bool = conn.query_row(
+        "SELECT is_group FROM chat_sessions WHERE id = ?1",
+        [session],
+        |r| r.get(0),
+    )?;
+    if is_group {
+        return Ok(());
+    }
+    let peer = member_ids(conn, session)?.into_iter().find(|m| m != sender);
+    match peer {
+        Some(peer) if !are_friends(conn, sender, &peer)? => Err(ApiError::failed_precondition(
+            "you are no longer friends: this chat is read-only until you are friends again",
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl FriendSvc {
@@ -274,7 +312,10 @@ impl FriendService for FriendSvc {
                     params![event_id, if agree { AGREED } else { REFUSED }],
                 )?;
                 let session = if agree && !are_friends(tx, &me, &from)? {
-                    let id = create_session(tx, "", false, &[&me, &from])?;
+                    let id = match pair_session(tx, &me, &from)? {
+                        Some(old) => old,
+                        None => create_session(tx, "", false, &[&me, &from])?,
+                    };
                     let now = unix_millis();
                     for (a, b) in [(&me, &from), (&from, &me)] {
                         tx.execute(
@@ -316,24 +357,17 @@ impl FriendService for FriendSvc {
         let (me, them) = (caller.user_id.clone(), peer.clone());
         self.db
             .write(move |tx| {
-                let session: Option<String> = tx
-                    .query_row(
-                        "SELECT session_id FROM friends WHERE user_id = ?1 AND peer_id = ?2",
-                        params![me, them],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let Some(session) = session else {
+                if !are_friends(tx, &me, &them)? {
                     return Err(ApiError::not_found(format!(
                         "peer_id: `{them}` is not your friend"
                     )));
-                };
+                }
+                // The one-to-one chat stays, read-only (see `require_writable`): both keep
+                // its history, and a new friendship reopens it.
                 tx.execute(
                     "DELETE FROM friends WHERE (user_id = ?1 AND peer_id = ?2) OR (user_id = ?2 AND peer_id = ?1)",
                     params![me, them],
                 )?;
-                // The one-to-one chat leaves both lists; its messages stay stored.
-                tx.execute("DELETE FROM chat_members WHERE session_id = ?1", [&session])?;
                 Ok(())
             })
             .await?;
@@ -348,6 +382,8 @@ impl FriendService for FriendSvc {
     async fn search_friend(&self, request: Request<SearchFriendReq>) -> ApiResult<SearchFriendRsp> {
         let caller = Caller::of(&request)?;
         let key = required("search_key", &request.into_inner().search_key, 64)?.to_owned();
+        // A phone finds its owner only when whole; the number is never in the answer.
+        let phone = self.phones.normalize(&key).ok();
         let pattern = format!(
             "%{}%",
             key.replace('\\', "\\\\")
@@ -359,13 +395,19 @@ impl FriendService for FriendSvc {
             .read(move |c| {
                 let sql = format!(
                     "SELECT {USER_COLUMNS} FROM users u WHERE u.id != ?1 AND \
-                     (u.nickname LIKE ?2 ESCAPE '\\' OR u.phone LIKE ?2 ESCAPE '\\' OR u.id = ?3) \
+                     (u.nickname LIKE ?2 ESCAPE '\\' OR u.id = ?3 OR u.phone = ?5) \
                      ORDER BY u.nickname LIMIT ?4"
                 );
                 query_users(
                     c,
                     &sql,
-                    params![caller.user_id, pattern, key, MAX_SEARCH_RESULTS as i64],
+                    params![
+                        caller.user_id,
+                        pattern,
+                        key,
+                        MAX_SEARCH_RESULTS as i64,
+                        phone
+                    ],
                 )
             })
             .await?;

@@ -2,7 +2,9 @@
 //! service, served by one tonic server with `grpc.health.v1` and server reflection.
 //!
 //! # Layout
-//! - [`user`], [`friend`], [`message`], [`file`]: the IM services.
+//! - [`user`], [`friend`], [`message`], [`file`]: the IM services; [`file_access`]: who may
+//!   read a stored file; [`phone`]: phone numbers in E.164; [`hashing`]: argon2 on a fixed
+//!   pool with preallocated memory.
 //! - [`echo`]: the diagnostic echo service (delays, failures, health flips) that the gateway's
 //!   tests and benchmarks use as a trivial, controllable backend.
 //! - [`db`]: SQLite (WAL, busy timeout, one writer, blocking pool) and the schema migrations.
@@ -16,9 +18,12 @@ pub mod db;
 pub mod echo;
 pub mod error;
 pub mod file;
+pub mod file_access;
 pub mod friend;
+pub mod hashing;
 pub mod message;
 pub mod notify;
+pub mod phone;
 pub mod sms;
 pub mod token;
 pub mod user;
@@ -63,6 +68,20 @@ pub struct BackendConfig {
     pub sms: sms::SharedSms,
     /// Least time between two verification codes to one phone.
     pub code_interval: Duration,
+    /// Most verification codes sent to one phone in 24 hours.
+    pub codes_per_day: u32,
+    /// Country code of phone numbers typed without one.
+    pub default_country_code: String,
+    /// Bytes of files one user may store (each distinct file once).
+    pub max_storage_per_user: u64,
+    /// Threads hashing passwords, and hashes that may wait for one.
+    pub hash_workers: usize,
+    pub hash_queue: usize,
+}
+
+/// The machine's core count: the default number of hashing threads.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl BackendConfig {
@@ -82,6 +101,11 @@ impl BackendConfig {
             internal_token: None,
             sms: Arc::new(sms::LogSms),
             code_interval: Duration::from_secs(60),
+            codes_per_day: 10,
+            default_country_code: "86".into(),
+            max_storage_per_user: 1 << 30,
+            hash_workers: cores(),
+            hash_queue: 64,
         }
     }
 
@@ -108,7 +132,12 @@ pub async fn serve(
     let stateful = ["user", "friend", "message", "file"]
         .iter()
         .any(|s| cfg.wants(s));
+    let phones = phone::PhoneRules::new(&cfg.default_country_code)?;
     let db = stateful.then(|| db::Db::open(&cfg.database)).transpose()?;
+    if let Some(db) = &db {
+        db.with_writer(|c| phones.normalize_stored(c))
+            .map_err(|e| format!("{}: normalizing stored phones: {e}", cfg.database.display()))?;
+    }
     let notifier = notify::Notifier::new(cfg.push_addr.as_deref(), cfg.internal_token.as_deref())?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -144,6 +173,9 @@ pub async fn serve(
             sms: cfg.sms.clone(),
             notifier: notifier.clone(),
             code_interval: cfg.code_interval,
+            codes_per_day: cfg.codes_per_day,
+            phones: phones.clone(),
+            hasher: hashing::HashPool::start(cfg.hash_workers, cfg.hash_queue)?,
         })))
     } else {
         None
@@ -153,6 +185,7 @@ pub async fn serve(
         limited!(FriendServiceServer::new(friend::FriendSvc {
             db: db.clone().expect("db opened"),
             notifier: notifier.clone(),
+            phones: phones.clone(),
         }))
     });
     let (transmit, storage) = if cfg.wants("message") {
@@ -175,6 +208,8 @@ pub async fn serve(
         Some(limited!(FileServiceServer::new(file::FileSvc {
             db: db.clone().expect("db opened"),
             store: Arc::new(store),
+            max_reply: limit,
+            max_storage_per_user: cfg.max_storage_per_user,
         })))
     } else {
         None

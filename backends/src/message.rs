@@ -12,7 +12,8 @@ use tonic::{Request, Response};
 use crate::caller::Caller;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
-use crate::friend::{member_ids, require_member};
+use crate::file_access::require_readable;
+use crate::friend::{member_ids, require_member, require_writable};
 use crate::notify::{Kind, Notifier};
 use crate::util::{file_id, new_id, required, token_like, unix_millis};
 
@@ -31,7 +32,7 @@ pub struct MessageSvc {
 
 const SELECT_MESSAGE: &str = "SELECT m.id, m.session_id, m.seq, m.created_at, m.client_msg_id, \
     m.message_type, m.text, m.file_id, m.file_name, m.file_size, \
-    u.id, u.nickname, u.description, COALESCE(u.phone, ''), u.avatar_id \
+    u.id, u.nickname, u.description, u.avatar_id \
     FROM messages m LEFT JOIN users u ON u.id = m.sender_id";
 
 fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageInfo> {
@@ -48,12 +49,13 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageInfo> {
             file_name: r.get(8)?,
             file_size: r.get(9)?,
         }),
+        // The sender's public profile: no phone (only its owner sees it).
         sender: Some(UserInfo {
             user_id: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
             nickname: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
             description: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
-            phone: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
-            avatar_id: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+            phone: String::new(),
+            avatar_id: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
         }),
     })
 }
@@ -154,15 +156,25 @@ impl MsgTransmitService for MessageSvc {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
         required("chat_session_id", &req.chat_session_id, 64)?;
-        token_like("client_msg_id", &req.client_msg_id)?;
+        // Optional: with it a retried send is stored once; without it (clients written against
+        // the seed API) every send is a new message under an id of the server's.
+        let client_msg_id = if req.client_msg_id.is_empty() {
+            format!("srv-{}", new_id())
+        } else {
+            token_like("client_msg_id", &req.client_msg_id)?;
+            req.client_msg_id
+        };
         let body = content(req.message)?;
         let me = caller.user_id.clone();
         let session = req.chat_session_id.clone();
-        let client_msg_id = req.client_msg_id.clone();
         let (info, members, fresh) = self
             .db
             .write(move |tx| {
                 require_member(tx, &session, &me)?;
+                require_writable(tx, &session, &me)?;
+                if !body.file_id.is_empty() {
+                    require_readable(tx, "message.file_id", &me, &body.file_id)?;
+                }
                 let filter = "WHERE m.sender_id = ?1 AND m.client_msg_id = ?2";
                 if let Some(stored) = query_messages(tx, filter, params![me, client_msg_id])?.pop() {
                     if stored.chat_session_id != session {

@@ -1,17 +1,27 @@
 //! Reaching connected users through the gateway's PushService (DESIGN §8): notifications after
 //! a state change, and session revocation on logout. Every call carries the internal token.
+//!
+//! Notifications wait in one bounded queue and go out a few at a time; when the gateway is slow
+//! or away and the queue is full, new ones are dropped, logged with a running count (a client
+//! catches up on reconnect with `after_seq`; the state change itself is already stored).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use im_proto::im::gateway::v1::push_service_client::PushServiceClient;
 use im_proto::im::gateway::v1::{PushRequest, RevokeRequest};
+use tokio::sync::{mpsc, Semaphore};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ApiError;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Notifications waiting to be sent; past this they are dropped and counted.
+pub const QUEUE: usize = 4096;
+/// Push calls in flight at once.
+const IN_FLIGHT: usize = 16;
 
 /// The notifications of DESIGN §10: the push `kind` and its payload's message type.
 #[derive(Debug, Clone, Copy)]
@@ -54,12 +64,25 @@ pub struct Notifier {
 struct Target {
     client: PushServiceClient<Channel>,
     authorization: AsciiMetadataValue,
+    queue: mpsc::Sender<PushRequest>,
+    /// Notifications dropped because the queue was full, since start.
+    dropped: AtomicU64,
 }
 
 impl Notifier {
     /// `addr`: the gateway's internal listener (`http://127.0.0.1:9090`); `token`: the internal
-    /// token. Connects lazily, so the gateway may start after the backends.
+    /// token. Connects lazily, so the gateway may start after the backends. Call it inside a
+    /// Tokio runtime: the sending task starts here.
     pub fn new(addr: Option<&str>, token: Option<&str>) -> Result<Self, String> {
+        Self::with_queue(addr, token, QUEUE)
+    }
+
+    /// [`new`](Self::new) with a queue of `capacity` notifications.
+    pub fn with_queue(
+        addr: Option<&str>,
+        token: Option<&str>,
+        capacity: usize,
+    ) -> Result<Self, String> {
         let Some(addr) = addr else {
             return Ok(Self { target: None });
         };
@@ -77,12 +100,24 @@ impl Notifier {
             .connect_lazy();
         let authorization = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
             .map_err(|_| "internal token: not printable ASCII".to_owned())?;
+        let client = PushServiceClient::new(channel);
+        let (queue, pending) = mpsc::channel(capacity.max(1));
+        tokio::spawn(send_queued(pending, client.clone(), authorization.clone()));
         Ok(Self {
             target: Some(Arc::new(Target {
-                client: PushServiceClient::new(channel),
+                client,
                 authorization,
+                queue,
+                dropped: AtomicU64::new(0),
             })),
         })
+    }
+
+    /// Notifications dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.target
+            .as_ref()
+            .map_or(0, |t| t.dropped.load(Ordering::Relaxed))
     }
 
     pub fn disabled() -> Self {
@@ -111,15 +146,14 @@ impl Notifier {
             platforms: Vec::new(),
             exclude_device_ids: exclude_device.into_iter().collect(),
         };
-        tokio::spawn(async move {
-            let mut request = tonic::Request::new(req);
-            request
-                .metadata_mut()
-                .insert("authorization", target.authorization.clone());
-            if let Err(status) = target.client.clone().push(request).await {
-                tracing::warn!(kind, code = ?status.code(), "push failed: {}", status.message());
-            }
-        });
+        if target.queue.try_send(req).is_err() {
+            let dropped_total = target.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                kind,
+                dropped_total,
+                "notification queue full: notification dropped"
+            );
+        }
     }
 
     /// Revokes `sid` on the gateways (closes its WebSockets with 4001) and waits for the answer:
@@ -151,10 +185,48 @@ impl Notifier {
     }
 }
 
+/// Sends queued notifications, at most [`IN_FLIGHT`] at a time, until every sender is gone.
+async fn send_queued(
+    mut pending: mpsc::Receiver<PushRequest>,
+    client: PushServiceClient<Channel>,
+    authorization: AsciiMetadataValue,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(req) = pending.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (mut client, authorization) = (client.clone(), authorization.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let kind = req.kind.clone();
+            let mut request = tonic::Request::new(req);
+            request
+                .metadata_mut()
+                .insert("authorization", authorization);
+            if let Err(status) = client.push(request).await {
+                tracing::warn!(kind, code = ?status.code(), "push failed: {}", status.message());
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message as _;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_growing() {
+        // Nothing listens on port 9 of loopback; the sending task cannot run before the loop
+        // ends (one thread), so exactly `capacity` notifications are queued.
+        let n = Notifier::with_queue(Some("127.0.0.1:9"), Some("t"), 3).unwrap();
+        let payload = im_proto::im::friend::v1::FriendRemoveNotify::default();
+        for _ in 0..10 {
+            n.push(vec!["u".into()], Kind::FriendRemove, &payload, None);
+        }
+        assert_eq!(n.dropped(), 7);
+    }
 
     #[test]
     fn every_payload_type_is_in_the_descriptor_set() {

@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use im_proto::im::user::v1::user_service_server::UserService;
 use im_proto::im::user::v1::*;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -13,7 +10,10 @@ use tonic::{Request, Response};
 use crate::caller::Caller;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
+use crate::file_access::require_readable;
+use crate::hashing::HashPool;
 use crate::notify::Notifier;
+use crate::phone::PhoneRules;
 use crate::sms::SharedSms;
 use crate::token::TokenIssuer;
 use crate::util::{file_id, new_id, required, token_like, unix_secs};
@@ -21,6 +21,8 @@ use crate::util::{file_id, new_id, required, token_like, unix_secs};
 pub const SERVICE_NAME: &str = "im.user.v1.UserService";
 const CODE_TTL_SECS: i64 = 300;
 const CODE_ATTEMPTS: i64 = 5;
+/// How long sent codes are kept: the window of the per-day cap.
+const CODE_DAY_SECS: i64 = 24 * 3600;
 
 pub struct UserSvc {
     pub db: Db,
@@ -29,19 +31,23 @@ pub struct UserSvc {
     pub notifier: Notifier,
     /// Least time between two codes sent to one phone.
     pub code_interval: Duration,
+    /// Most codes sent to one phone in 24 hours (SMS pumping).
+    pub codes_per_day: u32,
+    pub phones: PhoneRules,
+    pub hasher: HashPool,
 }
 
-/// The columns of `users` (aliased `u`) that [`user_row`] reads, in its order.
-pub const USER_COLUMNS: &str =
-    "u.id, u.nickname, u.description, COALESCE(u.phone, ''), u.avatar_id";
+/// The columns of `users` (aliased `u`) that [`user_row`] reads, in its order: the public
+/// profile. The phone is not among them: only its owner sees it ([`own_profile`]).
+pub const USER_COLUMNS: &str = "u.id, u.nickname, u.description, u.avatar_id";
 
 pub fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserInfo> {
     Ok(UserInfo {
         user_id: r.get(0)?,
         nickname: r.get(1)?,
         description: r.get(2)?,
-        phone: r.get(3)?,
-        avatar_id: r.get(4)?,
+        phone: String::new(),
+        avatar_id: r.get(3)?,
     })
 }
 
@@ -69,24 +75,23 @@ pub fn existing_user(conn: &Connection, field: &str, id: &str) -> Result<UserInf
     user_info(conn, id)?.ok_or_else(|| ApiError::not_found(format!("{field}: no user `{id}`")))
 }
 
+/// The caller's own profile: the public one plus their phone.
+fn own_profile(conn: &Connection, id: &str) -> Result<UserInfo, ApiError> {
+    let mut info = existing_user(conn, "x-user-id", id)?;
+    info.phone = conn
+        .query_row("SELECT phone FROM users WHERE id = ?1", [id], |r| {
+            r.get::<_, Option<String>>(0)
+        })?
+        .unwrap_or_default();
+    Ok(info)
+}
+
 fn nickname(value: &str) -> Result<String, ApiError> {
     let v = required("nickname", value, 32)?;
     if v.chars().count() < 2 {
         return Err(ApiError::invalid("nickname needs at least 2 characters"));
     }
     Ok(v.to_owned())
-}
-
-fn phone(value: &str) -> Result<String, ApiError> {
-    let v = value.trim();
-    let digits = v.strip_prefix('+').unwrap_or(v);
-    if (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(v.to_owned())
-    } else {
-        Err(ApiError::invalid(
-            "phone must be 6 to 20 digits, optionally after a `+`",
-        ))
-    }
 }
 
 /// Optional `device_id` / `platform` of a login: empty means "not given".
@@ -103,13 +108,14 @@ fn unique_violation(e: &rusqlite::Error) -> bool {
         if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
-/// Checks and consumes a verification code for `phone` (single use, limited attempts).
+/// Checks and consumes a verification code for `phone` (single use, limited attempts). The
+/// inner `Err` is a refusal to commit (a wrong guess counts), for [`Db::write_recording`].
 fn consume_code(
     tx: &rusqlite::Transaction<'_>,
     phone: &str,
     code_id: &str,
     code: &str,
-) -> Result<(), ApiError> {
+) -> Result<Result<(), ApiError>, ApiError> {
     let row: Option<(String, String, i64, i64, i64)> = tx
         .query_row(
             "SELECT phone, code, expires_at, used, attempts FROM verify_codes WHERE id = ?1",
@@ -118,55 +124,29 @@ fn consume_code(
         )
         .optional()?;
     let Some((for_phone, expected, expires_at, used, attempts)) = row else {
-        return Err(ApiError::invalid(
+        return Ok(Err(ApiError::invalid(
             "verify_code_id is unknown; request a code first",
-        ));
+        )));
     };
     if for_phone != phone {
-        return Err(ApiError::invalid(
+        return Ok(Err(ApiError::invalid(
             "verify_code_id was issued for another phone",
-        ));
+        )));
     }
     if used != 0 || expires_at < unix_secs() || attempts >= CODE_ATTEMPTS {
-        return Err(ApiError::invalid(
-            "the verification code has expired or was used; request a new one",
-        ));
+        return Ok(Err(ApiError::invalid(
+            "the verification code has expired, was used or was guessed wrong too often; request a new one",
+        )));
     }
     if expected != code.trim() {
         tx.execute(
             "UPDATE verify_codes SET attempts = attempts + 1 WHERE id = ?1",
             [code_id],
         )?;
-        return Err(ApiError::invalid("verify_code is wrong"));
+        return Ok(Err(ApiError::invalid("verify_code is wrong")));
     }
     tx.execute("UPDATE verify_codes SET used = 1 WHERE id = ?1", [code_id])?;
-    Ok(())
-}
-
-async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::internal(format!("argon2: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("hash task: {e}")))?
-}
-
-async fn password_matches(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+    Ok(Ok(()))
 }
 
 impl UserSvc {
@@ -203,7 +183,7 @@ impl UserSvc {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                existing_user(tx, "x-user-id", &caller.user_id)
+                own_profile(tx, &caller.user_id)
             })
             .await?;
         Ok(Response::new(SetProfileRsp {
@@ -224,7 +204,7 @@ impl UserService for UserSvc {
         if !(6..=128).contains(&len) {
             return Err(ApiError::invalid("password must be 6 to 128 characters").into());
         }
-        let hash = hash_password(req.password).await?;
+        let hash = self.hasher.hash(req.password).await?;
         let user_id = new_id();
         let id = user_id.clone();
         self.db
@@ -259,13 +239,13 @@ impl UserService for UserSvc {
                 .optional()?)
             })
             .await?;
-        let wrong = || ApiError::unauthenticated("wrong nickname or password").into();
-        let Some((user_id, Some(hash))) = row else {
-            return Err(wrong());
-        };
-        if !password_matches(req.password, hash).await {
-            return Err(wrong());
+        // An unknown nickname (or an account without a password) is checked against a decoy
+        // hash: the refusal takes as long as a wrong password's, so it tells nothing.
+        let (user_id, hash) = row.unzip();
+        if !self.hasher.verify(req.password, hash.flatten()).await? {
+            return Err(ApiError::unauthenticated("wrong nickname or password").into());
         }
+        let user_id = user_id.ok_or_else(|| ApiError::internal("verified without an account"))?;
         Ok(Response::new(self.login_rsp(
             user_id,
             &req.device_id,
@@ -277,22 +257,33 @@ impl UserService for UserSvc {
         &self,
         request: Request<GetPhoneVerifyCodeReq>,
     ) -> ApiResult<GetPhoneVerifyCodeRsp> {
-        let phone = phone(&request.into_inner().phone)?;
+        let phone = self.phones.normalize(&request.into_inner().phone)?;
         let code = format!("{:06}", rand::random::<u32>() % 1_000_000);
         let id = new_id();
         let interval = self.code_interval.as_secs() as i64;
+        let per_day = i64::from(self.codes_per_day);
         let (p, c, i) = (phone.clone(), code.clone(), id.clone());
         self.db
             .write(move |tx| {
                 let now = unix_secs();
-                let last: Option<i64> = tx.query_row(
-                    "SELECT max(created_at) FROM verify_codes WHERE phone = ?1",
+                // Codes are kept for a day, the window of the cap below.
+                tx.execute(
+                    "DELETE FROM verify_codes WHERE created_at <= ?1",
+                    [now - CODE_DAY_SECS],
+                )?;
+                let (last, today): (Option<i64>, i64) = tx.query_row(
+                    "SELECT max(created_at), count(*) FROM verify_codes WHERE phone = ?1",
                     [&p],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 if let Some(wait) = last.map(|t| t + interval - now).filter(|w| *w > 0) {
                     return Err(ApiError::exhausted(format!(
                         "a code was sent to this phone recently; try again in {wait} s"
+                    )));
+                }
+                if today >= per_day {
+                    return Err(ApiError::exhausted(format!(
+                        "this phone was sent {today} codes in the last day, the most allowed; try again tomorrow"
                     )));
                 }
                 tx.execute(
@@ -311,7 +302,7 @@ impl UserService for UserSvc {
         request: Request<PhoneRegisterReq>,
     ) -> ApiResult<PhoneRegisterRsp> {
         let req = request.into_inner();
-        let phone = phone(&req.phone)?;
+        let phone = self.phones.normalize(&req.phone)?;
         let nickname = if req.nickname.trim().is_empty() {
             format!(
                 "user{}-{:04x}",
@@ -324,8 +315,13 @@ impl UserService for UserSvc {
         let user_id = new_id();
         let id = user_id.clone();
         self.db
-            .write(move |tx| {
-                consume_code(tx, &phone, &req.verify_code_id, &req.verify_code)?;
+            .write_recording(move |tx| {
+                if let Err(refused) =
+                    consume_code(tx, &phone, &req.verify_code_id, &req.verify_code)?
+                {
+                    return Ok(Err(refused));
+                }
+                // A taken phone or nickname rolls back, so the code stays usable.
                 match tx.execute(
                     "INSERT INTO users (id, nickname, phone, created_at) VALUES (?1, ?2, ?3, ?4)",
                     params![id, nickname, phone, unix_secs()],
@@ -333,7 +329,7 @@ impl UserService for UserSvc {
                     Err(e) if unique_violation(&e) => Err(ApiError::exists(
                         "this phone or nickname already has an account; log in instead",
                     )),
-                    other => other.map(|_| ()).map_err(Into::into),
+                    other => other.map(|_| Ok(())).map_err(Into::into),
                 }
             })
             .await?;
@@ -342,19 +338,23 @@ impl UserService for UserSvc {
 
     async fn phone_login(&self, request: Request<PhoneLoginReq>) -> ApiResult<LoginRsp> {
         let req = request.into_inner();
-        let phone = phone(&req.phone)?;
+        let phone = self.phones.normalize(&req.phone)?;
         device("device_id", &req.device_id)?;
         device("platform", &req.platform)?;
         let (code_id, code) = (req.verify_code_id.clone(), req.verify_code.clone());
         let user_id = self
             .db
-            .write(move |tx| {
-                consume_code(tx, &phone, &code_id, &code)?;
-                tx.query_row("SELECT id FROM users WHERE phone = ?1", [&phone], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()?
-                .ok_or_else(|| ApiError::not_found("no account has this phone; register first"))
+            .write_recording(move |tx| {
+                if let Err(refused) = consume_code(tx, &phone, &code_id, &code)? {
+                    return Ok(Err(refused));
+                }
+                let user = tx
+                    .query_row("SELECT id FROM users WHERE phone = ?1", [&phone], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()?;
+                user.map(Ok)
+                    .ok_or_else(|| ApiError::not_found("no account has this phone; register first"))
             })
             .await?;
         Ok(Response::new(self.login_rsp(
@@ -401,6 +401,7 @@ impl UserService for UserSvc {
     async fn get_user_info(&self, request: Request<GetUserInfoReq>) -> ApiResult<GetUserInfoRsp> {
         let caller = Caller::of(&request)?;
         let wanted = request.into_inner().user_id;
+        let own = wanted.is_empty() || wanted == caller.user_id;
         let id = if wanted.is_empty() {
             caller.user_id
         } else {
@@ -408,7 +409,13 @@ impl UserService for UserSvc {
         };
         let info = self
             .db
-            .read(move |c| existing_user(c, "user_id", &id))
+            .read(move |c| {
+                if own {
+                    own_profile(c, &id)
+                } else {
+                    existing_user(c, "user_id", &id)
+                }
+            })
             .await?;
         Ok(Response::new(GetUserInfoRsp {
             user_info: Some(info),
@@ -419,6 +426,11 @@ impl UserService for UserSvc {
         let caller = Caller::of(&request)?;
         let avatar = request.into_inner().avatar_id;
         file_id("avatar_id", &avatar)?;
+        // Only a file the caller may already read: else any known hash becomes readable.
+        let (who, id) = (caller.user_id.clone(), avatar.clone());
+        self.db
+            .read(move |c| require_readable(c, "avatar_id", &who, &id).map(drop))
+            .await?;
         self.update_profile(
             caller,
             "UPDATE users SET avatar_id = ?1 WHERE id = ?2",
@@ -454,11 +466,15 @@ impl UserService for UserSvc {
     async fn set_phone(&self, request: Request<SetPhoneReq>) -> ApiResult<SetProfileRsp> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let phone = phone(&req.phone)?;
+        let phone = self.phones.normalize(&req.phone)?;
         let info = self
             .db
-            .write(move |tx| {
-                consume_code(tx, &phone, &req.verify_code_id, &req.verify_code)?;
+            .write_recording(move |tx| {
+                if let Err(refused) =
+                    consume_code(tx, &phone, &req.verify_code_id, &req.verify_code)?
+                {
+                    return Ok(Err(refused));
+                }
                 match tx.execute(
                     "UPDATE users SET phone = ?1 WHERE id = ?2",
                     params![phone, caller.user_id],
@@ -469,7 +485,7 @@ impl UserService for UserSvc {
                     Err(e) => return Err(e.into()),
                     Ok(_) => {}
                 }
-                existing_user(tx, "x-user-id", &caller.user_id)
+                own_profile(tx, &caller.user_id).map(Ok)
             })
             .await?;
         Ok(Response::new(SetProfileRsp {

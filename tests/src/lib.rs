@@ -13,6 +13,7 @@ use im_gateway::config::GatewayConfig;
 use im_gateway::{Gateway, RunningGateway};
 use tokio::sync::oneshot;
 
+pub mod backend_memory;
 pub mod im;
 
 /// The PushService token of every test gateway.

@@ -18,7 +18,7 @@ fn snapshot(sys: &ImSystem) -> String {
         "chat_sessions",
         "chat_members",
         "messages",
-        "files",
+        "uploads",
     ] {
         let mut stmt = conn
             .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))

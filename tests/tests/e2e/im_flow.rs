@@ -197,7 +197,8 @@ async fn the_seed_chat_flow_works_through_the_gateway() {
         assert_eq!(list[0]["seq"], expect_seq);
     }
 
-    // Files: upload, download by another member, send as an image message.
+    // Files: upload, send as an image message, download by the other member (a file is
+    // readable by the sessions whose messages reference it), one entry per distinct id.
     let content: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     let b64 = base64_encode(&content);
     let put = alice
@@ -208,6 +209,14 @@ async fn the_seed_chat_flow_works_through_the_gateway() {
         .await;
     let file_id = put["file_info"]["file_id"].as_str().unwrap().to_owned();
     assert_eq!(put["file_info"]["file_size"], "100000");
+    alice
+        .ok(
+            "message_transmit/new_message",
+            json!({"chat_session_id": session, "client_msg_id": "a-img",
+                   "message": {"message_type": "MESSAGE_TYPE_IMAGE", "file_id": file_id,
+                               "file_name": "cat.png", "file_size": "100000"}}),
+        )
+        .await;
     let got = bob
         .ok("file/get_single_file", json!({"file_id": file_id}))
         .await;
@@ -219,15 +228,7 @@ async fn the_seed_chat_flow_works_through_the_gateway() {
             json!({"file_id_list": [file_id, file_id]}),
         )
         .await;
-    assert_eq!(multi["file_data"].as_array().unwrap().len(), 2);
-    alice
-        .ok(
-            "message_transmit/new_message",
-            json!({"chat_session_id": session, "client_msg_id": "a-img",
-                   "message": {"message_type": "MESSAGE_TYPE_IMAGE", "file_id": file_id,
-                               "file_name": "cat.png", "file_size": "100000"}}),
-        )
-        .await;
+    assert_eq!(multi["file_data"].as_array().unwrap().len(), 1);
 
     // A group of three: everyone hears of it, a message fans out to the other two.
     bob_ws = online(&sys, &bob).await;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the gateway core: real Pingora listeners, real tonic backends over h2c.
 
 mod auth;
+mod backend_memory;
 mod bridge;
 mod browser;
 mod check;
@@ -8,6 +9,7 @@ mod failover;
 mod health;
 mod im_bad_input;
 mod im_flow;
+mod im_privacy;
 mod passthrough;
 mod push;
 mod push_limits;
