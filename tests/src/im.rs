@@ -151,6 +151,24 @@ impl ImSystem {
         c
     }
 
+    /// Requests a verification code for `phone` (as typed) once the per-phone interval (1 s
+    /// in tests) since the last one has passed; the code id and the code sent to `sent_to`
+    /// (the normalized number).
+    pub async fn next_code(&self, c: &ImClient, phone: &str, sent_to: &str) -> (String, String) {
+        let id = crate::wait_for(
+            "the per-phone code interval",
+            Duration::from_secs(10),
+            || async {
+                let (status, v) = c
+                    .call("user/get_phone_verify_code", json!({"phone": phone}))
+                    .await;
+                (status == 200).then(|| v["verify_code_id"].as_str().unwrap_or_default().to_owned())
+            },
+        )
+        .await;
+        (id, self.sms.last_code(sent_to).expect("code sent"))
+    }
+
     /// Files stored by the file service (content-addressed blobs), temporaries included.
     pub fn stored_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {

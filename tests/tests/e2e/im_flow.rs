@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use im_tests::im::{ImClient, ImSystem};
-use im_tests::wait_for;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -337,18 +336,7 @@ async fn phone_registration_and_login_use_single_use_codes() {
         .await;
     assert_eq!(status, 429, "{v}");
     // Once the interval (1 s in tests) has passed, the next request is granted.
-    let id = wait_for(
-        "the per-phone code interval",
-        Duration::from_secs(10),
-        || async {
-            let (status, v) = c
-                .call("user/get_phone_verify_code", json!({"phone": phone}))
-                .await;
-            (status == 200).then(|| v["verify_code_id"].as_str().unwrap().to_owned())
-        },
-    )
-    .await;
-    let code = sys.sms.last_code(phone).unwrap();
+    let (id, code) = sys.next_code(&c, phone, phone).await;
     let login = c
         .ok(
             "user/phone_login",

@@ -114,25 +114,12 @@ async fn one_phone_in_any_spelling_shares_its_limits_and_its_account() {
         )
         .await;
     assert_eq!(status, 429, "`8613900139001` is the same phone: {v}");
-    let (id, c) = im_tests::wait_for(
-        "the per-phone code interval",
-        Duration::from_secs(10),
-        || async {
-            let (status, v) = anon
-                .call(
-                    "user/get_phone_verify_code",
-                    json!({"phone": "13900139001"}),
-                )
-                .await;
-            (status == 200).then(|| (text(&v, "verify_code_id"), sys.sms.last_code(e164)))
-        },
-    )
-    .await;
+    let (id, c) = sys.next_code(&anon, "13900139001", e164).await;
     let login = anon
         .ok(
             "user/phone_login",
             json!({"phone": "139-0013-9001", "verify_code_id": id,
-                   "verify_code": c.expect("code sent to the normalized number")}),
+                   "verify_code": c}),
         )
         .await;
     assert_eq!(login["user_id"], user["user_id"]);
@@ -259,21 +246,11 @@ async fn only_the_owner_sees_a_phone_number_and_search_needs_the_whole_number() 
             json!({"phone": phone, "nickname": "alice", "verify_code_id": id, "verify_code": c}),
         )
         .await;
-    let (id, c) = im_tests::wait_for(
-        "the per-phone code interval",
-        Duration::from_secs(10),
-        || async {
-            let (status, v) = alice
-                .call("user/get_phone_verify_code", json!({"phone": phone}))
-                .await;
-            (status == 200).then(|| (text(&v, "verify_code_id"), sys.sms.last_code(phone)))
-        },
-    )
-    .await;
+    let (id, c) = sys.next_code(&alice, phone, phone).await;
     let login = alice
         .ok(
             "user/phone_login",
-            json!({"phone": phone, "verify_code_id": id, "verify_code": c.unwrap(),
+            json!({"phone": phone, "verify_code_id": id, "verify_code": c,
                    "device_id": "a1", "platform": "web"}),
         )
         .await;
