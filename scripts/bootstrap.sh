@@ -2,7 +2,8 @@
 # Installs the system packages the build and tests need, only when missing (Debian/Ubuntu).
 # Pingora's zlib-ng needs cmake; the TLS test uses openssl and curl; the browser test drives
 # Debian's Chromium with playwright-core from npm (no browser download), and a CJK font makes
-# Chinese text legible in its screenshots.
+# Chinese text legible in its screenshots. The gRPC contract tests use clients the project did not
+# write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -13,6 +14,8 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
 fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || need+=(fonts-wqy-zenhei)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${need[*]}"
@@ -24,4 +27,13 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "bootstrap: npm ci (tests/browser: playwright-core)"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+if ! tests/grpc-clients/.venv/bin/python -c "import grpc" 2>/dev/null; then
+  echo "bootstrap: python venv with grpcio (tests/grpc-clients)"
+  python3 -m venv tests/grpc-clients/.venv
+  tests/grpc-clients/.venv/bin/pip install -q --disable-pip-version-check -r tests/grpc-clients/requirements.txt
+fi
+if [ ! -d tests/grpc-clients/node_modules/@grpc/grpc-js ]; then
+  echo "bootstrap: npm ci (tests/grpc-clients: @grpc/grpc-js)"
+  npm ci --prefix tests/grpc-clients --no-audit --no-fund --loglevel=error
 fi

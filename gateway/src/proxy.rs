@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::http::HttpTask;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
@@ -135,7 +136,11 @@ impl EdgeProxy {
         session.write_response_header(Box::new(resp), true).await
     }
 
-    /// A trailers-only gRPC response: HTTP 200 with `grpc-status` (never a bare HTTP 4xx).
+    /// A trailers-only gRPC response: HTTP 200 with `grpc-status` (never a bare HTTP 4xx), in
+    /// one HEADERS frame with END_STREAM. `Session::write_response_header` ignores its
+    /// end-of-stream flag on HTTP/2 and Pingora then ends the stream with an empty DATA frame,
+    /// which tonic accepts but gRPC C-core reports as `UNKNOWN: Stream removed`; so the header
+    /// goes out as a task that carries the flag.
     async fn write_grpc_status(
         &self,
         session: &mut Session,
@@ -152,7 +157,16 @@ impl EdgeProxy {
         for (name, value) in &ctx.extra_headers {
             resp.append_header(*name, value.as_str())?;
         }
-        session.write_response_header(Box::new(resp), true).await
+        let mut resp = Box::new(resp);
+        session
+            .downstream_modules_ctx
+            .response_header_filter(&mut resp, true)
+            .await?;
+        session
+            .as_downstream_mut()
+            .response_duplex_vec(vec![HttpTask::Header(resp, true)])
+            .await
+            .map(drop)
     }
 
     /// Reads the body up to `limit` bytes; `None` when it is larger.

@@ -6,6 +6,7 @@ mod bridge;
 mod browser;
 mod check;
 mod failover;
+mod grpc_clients;
 mod health;
 mod im_bad_input;
 mod im_flow;
