@@ -18,6 +18,7 @@ use tonic::Code;
 
 use crate::bridge::{self, Encoding, Reply};
 use crate::dispatch::{CallContext, Dispatcher};
+use crate::filters::client_ip::header_list;
 use crate::filters::{auth, limit_headers, request_id, Admitted, Credentials, Guard, Rejection};
 use crate::metrics::Metrics;
 use crate::routes::table::RouteMiss;
@@ -270,7 +271,7 @@ impl ProxyHttp for EdgeProxy {
         let client_ip = self
             .guard
             .client_ip
-            .resolve(peer, |h| header(req, h).map(str::to_owned));
+            .resolve(peer, |h| header_list(&req.headers, h));
 
         if let Some(origin) = header(req, "origin") {
             if req.method == http::Method::OPTIONS {

@@ -226,6 +226,9 @@ impl GatewayConfig {
         if let Err(message) = self.web.validate() {
             return Err(invalid("web.push_url", &message));
         }
+        if let Err(message) = self.client_ip.validate() {
+            return Err(invalid("client_ip.ipv6_prefix", &message));
+        }
         if !self.listen.internal.ip().is_loopback() {
             return Err(invalid(
                 "listen.internal",

@@ -1,6 +1,10 @@
 //! The client's IP: the socket peer, unless the peer is a trusted proxy (the CDN), then the
 //! right-most untrusted `X-Forwarded-For` hop, or a configured client-IP header. A forged
 //! `X-Forwarded-For` from an untrusted peer changes nothing.
+//!
+//! Wherever a client IP is a key (rate-limit buckets, handshake budgets, connection slots), it is
+//! [`ClientIpConfig::bucket`]: IPv4 as is, IPv6 by its network (`ipv6_prefix`, default /64), since
+//! one subscriber holds a whole /64 and would otherwise get 2^64 buckets.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -64,7 +68,7 @@ impl<'de> Deserialize<'de> for Cidr {
 }
 
 /// `client_ip` in gateway.yaml.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientIpConfig {
     /// Peers whose forwarding headers are believed (the CDN's ranges).
@@ -72,14 +76,64 @@ pub struct ClientIpConfig {
     /// A header carrying the client IP set by the CDN (e.g. `CF-Connecting-IP`), used instead of
     /// `X-Forwarded-For` when the peer is trusted.
     pub header: Option<String>,
+    /// Leading bits of an IPv6 address that make one client key (16..=128).
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            header: None,
+            ipv6_prefix: 64,
+        }
+    }
+}
+
+/// Every line of header `name` in `headers`, joined with `, ` as one list (RFC 9110 §5.3):
+/// `X-Forwarded-For` sent as several lines is one chain, and reading only the first line would let
+/// a client choose its own address. Lines that are not text are skipped.
+pub fn header_list(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let mut lines = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = lines.next()?;
+    Some(lines.fold(first.to_owned(), |mut all, line| {
+        all.push_str(", ");
+        all.push_str(line);
+        all
+    }))
 }
 
 impl ClientIpConfig {
+    /// Why this section is invalid, if it is.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(16..=128).contains(&self.ipv6_prefix) {
+            return Err(format!(
+                "ipv6_prefix is {}; use 16 to 128 (64, one subscriber's network, is the default)",
+                self.ipv6_prefix
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key a client IP counts under: IPv4 as is, IPv6 masked to `ipv6_prefix` bits.
+    pub fn bucket(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6_prefix.min(128)))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+            v4 => v4,
+        }
+    }
+
     fn trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
-    /// Resolves the client IP from the peer and the request's forwarding headers.
+    /// Resolves the client IP from the peer and the request's forwarding headers; `header`
+    /// returns every line of a header as one list ([`header_list`]).
     pub fn resolve(&self, peer: IpAddr, header: impl Fn(&str) -> Option<String>) -> IpAddr {
         let peer = peer.to_canonical();
         if !self.trusted(peer) {
@@ -119,8 +173,35 @@ mod tests {
     fn cfg(trusted: &[&str]) -> ClientIpConfig {
         ClientIpConfig {
             trusted_proxies: trusted.iter().map(|s| s.parse().unwrap()).collect(),
-            header: None,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn ipv6_keys_by_network_and_header_lines_join() {
+        let c = cfg(&[]);
+        assert_eq!(c.bucket(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(c.bucket(ip("198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(c.bucket(ip("::ffff:198.51.100.7")), ip("198.51.100.7"));
+        let full = ClientIpConfig {
+            ipv6_prefix: 128,
+            ..cfg(&[])
+        };
+        assert_eq!(full.bucket(ip("2001:db8::9")), ip("2001:db8::9"));
+        assert!(ClientIpConfig {
+            ipv6_prefix: 8,
+            ..cfg(&[])
+        }
+        .validate()
+        .is_err());
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.7".parse().unwrap());
+        assert_eq!(
+            header_list(&h, "x-forwarded-for").unwrap(),
+            "6.6.6.6, 198.51.100.7"
+        );
+        assert_eq!(header_list(&h, "x-real-ip"), None);
     }
 
     fn ip(s: &str) -> IpAddr {

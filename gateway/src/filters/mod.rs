@@ -138,7 +138,9 @@ impl Guard {
         }
         if let Some(limit) = &route.limiter {
             let key = match (limit.key, &admitted.identity, &admitted.api_client) {
-                (RateLimitKey::Ip, _, _) | (_, None, None) => format!("ip:{client_ip}"),
+                (RateLimitKey::Ip, _, _) | (_, None, None) => {
+                    format!("ip:{}", self.client_ip.bucket(client_ip))
+                }
                 (_, Some(id), _) => format!("u:{}", id.user_id),
                 (_, None, Some(client)) => format!("k:{client}"),
             };

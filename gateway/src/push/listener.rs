@@ -20,6 +20,7 @@ use super::registry::Device;
 use super::session::{self, SessionInfo};
 use super::PushDeps;
 use crate::filters::auth::bearer;
+use crate::filters::client_ip::header_list;
 
 pub struct PushApp {
     pub deps: Arc<PushDeps>,
@@ -108,8 +109,9 @@ pub fn check_handshake(
     let client_ip = deps
         .guard
         .client_ip
-        .resolve(peer, |name| header(name).map(str::to_owned));
-    if !deps.hub.handshakes.check(&client_ip.to_string()).allowed {
+        .resolve(peer, |name| header_list(req.headers(), name));
+    let bucket = deps.guard.client_ip.bucket(client_ip);
+    if !deps.hub.handshakes.check(&bucket.to_string()).allowed {
         return Err(reject(
             StatusCode::TOO_MANY_REQUESTS,
             "handshake_rate",
@@ -120,7 +122,7 @@ pub fn check_handshake(
         .hub
         .conns
         .acquire(
-            client_ip,
+            bucket,
             deps.config.max_connections,
             deps.config.max_connections_per_ip,
         )

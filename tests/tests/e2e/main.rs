@@ -5,6 +5,7 @@ mod backend_memory;
 mod bridge;
 mod browser;
 mod check;
+mod client_ip;
 mod failover;
 mod grpc_clients;
 mod health;
