@@ -110,8 +110,12 @@ pub fn main() -> ExitCode {
             let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
             let gateway = match Gateway::build(cfg, routes.clone()) {
                 Ok(g) => g,
-                Err(e) => {
+                Err(e @ crate::server::BuildError::Routes(_)) => {
                     eprintln!("im-gateway: {} : {e}", routes.display());
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("im-gateway: {e}");
                     return ExitCode::FAILURE;
                 }
             };

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use sha2::Digest;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -21,12 +20,14 @@ use pingora::services::listening::Service;
 use pingora::services::Service as PingoraService;
 use tokio::sync::mpsc;
 
+use crate::admin::access::AdminAccess;
 use crate::admin::AdminApp;
 use crate::config::GatewayConfig;
 use crate::dispatch::Dispatcher;
 use crate::filters::auth::Authenticator;
 use crate::filters::ratelimit::LimiterRegistry;
 use crate::filters::revocation::MemoryRevocation;
+use crate::filters::secret;
 use crate::filters::Guard;
 use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
@@ -47,6 +48,8 @@ pub enum BuildError {
     Auth(String),
     #[error("push.internal_token_file: {0}")]
     InternalToken(String),
+    #[error("{0}")]
+    Admin(String),
 }
 
 /// Everything a running gateway shares, built without binding sockets.
@@ -59,6 +62,8 @@ pub struct Gateway {
     pub push: Arc<PushDeps>,
     /// SHA-256 of the PushService token, read at build; `None` refuses every call.
     internal_token: Option<[u8; 32]>,
+    /// Who may call the admin listener, decided at build (after command-line overrides).
+    admin_access: AdminAccess,
     routes_path: PathBuf,
 }
 
@@ -82,21 +87,15 @@ impl Gateway {
             limiters: LimiterRegistry::new(config.rate_limit.max_keys),
         };
         let routes = Arc::new(RouteStore::open(source, registries, metrics.clone())?);
-        let internal_token = match &config.push.internal_token_file {
-            None => None,
-            Some(p) => {
-                let raw = std::fs::read_to_string(p)
-                    .map_err(|e| BuildError::InternalToken(format!("{}: {e}", p.display())))?;
-                let token = raw.trim();
-                if token.len() < 16 {
-                    return Err(BuildError::InternalToken(format!(
-                        "{} holds fewer than 16 characters; use a long random token",
-                        p.display()
-                    )));
-                }
-                Some(sha2::Sha256::digest(token.as_bytes()).into())
-            }
-        };
+        let internal_token = config
+            .push
+            .internal_token_file
+            .as_deref()
+            .map(secret::read_token_file)
+            .transpose()
+            .map_err(BuildError::InternalToken)?;
+        let admin_access =
+            AdminAccess::new(&config.admin, config.listen.admin).map_err(BuildError::Admin)?;
         let dispatcher = Arc::new(Dispatcher::new(metrics.clone()));
         let push = Arc::new(PushDeps {
             config: config.push.clone(),
@@ -113,6 +112,7 @@ impl Gateway {
             guard,
             push,
             internal_token,
+            admin_access,
             routes_path,
         })
     }
@@ -165,6 +165,7 @@ impl Gateway {
                 metrics: self.metrics.clone(),
                 guard: self.guard.clone(),
                 push: self.push.clone(),
+                access: self.admin_access.clone(),
             }),
         );
         admin.threads = Some(1);

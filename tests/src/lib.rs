@@ -282,6 +282,7 @@ impl TestGateway {
     pub async fn reload(&self) -> (u16, serde_json::Value) {
         let resp = reqwest::Client::new()
             .post(self.admin_url("/admin/reload"))
+            .header("content-type", "application/json")
             .send()
             .await
             .expect("admin reachable");

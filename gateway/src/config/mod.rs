@@ -42,6 +42,20 @@ pub struct GatewayConfig {
     pub shutdown: Shutdown,
     /// The demo web client and `/config.json` on the edge listener.
     pub web: crate::web::WebConfig,
+    /// Who may call the admin listener.
+    pub admin: AdminConfig,
+}
+
+/// `admin` in gateway.yaml: the admin listener's protection. Without a token the listener must be
+/// on loopback and answers only requests naming an allowed `Host`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// A file holding the bearer token every admin call but `/healthz` and `/readyz` needs
+    /// (Prometheus: `authorization.credentials_file`). Required for a non-loopback address.
+    pub token_file: Option<PathBuf>,
+    /// Host names a tokenless request may name besides loopback names and the listen address.
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +134,7 @@ impl Default for GatewayConfig {
             reload: Reload::default(),
             shutdown: Shutdown::default(),
             web: crate::web::WebConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -189,6 +204,7 @@ impl GatewayConfig {
             &mut cfg.descriptors,
             &mut cfg.auth.hs256_secret_file,
             &mut cfg.push.internal_token_file,
+            &mut cfg.admin.token_file,
         ];
         for p in files
             .into_iter()

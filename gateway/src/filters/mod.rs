@@ -9,6 +9,7 @@ pub mod cors;
 pub mod ratelimit;
 pub mod request_id;
 pub mod revocation;
+pub mod secret;
 
 use std::net::IpAddr;
 use std::sync::Arc;

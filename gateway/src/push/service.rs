@@ -16,7 +16,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prost::Message;
 use prost_reflect::DescriptorPool;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::frames::{encode_push, Outbound};
@@ -261,12 +260,7 @@ fn authorized(expected: Option<[u8; 32]>, req: &Request<()>) -> Result<(), Statu
         .and_then(crate::filters::auth::bearer);
     match (expected, presented) {
         (Some(want), Some(token)) => {
-            let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            let diff = want
-                .iter()
-                .zip(got.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if crate::filters::secret::matches(&want, token) {
                 Ok(())
             } else {
                 Err(Status::unauthenticated("bad internal token"))

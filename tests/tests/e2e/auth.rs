@@ -88,6 +88,7 @@ async fn every_bad_token_is_401_and_never_reaches_the_backend() {
     let revoked = with("sid", json!("s-revoked"));
     let resp = reqwest::Client::new()
         .post(gw.admin_url("/admin/revoke"))
+        .header("content-type", "application/json")
         .body(json!({"sid": "s-revoked", "exp": now + 60}).to_string())
         .send()
         .await

@@ -1,5 +1,6 @@
 //! End-to-end tests of the gateway core: real Pingora listeners, real tonic backends over h2c.
 
+mod admin;
 mod auth;
 mod backend_memory;
 mod bridge;

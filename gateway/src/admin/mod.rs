@@ -1,6 +1,9 @@
 //! The admin listener (default 127.0.0.1:9901): `/healthz`, `/readyz`, `/metrics`,
 //! `GET /admin/routes` (active version, loaded-at, last reload error, upstream health),
-//! `POST /admin/reload` and `POST /admin/revoke` (`{"sid": "...", "exp": unix_seconds}`).
+//! `POST /admin/reload` and `POST /admin/revoke` (`{"sid": "...", "exp": unix_seconds}`), each
+//! request checked first by [`access`] (token, allowed hosts, JSON POSTs).
+
+pub mod access;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +26,7 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub push: Arc<PushDeps>,
     pub guard: Arc<Guard>,
+    pub access: access::AdminAccess,
 }
 
 /// Largest admin request body read.
@@ -184,6 +188,17 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_owned();
+        if let Err(refused) = self.access.check(&method, &path, &req.headers) {
+            let mut resp =
+                json_response(refused.status.as_u16(), json!({ "error": refused.message }));
+            if refused.status == http::StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return resp;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => respond(200, "text/plain", b"ok\n".to_vec()),
             ("GET", "/readyz") => {
