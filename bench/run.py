@@ -179,7 +179,7 @@ auth:
 
     env = dict(os.environ, RUST_LOG="warn")
     procs = {
-        "backend": subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--services", "echo",
+        "backend": subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--services", "echo", "--diagnostics",
                                                 "--listen", f"127.0.0.1:{backend_port}"], env=env),
         "gateway": subprocess.Popen(PROXY_CPU + [os.path.join(BIN, "im-gateway"), "run", "--config", config, "--routes", routes], env=env),
         "gateway (no token cache)": subprocess.Popen(PROXY_CPU + [os.path.join(BIN, "im-gateway"), "run", "--config", config_nc,

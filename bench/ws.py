@@ -111,7 +111,7 @@ def main():
     with open(os.path.join(tmp, "internal.token"), "w") as f:
         f.write("bench-internal-token-0123456789")
     backend_port = free_port()
-    backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--services", "echo",
+    backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--services", "echo", "--diagnostics",
                                            "--listen", f"127.0.0.1:{backend_port}"],
                                env=dict(os.environ, RUST_LOG="warn"))
     results = {name: {"conns": [], "push": [], "storm": []} for name in SYSTEMS}

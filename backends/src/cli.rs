@@ -72,6 +72,10 @@ pub struct Args {
     /// Password hashes that may wait for a thread; past it sign-ins get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     pub hash_queue: usize,
+    /// Let the echo service honour its diagnostics (delay_ms, fail_code, reply_padding,
+    /// SetHealth) for tests and benchmarks; never in a deployment reachable from the edge.
+    #[arg(long)]
+    pub diagnostics: bool,
 }
 
 fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
@@ -123,6 +127,7 @@ impl Args {
             return Err("--hash-workers must be at least 1".into());
         }
         cfg.hash_queue = self.hash_queue;
+        cfg.diagnostics = self.diagnostics;
         let notifying = cfg.services.iter().any(|s| s != "echo" && s != "file");
         if notifying {
             cfg.internal_token = Some(read_secret(

@@ -1,5 +1,8 @@
 //! `im.echo.v1.EchoService`: answers with what it received and what identity metadata it saw,
 //! optionally after a delay or with a chosen status, and can flip its own `grpc.health.v1` status.
+//! Those diagnostics (`delay_ms`, `fail_code`, `reply_padding`, `SetHealth`) answer only when the
+//! backend runs with `--diagnostics` (tests and benchmarks); otherwise they are PERMISSION_DENIED
+//! and a plain echo of text is all anyone reaching the service gets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,15 +37,34 @@ pub struct Echo {
     served_by: String,
     health: HealthReporter,
     calls: Arc<AtomicU64>,
+    /// Whether delays, chosen failures, padding and health flips are honoured.
+    diagnostics: bool,
 }
 
 impl Echo {
-    /// `served_by` is reported in every reply; `health` is flipped by `SetHealth`.
-    pub fn new(served_by: String, health: HealthReporter, calls: Arc<AtomicU64>) -> Self {
+    /// `served_by` is reported in every reply; `health` is flipped by `SetHealth` when
+    /// `diagnostics` is on.
+    pub fn new(
+        served_by: String,
+        health: HealthReporter,
+        calls: Arc<AtomicU64>,
+        diagnostics: bool,
+    ) -> Self {
         Self {
             served_by,
             health,
             calls,
+            diagnostics,
+        }
+    }
+
+    fn require_diagnostics(&self, what: &str) -> Result<(), Status> {
+        if self.diagnostics {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{what} is a diagnostic; this backend runs without --diagnostics"
+            )))
         }
     }
 }
@@ -59,6 +81,15 @@ impl EchoService for Echo {
             })
             .collect();
         let req = request.into_inner();
+        for (set, field) in [
+            (req.delay_ms > 0, "delay_ms"),
+            (req.fail_code != 0, "fail_code"),
+            (req.reply_padding > 0, "reply_padding"),
+        ] {
+            if set {
+                self.require_diagnostics(field)?;
+            }
+        }
         if req.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(req.delay_ms.min(MAX_DELAY_MS).into())).await;
         }
@@ -80,6 +111,7 @@ impl EchoService for Echo {
         &self,
         request: Request<SetHealthRequest>,
     ) -> Result<Response<SetHealthReply>, Status> {
+        self.require_diagnostics("SetHealth")?;
         let status = if request.into_inner().serving {
             ServingStatus::Serving
         } else {
@@ -91,8 +123,9 @@ impl EchoService for Echo {
     }
 }
 
-/// Serves the echo service and `grpc.health.v1` on `listener` until `shutdown` resolves.
-/// `calls` counts `Echo` calls received (tests use it to prove a request never reached a backend).
+/// Serves the echo service (diagnostics on) and `grpc.health.v1` on `listener` until `shutdown`
+/// resolves. `calls` counts `Echo` calls received (tests use it to prove a request never reached
+/// a backend).
 pub async fn serve(
     listener: TcpListener,
     max_message: usize,
@@ -106,11 +139,7 @@ pub async fn serve(
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
-    let echo = Echo {
-        served_by: addr.to_string(),
-        health,
-        calls,
-    };
+    let echo = Echo::new(addr.to_string(), health, calls, true);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(

@@ -77,6 +77,9 @@ pub struct BackendConfig {
     /// Threads hashing passwords, and hashes that may wait for one.
     pub hash_workers: usize,
     pub hash_queue: usize,
+    /// Whether the echo service honours its diagnostics (delays, failures, padding, health
+    /// flips); off in the shipped system.
+    pub diagnostics: bool,
 }
 
 /// The machine's core count: the default number of hashing threads.
@@ -106,6 +109,7 @@ impl BackendConfig {
             max_storage_per_user: 1 << 30,
             hash_workers: cores(),
             hash_queue: 64,
+            diagnostics: false,
         }
     }
 
@@ -220,6 +224,7 @@ pub async fn serve(
             addr.to_string(),
             health.clone(),
             Default::default(),
+            cfg.diagnostics,
         )))
     });
     for name in &names {

@@ -59,6 +59,13 @@ pub struct RequestCtx {
     admitted: Admitted,
     /// CORS and rate-limit headers for whatever response goes out.
     extra_headers: Vec<(&'static str, String)>,
+    /// Pass-through: request body bytes streamed so far, and whether they passed `max_body`.
+    body_bytes: u64,
+    body_too_large: bool,
+}
+
+fn body_too_large_message(max_body: u64) -> String {
+    format!("request body exceeds this route's limit of {max_body} bytes")
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -256,6 +263,8 @@ impl ProxyHttp for EdgeProxy {
             status: None,
             admitted: Admitted::default(),
             extra_headers: Vec::new(),
+            body_bytes: 0,
+            body_too_large: false,
         }
     }
 
@@ -307,6 +316,13 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             };
             ctx.route = Some(route.clone());
+            let declared = header(req, "content-length").and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > route.max_body) {
+                let msg = body_too_large_message(route.max_body);
+                self.write_grpc_status(session, ctx, Code::ResourceExhausted, &msg)
+                    .await?;
+                return Ok(true);
+            }
             return match self.admit(&route, creds, client_ip, ctx) {
                 Ok(()) => Ok(false),
                 Err(rej) => {
@@ -433,6 +449,30 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    /// Pass-through bodies are counted while they stream: past the route's `max_body` the call
+    /// ends with RESOURCE_EXHAUSTED (in `fail_to_proxy`) instead of reaching the backend whole.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > route.max_body {
+            ctx.body_too_large = true;
+            *body = None;
+            return Error::e_explain(
+                ErrorType::Custom("body too large"),
+                body_too_large_message(route.max_body),
+            );
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -458,11 +498,17 @@ impl ProxyHttp for EdgeProxy {
             .is_some_and(|r| matches!(r.target, RouteTarget::PassThrough { .. }));
         let already_sent = session.response_written().is_some();
         let code = if passthrough && !already_sent {
-            let (code, msg) = match e.etype() {
-                ErrorType::HTTPStatus(503) => (Code::Unavailable, "no healthy upstream"),
-                _ => (Code::Unavailable, "upstream failure"),
+            let (code, msg) = match (e.etype(), &ctx.route) {
+                (_, Some(route)) if ctx.body_too_large => (
+                    Code::ResourceExhausted,
+                    body_too_large_message(route.max_body),
+                ),
+                (ErrorType::HTTPStatus(503), _) => {
+                    (Code::Unavailable, "no healthy upstream".to_owned())
+                }
+                _ => (Code::Unavailable, "upstream failure".to_owned()),
             };
-            if let Err(err) = self.write_grpc_status(session, ctx, code, msg).await {
+            if let Err(err) = self.write_grpc_status(session, ctx, code, &msg).await {
                 tracing::debug!(error = %err, "could not write gRPC error");
             }
             200

@@ -160,7 +160,13 @@ impl EchoProcess {
     /// `exe` is `env!("CARGO_BIN_EXE_echo_backend")` of the calling test.
     pub async fn start(exe: &str, addr: SocketAddr) -> Self {
         let child = Command::new(exe)
-            .args(["--services", "echo", "--listen", &addr.to_string()])
+            .args([
+                "--services",
+                "echo",
+                "--diagnostics",
+                "--listen",
+                &addr.to_string(),
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

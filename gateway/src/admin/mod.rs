@@ -104,7 +104,9 @@ impl AdminApp {
             .map(|r| {
                 let target = match &r.target {
                     RouteTarget::Unary { path, .. } => json!({ "grpc": path.as_str() }),
-                    RouteTarget::PassThrough { service } => json!({ "grpc_service": service }),
+                    RouteTarget::PassThrough { service, methods } => {
+                        json!({ "grpc_service": service, "methods": methods })
+                    }
                 };
                 json!({
                     "name": r.name,

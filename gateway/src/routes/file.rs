@@ -86,6 +86,8 @@ pub struct RouteSpec {
     pub grpc: Option<String>,
     /// `package.Service` for gRPC pass-through routes.
     pub grpc_service: Option<String>,
+    /// Pass-through only: the methods of `grpc_service` routed (`[Echo]`); absent, every method.
+    pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub auth: AuthMode,
     #[serde(default)]

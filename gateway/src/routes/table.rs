@@ -67,8 +67,11 @@ pub enum RouteTarget {
         /// `/package.Service/Method`.
         path: PathAndQuery,
     },
-    /// Native gRPC clients proxied as-is to every method of `service`.
-    PassThrough { service: String },
+    /// Native gRPC clients proxied as-is to `service`: every method, or only `methods`.
+    PassThrough {
+        service: String,
+        methods: Option<Vec<String>>,
+    },
 }
 
 /// A route's rate limit, resolved to a limiter shared with the routes (and reloads) that use
@@ -229,6 +232,12 @@ impl RouteTable {
             })
         });
 
+        if spec.methods.is_some() && spec.grpc_service.is_none() {
+            err(
+                "methods",
+                "only pass-through routes (`grpc_service`) take `methods`; a bridge route names its one method in `grpc`".into(),
+            );
+        }
         let target = match (&spec.grpc, &spec.grpc_service) {
             (Some(_), Some(_)) => {
                 err(
@@ -272,14 +281,33 @@ impl RouteTable {
                         "pass-through routes match by gRPC path; remove `http` and `cmd`".into(),
                     );
                 }
-                if self.descriptors.get_service_by_name(service).is_none() {
-                    err(
+                match self.descriptors.get_service_by_name(service) {
+                    None => err(
                         "grpc_service",
                         format!("service `{service}` is not in the descriptor set; check the name (package.Service) or load a descriptor set that has it"),
+                    ),
+                    Some(svc) => {
+                        for m in spec.methods.iter().flatten() {
+                            if !svc.methods().any(|d| d.name() == m) {
+                                let known: Vec<String> =
+                                    svc.methods().map(|d| d.name().to_owned()).collect();
+                                err(
+                                    "methods",
+                                    format!("`{service}` has no method `{m}`; it has {}", known.join(", ")),
+                                );
+                            }
+                        }
+                    }
+                }
+                if spec.methods.as_ref().is_some_and(Vec::is_empty) {
+                    err(
+                        "methods",
+                        "an empty list routes nothing; list the methods or remove `methods`".into(),
                     );
                 }
                 Some(RouteTarget::PassThrough {
                     service: service.clone(),
+                    methods: spec.methods.clone(),
                 })
             }
         };
@@ -403,7 +431,7 @@ impl RouteTable {
                 ));
             }
         }
-        if let RouteTarget::PassThrough { service } = &route.target {
+        if let RouteTarget::PassThrough { service, .. } = &route.target {
             if let Some(other) = self.by_service.get(service) {
                 return Err(dup(
                     "grpc_service",
@@ -440,10 +468,18 @@ impl RouteTable {
         self.by_cmd.get(&cmd)
     }
 
-    /// The pass-through route for a gRPC path `/package.Service/Method`.
+    /// The pass-through route for a gRPC path `/package.Service/Method`, if it routes that
+    /// method.
     pub fn match_grpc(&self, path: &str) -> Option<&Arc<Route>> {
-        let service = path.strip_prefix('/')?.split_once('/')?.0;
-        self.by_service.get(service)
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        let route = self.by_service.get(service)?;
+        match &route.target {
+            RouteTarget::PassThrough {
+                methods: Some(allowed),
+                ..
+            } if !allowed.iter().any(|m| m == method) => None,
+            _ => Some(route),
+        }
     }
 
     /// Every endpoint address in use, with the active check of its pool (if any).
@@ -731,6 +767,25 @@ routes:
             "grpc_service: im.nope.v1.X",
         ));
         assert!(e.contains("route `echo_grpc`: field `grpc_service`"), "{e}");
+    }
+
+    #[test]
+    fn pass_through_methods_are_an_allow_list_of_real_methods() {
+        let listed = BASE.replace(
+            "grpc_service: im.echo.v1.EchoService\n",
+            "grpc_service: im.echo.v1.EchoService\n    methods: [Echo]\n",
+        );
+        let t = build(&listed).unwrap();
+        assert!(t.match_grpc("/im.echo.v1.EchoService/Echo").is_some());
+        assert!(t.match_grpc("/im.echo.v1.EchoService/SetHealth").is_none());
+        assert!(build(BASE)
+            .unwrap()
+            .match_grpc("/im.echo.v1.EchoService/SetHealth")
+            .is_some());
+        let e = errors(&listed.replace("methods: [Echo]", "methods: [Echo, Nope]"));
+        assert!(e.contains("field `methods`") && e.contains("Nope"), "{e}");
+        let e = errors(&listed.replace("methods: [Echo]", "methods: []"));
+        assert!(e.contains("field `methods`"), "{e}");
     }
 
     #[test]

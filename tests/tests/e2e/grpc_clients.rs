@@ -2,7 +2,8 @@
 //! (gRPC C-core, like most non-Rust clients) and `@grpc/grpc-js`. tonic accepts a status in a
 //! HEADERS frame followed by an empty DATA frame with END_STREAM; C-core reports that as
 //! `UNKNOWN: Stream removed`. Every answer the gateway makes itself must be trailers-only: one
-//! HEADERS frame with END_STREAM (security issue, item 7).
+//! HEADERS frame with END_STREAM (security issue, item 7), the pass-through `max_body` refusal
+//! (item 6) included.
 
 use im_proto::im::echo::v1::{EchoReply, EchoRequest};
 use im_tests::{free_port, loopback, user_token, EchoBackend, TestGateway};
@@ -69,7 +70,8 @@ async fn foreign_clients_read_every_gateway_made_status() {
     endpoints: ["{dead}"]
     health_check: {{ interval: 50ms, timeout: 50ms }}
 routes:
-  - {{ name: echo, grpc_service: im.echo.v1.EchoService, upstream: echo, auth: required }}
+  - {{ name: echo, grpc_service: im.echo.v1.EchoService, upstream: echo, auth: required,
+       max_body: 1KiB }}
   - {{ name: users, grpc_service: im.user.v1.UserService, upstream: echo, auth: none,
        rate_limit: {{ key: ip, per_second: 0.001, burst: 1 }} }}
   - {{ name: friends, grpc_service: im.friend.v1.FriendService, upstream: sick, auth: none }}
@@ -83,6 +85,11 @@ routes:
     }
     .encode_to_vec();
     let token = format!("authorization=Bearer {}", user_token("u1"));
+    let big = EchoRequest {
+        text: "x".repeat(2048),
+        ..Default::default()
+    }
+    .encode_to_vec();
 
     // The rate-limited route: the first call of the burst passes (the echo backend does not
     // serve UserService), the second is the gateway's.
@@ -120,8 +127,19 @@ routes:
                 vec![],
                 14,
             ),
+            (
+                "body too large",
+                "/im.echo.v1.EchoService/Echo",
+                vec![token.clone()],
+                8,
+            ),
         ] {
-            let got = call(client, &gw, path, &echo, &meta).await;
+            let body = if what == "body too large" {
+                &big
+            } else {
+                &echo
+            };
+            let got = call(client, &gw, path, body, &meta).await;
             if got["code"] != want {
                 failures.push(format!("{client:?}, {what}: want code {want}, got {got}"));
             }
