@@ -11,6 +11,8 @@ pub struct Caller {
     pub device_id: Option<String>,
     pub platform: Option<String>,
     pub session_id: Option<String>,
+    /// The session's absolute end (unix seconds), from the token's `sxp`.
+    pub session_end: Option<i64>,
 }
 
 fn get<T>(req: &Request<T>, key: &str) -> Option<String> {
@@ -32,6 +34,7 @@ impl Caller {
             device_id: get(req, "x-device-id"),
             platform: get(req, "x-platform"),
             session_id: get(req, "x-session-id"),
+            session_end: get(req, "x-session-end").and_then(|v| v.parse().ok()),
         })
     }
 }

@@ -47,9 +47,13 @@ pub struct Args {
     /// `aud` claim of minted tokens (must match the gateway's `auth.audience`).
     #[arg(long)]
     pub audience: Option<String>,
-    /// Token lifetime in seconds.
+    /// Token lifetime in seconds (never past the session's end).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub token_ttl_secs: u64,
+    /// The longest a session lives from its login, in seconds: `refresh_token` never extends a
+    /// session past it (the tokens' `sxp`; the gateway keeps revocations until then).
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    pub max_session_secs: u64,
     /// The gateway's internal PushService address, for notifications and logout.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub push_addr: String,
@@ -118,6 +122,10 @@ impl Args {
         cfg.issuer = self.issuer;
         cfg.audience = self.audience;
         cfg.token_ttl = Duration::from_secs(self.token_ttl_secs);
+        cfg.max_session = Duration::from_secs(self.max_session_secs);
+        if self.max_session_secs == 0 {
+            return Err("--max-session-secs must be above 0".into());
+        }
         crate::phone::PhoneRules::new(&self.default_country_code)?;
         cfg.default_country_code = self.default_country_code;
         cfg.codes_per_day = self.codes_per_phone_per_day;

@@ -62,6 +62,8 @@ pub struct BackendConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub token_ttl: Duration,
+    /// The longest a session lives from its login (the tokens' `sxp`).
+    pub max_session: Duration,
     /// The gateway's internal PushService address and token, for notifications and logout.
     pub push_addr: Option<String>,
     pub internal_token: Option<String>,
@@ -100,6 +102,7 @@ impl BackendConfig {
             issuer: None,
             audience: None,
             token_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_session: Duration::from_secs(30 * 24 * 3600),
             push_addr: None,
             internal_token: None,
             sms: Arc::new(sms::LogSms),
@@ -180,6 +183,7 @@ pub async fn serve(
             codes_per_day: cfg.codes_per_day,
             phones: phones.clone(),
             hasher: hashing::HashPool::start(cfg.hash_workers, cfg.hash_queue)?,
+            max_session: cfg.max_session,
         })))
     } else {
         None

@@ -1,5 +1,6 @@
 //! JWT issuance (DESIGN §5): the same key material, issuer, audience and claims the gateway
-//! verifies: `sub`, `sid`, `dev`, `plt`, `iat`, `exp`, and `iss`/`aud` when configured.
+//! verifies: `sub`, `sid`, `dev`, `plt`, `iat`, `exp`, `sxp` (the session's absolute end: no token
+//! of the `sid` expires after it), and `iss`/`aud` when configured.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ struct Claims<'a> {
     plt: Option<&'a str>,
     iat: i64,
     exp: i64,
+    sxp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,15 +65,18 @@ impl TokenIssuer {
         self.ttl
     }
 
+    /// A token of session `sid`, valid for the configured lifetime but never past
+    /// `session_end` (unix seconds).
     pub fn mint(
         &self,
         user_id: &str,
         sid: &str,
         device_id: Option<&str>,
         platform: Option<&str>,
+        session_end: i64,
     ) -> Minted {
         let now = crate::util::unix_secs();
-        let exp = now + self.ttl.as_secs() as i64;
+        let exp = (now + self.ttl.as_secs() as i64).min(session_end);
         let claims = Claims {
             sub: user_id,
             sid,
@@ -79,6 +84,7 @@ impl TokenIssuer {
             plt: platform,
             iat: now,
             exp,
+            sxp: session_end,
             iss: self.issuer.as_deref(),
             aud: self.audience.as_deref(),
         };

@@ -35,6 +35,8 @@ pub struct UserSvc {
     pub codes_per_day: u32,
     pub phones: PhoneRules,
     pub hasher: HashPool,
+    /// The longest a session lives from its login; refreshes never extend it.
+    pub max_session: Duration,
 }
 
 /// The columns of `users` (aliased `u`) that [`user_row`] reads, in its order: the public
@@ -157,6 +159,7 @@ impl UserSvc {
             &sid,
             Some(device_id).filter(|d| !d.is_empty()),
             Some(platform).filter(|p| !p.is_empty()),
+            unix_secs() + self.max_session.as_secs() as i64,
         );
         tracing::info!(user_id = %user_id, sid = %sid, "login");
         LoginRsp {
@@ -373,12 +376,20 @@ impl UserService for UserSvc {
         self.db
             .read(move |c| existing_user(c, "x-user-id", &who).map(|_| ()))
             .await?;
-        // Same session id: a later logout revokes the refreshed token too.
+        // Same session id and end: a later logout or kick covers the refreshed token too, and
+        // no refresh extends the session. Tokens from before `sxp` start their end now.
+        let session_end = caller
+            .session_end
+            .unwrap_or_else(|| unix_secs() + self.max_session.as_secs() as i64);
+        if session_end <= unix_secs() {
+            return Err(ApiError::unauthenticated("this session has ended; log in again").into());
+        }
         let minted = self.tokens.mint(
             &caller.user_id,
             &sid,
             caller.device_id.as_deref(),
             caller.platform.as_deref(),
+            session_end,
         );
         Ok(Response::new(RefreshTokenRsp {
             token: minted.token,
@@ -391,8 +402,10 @@ impl UserService for UserSvc {
         let sid = caller
             .session_id
             .ok_or_else(|| ApiError::unauthenticated("this token has no session id"))?;
-        // Every token of this sid expires within one lifetime from now.
-        let exp = unix_secs() + self.tokens.ttl().as_secs() as i64;
+        // Denied until the session's end: no token of this sid is valid after it.
+        let exp = caller
+            .session_end
+            .unwrap_or_else(|| unix_secs() + self.max_session.as_secs() as i64);
         self.notifier.revoke(&sid, exp).await?;
         tracing::info!(user_id = %caller.user_id, sid = %sid, "logout");
         Ok(Response::new(LogoutRsp {}))

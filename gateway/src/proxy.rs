@@ -17,7 +17,7 @@ use pingora::{Error, ErrorType, Result};
 use tonic::Code;
 
 use crate::bridge::{self, Encoding, Reply};
-use crate::dispatch::{CallContext, Dispatcher};
+use crate::dispatch::{CallContext, Dispatcher, IDENTITY_HEADERS};
 use crate::filters::client_ip::header_list;
 use crate::filters::{auth, limit_headers, request_id, Admitted, Credentials, Guard, Rejection};
 use crate::metrics::Metrics;
@@ -27,14 +27,6 @@ use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
 use crate::web::WebApp;
 
-/// Identity headers only the gateway may set; stripped from every client request.
-const IDENTITY_HEADERS: [&str; 5] = [
-    "x-user-id",
-    "x-device-id",
-    "x-platform",
-    "x-session-id",
-    "x-api-client",
-];
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct EdgeProxy {
@@ -211,18 +203,14 @@ impl EdgeProxy {
             return self.write_reply(session, ctx, reply).await;
         };
         let response_encoding = Encoding::of_accept(header(req, "accept"), encoding);
-        let identity = ctx.admitted.identity.as_ref();
-        let call_ctx = CallContext {
-            request_id: ctx.request_id.clone(),
-            traceparent: header(req, "traceparent")
+        let call_ctx = CallContext::new(
+            ctx.request_id.clone(),
+            header(req, "traceparent")
                 .filter(|t| t.len() <= 128)
                 .map(str::to_owned),
-            user_id: identity.map(|i| i.user_id.clone()),
-            device_id: identity.and_then(|i| i.device_id.clone()),
-            platform: identity.and_then(|i| i.platform.clone()),
-            session_id: identity.and_then(|i| i.sid.clone()),
-            api_client: ctx.admitted.api_client.clone(),
-        };
+            ctx.admitted.identity.as_deref(),
+            ctx.admitted.api_client.clone(),
+        );
         let Some(body) = Self::read_body(session, route.max_body).await? else {
             session.set_keepalive(None);
             let msg = format!(
@@ -442,6 +430,7 @@ impl ProxyHttp for EdgeProxy {
             if let Some(s) = &id.sid {
                 upstream_request.insert_header("x-session-id", s.as_str())?;
             }
+            upstream_request.insert_header("x-session-end", id.session_end.to_string())?;
         }
         if let Some(client) = &ctx.admitted.api_client {
             upstream_request.insert_header("x-api-client", client.as_str())?;

@@ -71,7 +71,11 @@ impl Gateway {
     /// Loads the route table (a broken file is an error here) and wires the shared parts.
     pub fn build(config: GatewayConfig, routes_path: PathBuf) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
-        let revocation = Arc::new(MemoryRevocation::new(config.auth.max_revoked));
+        let revocation = Arc::new(match &config.auth.revocation_file {
+            Some(file) => MemoryRevocation::persistent(config.auth.max_revoked, file)
+                .map_err(BuildError::Auth)?,
+            None => MemoryRevocation::new(config.auth.max_revoked),
+        });
         let guard = Arc::new(Guard {
             auth: Authenticator::new(&config.auth, revocation).map_err(BuildError::Auth)?,
             client_ip: config.client_ip.clone(),

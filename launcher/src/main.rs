@@ -123,6 +123,10 @@ fn main() -> ExitCode {
         // The backends mint tokens with the same dev key (§2).
         cfg.auth.hs256_secret_file = Some(args.data.join("dev-jwt.key"));
     }
+    if cfg.auth.revocation_file.is_none() {
+        // Revoked and kicked sessions stay refused across restarts of the demo.
+        cfg.auth.revocation_file = Some(args.data.join("revoked.json"));
+    }
     if cfg.push.internal_token_file.is_none() {
         cfg.push.internal_token_file = Some(args.data.join("internal.token"));
     }

@@ -1,6 +1,7 @@
 //! The admin listener (default 127.0.0.1:9901): `/healthz`, `/readyz`, `/metrics`,
 //! `GET /admin/routes` (active version, loaded-at, last reload error, upstream health),
-//! `POST /admin/reload` and `POST /admin/revoke` (`{"sid": "...", "exp": unix_seconds}`), each
+//! `POST /admin/reload` and `POST /admin/revoke` (`{"sid": "...", "exp": unix_seconds}`: denies
+//! the session and closes its sockets with 4001, through the same path as PushService), each
 //! request checked first by [`access`] (token, allowed hosts, JSON POSTs).
 
 pub mod access;
@@ -14,10 +15,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::filters::revocation::unix_now;
+use crate::filters::revocation::{unix_now, MAX_SESSION_SECS};
 use crate::filters::Guard;
 use crate::metrics::Metrics;
-use crate::push::PushDeps;
+use crate::push::{control, PushDeps};
 use crate::routes::{RouteStore, RouteTable, RouteTarget};
 use crate::upstream::health::Health;
 
@@ -31,8 +32,6 @@ pub struct AdminApp {
 
 /// Largest admin request body read.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
-/// How long a revocation without `exp` lasts: longer than any token the gateway accepts.
-const DEFAULT_REVOCATION_SECS: u64 = 30 * 86_400;
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -146,12 +145,14 @@ impl AdminApp {
         }
         match serde_json::from_slice::<Revoke>(&body) {
             Ok(r) if !r.sid.is_empty() && r.sid.len() <= 256 => {
-                let until = r
-                    .exp
-                    .unwrap_or_else(|| unix_now() + DEFAULT_REVOCATION_SECS);
-                self.guard.auth.revocation().revoke(&r.sid, until);
-                tracing::info!(sid = %r.sid, until, "session revoked");
-                json_response(200, json!({ "revoked": r.sid, "until": until }))
+                // `exp`: the session's end; absent, the longest a session lives.
+                let until = r.exp.unwrap_or_else(|| unix_now() + MAX_SESSION_SECS);
+                let closed =
+                    control::end_session(&self.push, &r.sid, until, control::Ending::Revoked);
+                json_response(
+                    200,
+                    json!({ "revoked": r.sid, "until": until, "closed": closed }),
+                )
             }
             Ok(_) => json_response(400, json!({ "error": "`sid` must be 1 to 256 characters" })),
             Err(e) => json_response(

@@ -205,6 +205,7 @@ impl GatewayConfig {
             &mut cfg.auth.hs256_secret_file,
             &mut cfg.push.internal_token_file,
             &mut cfg.admin.token_file,
+            &mut cfg.auth.revocation_file,
         ];
         for p in files
             .into_iter()

@@ -31,11 +31,42 @@ pub struct CallContext {
     pub platform: Option<String>,
     /// The token's `sid` (what `Revoke` takes, e.g. on logout).
     pub session_id: Option<String>,
+    /// The session's absolute end (unix seconds), so a backend refreshing the token keeps it.
+    pub session_end: Option<u64>,
     /// Owner of the API key on `auth: api_key` routes.
     pub api_client: Option<String>,
 }
 
+/// Metadata only the gateway sets (from the verified token); client-sent copies are stripped.
+pub const IDENTITY_HEADERS: [&str; 6] = [
+    "x-user-id",
+    "x-device-id",
+    "x-platform",
+    "x-session-id",
+    "x-session-end",
+    "x-api-client",
+];
+
 impl CallContext {
+    /// A call on behalf of `identity` (none: anonymous) with the request's id and trace context.
+    pub fn new(
+        request_id: String,
+        traceparent: Option<String>,
+        identity: Option<&crate::filters::auth::Identity>,
+        api_client: Option<String>,
+    ) -> Self {
+        Self {
+            request_id,
+            traceparent,
+            user_id: identity.map(|i| i.user_id.clone()),
+            device_id: identity.and_then(|i| i.device_id.clone()),
+            platform: identity.and_then(|i| i.platform.clone()),
+            session_id: identity.and_then(|i| i.sid.clone()),
+            session_end: identity.map(|i| i.session_end),
+            api_client,
+        }
+    }
+
     /// The consistent-hash key: the user id, else the request id (spreads anonymous calls).
     pub fn hash_key(&self) -> &[u8] {
         self.user_id
@@ -45,7 +76,8 @@ impl CallContext {
     }
 
     fn metadata(&self) -> MetadataMap {
-        let mut md = MetadataMap::with_capacity(7);
+        let mut md = MetadataMap::with_capacity(8);
+        let session_end = self.session_end.map(|t| t.to_string());
         let pairs = [
             ("x-request-id", Some(&self.request_id)),
             ("traceparent", self.traceparent.as_ref()),
@@ -53,6 +85,7 @@ impl CallContext {
             ("x-device-id", self.device_id.as_ref()),
             ("x-platform", self.platform.as_ref()),
             ("x-session-id", self.session_id.as_ref()),
+            ("x-session-end", session_end.as_ref()),
             ("x-api-client", self.api_client.as_ref()),
         ];
         for (key, value) in pairs {

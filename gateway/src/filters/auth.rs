@@ -17,7 +17,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::revocation::{unix_now, Revocation};
+use super::revocation::{unix_now, Revocation, MAX_SESSION_SECS};
 use crate::config::units::HumanDuration;
 
 /// `auth` in gateway.yaml.
@@ -36,6 +36,8 @@ pub struct AuthConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// Cap on remembered revoked sessions.
     pub max_revoked: usize,
+    /// Where the denylist is kept across restarts (single node); none: memory only.
+    pub revocation_file: Option<PathBuf>,
     /// Verified tokens remembered, so a client's signature is checked once, not per request
     /// (expiry and revocation are still checked every time). 0 disables the cache.
     pub token_cache: usize,
@@ -51,6 +53,7 @@ impl Default for AuthConfig {
             leeway: HumanDuration(Duration::from_secs(5)),
             api_keys: Vec::new(),
             max_revoked: 1_000_000,
+            revocation_file: None,
             token_cache: 100_000,
         }
     }
@@ -89,12 +92,17 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// Unix seconds.
     pub exp: u64,
+    /// The session's absolute end (unix seconds): the token's `sxp`, or [`MAX_SESSION_SECS`]
+    /// from verification for tokens without one. A revocation lasts until then.
+    pub session_end: u64,
 }
 
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    /// Session expiry: no token of this `sid` is minted past it.
+    sxp: Option<u64>,
     sid: Option<String>,
     dev: Option<String>,
     plt: Option<String>,
@@ -359,6 +367,7 @@ impl Authenticator {
             platform: c.plt,
             roles: c.roles,
             exp: c.exp,
+            session_end: c.sxp.unwrap_or_else(|| unix_now() + MAX_SESSION_SECS),
         })
     }
 

@@ -36,8 +36,8 @@ pub type CloseRequest = Option<(u16, &'static str)>;
 pub struct SessionHandle {
     pub conn_id: u64,
     pub sid: Option<String>,
-    /// The token's `exp` (unix seconds): how long a revocation of this session must last.
-    pub exp: u64,
+    /// The session's absolute end (unix seconds): how long a kick's denial of it lasts.
+    pub session_end: u64,
     pub encoding: FrameEncoding,
     outbox: Arc<Outbox>,
     close: Arc<watch::Sender<CloseRequest>>,
@@ -48,7 +48,7 @@ impl SessionHandle {
     pub fn new(
         conn_id: u64,
         sid: Option<String>,
-        exp: u64,
+        session_end: u64,
         encoding: FrameEncoding,
         queue_frames: usize,
         max_bytes: usize,
@@ -59,7 +59,7 @@ impl SessionHandle {
             Self {
                 conn_id,
                 sid,
-                exp,
+                session_end,
                 encoding,
                 outbox: outbox.clone(),
                 close: Arc::new(close),

@@ -8,9 +8,11 @@
 //! - [`frame_budget`]: the per-connection frame rate limit;
 //! - [`session`]: one connection's reader (frames -> the shared dispatcher) and writer;
 //! - [`listener`]: the push listener's Pingora service and the synchronous handshake checks;
+//! - [`control`]: ending sessions (deny the sid and close its sockets), for admin and PushService;
 //! - [`service`]: `im.gateway.v1.PushService` for backends, behind the internal token.
 
 pub mod config;
+pub mod control;
 pub mod frame_budget;
 pub mod frames;
 pub mod hub;

@@ -10,50 +10,28 @@ use async_trait::async_trait;
 use im_proto::im::gateway::v1::push_service_server::{PushService, PushServiceServer};
 use im_proto::im::gateway::v1::{
     DevicePresence, KickReply, KickRequest, PresenceReply, PresenceRequest, Push, PushReply,
-    PushRequest, RevokeReply, RevokeRequest, SessionKicked, UserPresence,
+    PushRequest, RevokeReply, RevokeRequest, UserPresence,
 };
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use prost::Message;
 use prost_reflect::DescriptorPool;
 use tonic::{Request, Response, Status};
 
+use super::control;
 use super::frames::{encode_push, Outbound};
-use super::hub::{close, Hub, SessionHandle};
-use super::registry::{Connection, Device, SessionRegistry};
+use super::hub::Hub;
+use super::registry::{Device, SessionRegistry};
 use super::PushDeps;
 use crate::filters::request_id;
-use crate::filters::revocation::unix_now;
+use crate::filters::revocation::{unix_now, MAX_SESSION_SECS};
 
 /// Upper bound on recipients of one Push call.
 const MAX_RECIPIENT_USERS: usize = 100_000;
-/// How long a revocation without `exp` lasts.
-const DEFAULT_REVOCATION_SECS: u64 = 30 * 86_400;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Sends `session_kicked` to one connection, then closes it with 4002.
-pub fn kick(deps: &PushDeps, conn: &Connection<SessionHandle>, reason: &str, by_device_id: &str) {
-    let push = Push {
-        id: request_id::generate(),
-        kind: "session_kicked".into(),
-        payload_type: "im.gateway.v1.SessionKicked".into(),
-        payload: SessionKicked {
-            reason: reason.to_owned(),
-            by_device_id: by_device_id.to_owned(),
-        }
-        .encode_to_vec(),
-        ts: now_ms(),
-    };
-    let table = deps.routes.load();
-    if let Ok(frame) = encode_push(conn.handle.encoding, &push, &table.descriptors) {
-        deps.hub.send(&conn.handle, frame);
-    }
-    conn.handle.close_with(close::KICKED, "kicked");
 }
 
 /// Which of a user's connections a push reaches (empty lists: all).
@@ -168,21 +146,7 @@ impl PushService for PushSvc {
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
         let req = request.into_inner();
-        let mut closed = 0;
-        for conn in self.deps.hub.registry.connections(&req.user_id) {
-            if !req.device_id.is_empty() && conn.device.device_id != req.device_id {
-                continue;
-            }
-            if let Some(sid) = &conn.handle.sid {
-                self.deps
-                    .guard
-                    .auth
-                    .revocation()
-                    .revoke(sid, conn.handle.exp);
-            }
-            kick(&self.deps, &conn, &req.reason, "");
-            closed += 1;
-        }
+        let closed = control::kick_user(&self.deps, &req.user_id, &req.device_id, &req.reason);
         Ok(Response::new(KickReply { closed }))
     }
 
@@ -194,22 +158,13 @@ impl PushService for PushSvc {
         if req.sid.is_empty() || req.sid.len() > 256 {
             return Err(Status::invalid_argument("sid must be 1 to 256 characters"));
         }
+        // `exp`: the session's end as the backend knows it; absent, the longest a session lives.
         let until = u64::try_from(req.exp)
             .ok()
             .filter(|e| *e > 0)
-            .unwrap_or(unix_now() + DEFAULT_REVOCATION_SECS);
-        self.deps.guard.auth.revocation().revoke(&req.sid, until);
-        let sessions = self
-            .deps
-            .hub
-            .registry
-            .find(|c| c.handle.sid.as_deref() == Some(req.sid.as_str()));
-        for conn in &sessions {
-            conn.handle.close_with(close::TOKEN, "session revoked");
-        }
-        Ok(Response::new(RevokeReply {
-            closed: sessions.len() as u32,
-        }))
+            .unwrap_or(unix_now() + MAX_SESSION_SECS);
+        let closed = control::end_session(&self.deps, &req.sid, until, control::Ending::Revoked);
+        Ok(Response::new(RevokeReply { closed }))
     }
 
     async fn presence(

@@ -68,7 +68,7 @@ pub async fn run<S>(
     let (handle, outbox, mut close_rx) = SessionHandle::new(
         conn_id,
         info.identity.sid.clone(),
-        info.identity.exp,
+        info.identity.session_end,
         info.encoding,
         cfg.queue_frames,
         cfg.queue_bytes.0 as usize,
@@ -83,12 +83,11 @@ pub async fn run<S>(
         },
     );
     for old in displaced {
-        super::service::kick(
-            &deps,
-            &old,
-            "signed in on another device",
-            &info.device.device_id,
-        );
+        let ending = super::control::Ending::Kicked {
+            reason: "signed in on another device",
+            by_device_id: &info.device.device_id,
+        };
+        super::control::close_connection(&deps, &old, ending);
     }
 
     // One task per session: reads, the outbox pump and the timers share this loop (a second
@@ -238,15 +237,10 @@ fn on_request(
             Err(rej) => encode_error(info.encoding, req.seq, rej.code, &rej.message),
             Ok(admitted) => {
                 let id = admitted.identity.as_deref().unwrap_or(&info.identity);
-                let ctx = CallContext {
-                    request_id: request_id::generate(),
-                    traceparent: None,
-                    user_id: Some(id.user_id.clone()),
-                    device_id: Some(info.device.device_id.clone()),
-                    platform: Some(info.device.platform.clone()),
-                    session_id: id.sid.clone(),
-                    api_client: None,
-                };
+                let mut ctx = CallContext::new(request_id::generate(), None, Some(id), None);
+                // The socket's device and platform (the handshake may name them).
+                ctx.device_id = Some(info.device.device_id.clone());
+                ctx.platform = Some(info.device.platform.clone());
                 match deps.dispatcher.unary(&req.route, req.payload, &ctx).await {
                     Ok(bytes) => encode_response(
                         info.encoding,

@@ -19,4 +19,5 @@ mod push;
 mod push_limits;
 mod ratelimit;
 mod reload;
+mod revocation;
 mod tls;
