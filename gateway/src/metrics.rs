@@ -38,6 +38,9 @@ pub struct Metrics {
     pub pushes_dropped: IntCounter,
     /// Sessions closed with 4003 because they did not read.
     pub ws_slow_closes: IntCounter,
+    pub ws_budget_sheds: IntCounter,
+    pub ws_write_stalls: IntCounter,
+    pub ws_queue_budget_used: IntGauge,
     /// Closed sessions by close code and reason.
     pub ws_closes: IntCounterVec,
     /// Refused WebSocket handshakes by reason.
@@ -132,6 +135,18 @@ impl Metrics {
             "ws_slow_consumer_closes_total",
             "Sessions closed with 4003 because they did not read",
         );
+        let ws_budget_sheds = counter(
+            "ws_queue_budget_sheds_total",
+            "Sessions closed with 1013 because the gateway-wide queue budget was spent",
+        );
+        let ws_write_stalls = counter(
+            "ws_write_stalls_total",
+            "Sessions closed with 4003 because their socket took no bytes for write_stall_timeout",
+        );
+        let ws_queue_budget_used = gauge(
+            "ws_queue_budget_used_bytes",
+            "Bytes held against push.total_queue_bytes (queued or being written)",
+        );
         let ws_closes = IntCounterVec::new(
             Opts::new("ws_closes_total", "Closed WebSocket sessions by close code"),
             &["code", "reason"],
@@ -166,6 +181,9 @@ impl Metrics {
             Box::new(pushes_delivered.clone()),
             Box::new(pushes_dropped.clone()),
             Box::new(ws_slow_closes.clone()),
+            Box::new(ws_budget_sheds.clone()),
+            Box::new(ws_write_stalls.clone()),
+            Box::new(ws_queue_budget_used.clone()),
             Box::new(ws_closes.clone()),
             Box::new(ws_handshake_rejections.clone()),
             Box::new(ws_frames_limited.clone()),
@@ -190,6 +208,9 @@ impl Metrics {
             pushes_delivered,
             pushes_dropped,
             ws_slow_closes,
+            ws_budget_sheds,
+            ws_write_stalls,
+            ws_queue_budget_used,
             ws_closes,
             ws_handshake_rejections,
             ws_frames_limited,

@@ -60,6 +60,7 @@ fn one_push_to_10k_members_allocates_a_bounded_amount_per_recipient() {
             FrameEncoding::Proto,
             config.queue_frames,
             config.queue_bytes.0 as usize,
+            hub.budget.clone(),
         );
         queues.push((handle.clone(), outbox, close_rx));
         let device = Device {

@@ -174,6 +174,9 @@ impl AdminApp {
         let (total, max) = hub.queued_bytes();
         self.metrics.ws_queued_bytes.set(total as i64);
         self.metrics.ws_queued_bytes_max.set(max as i64);
+        self.metrics
+            .ws_queue_budget_used
+            .set(hub.budget.used() as i64);
         let table = self.routes.load();
         self.metrics.endpoint_healthy.reset();
         for (up, ep) in table.endpoints() {

@@ -272,6 +272,18 @@ impl GatewayConfig {
                 ));
             }
         }
+        if self.push.total_queue_bytes.0 < self.push.queue_bytes.0 {
+            return Err(invalid(
+                "push.total_queue_bytes",
+                "must be at least push.queue_bytes (one session's queue); the default is 512MiB",
+            ));
+        }
+        if self.push.write_stall_timeout.0.is_zero() {
+            return Err(invalid(
+                "push.write_stall_timeout",
+                "must be above 0 (default 30s)",
+            ));
+        }
         if self.push.max_connections == 0 || self.push.max_connections_per_ip == 0 {
             return Err(invalid(
                 "push.max_connections",

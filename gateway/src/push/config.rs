@@ -26,6 +26,12 @@ pub struct PushConfig {
     /// Outbound queue bound per connection; a client that does not read is closed with 4003.
     pub queue_frames: usize,
     pub queue_bytes: ByteSize,
+    /// Bytes queued for all sessions together; a session whose frame would pass it is closed
+    /// with 1013 (try again later) instead of growing the gateway's memory.
+    pub total_queue_bytes: ByteSize,
+    /// A session whose socket takes no bytes for this long while frames wait is closed with
+    /// 4003 (checked at each ping, so it acts within one `ping_interval` after).
+    pub write_stall_timeout: HumanDuration,
     /// Connections per gateway; handshakes beyond it get 503.
     pub max_connections: usize,
     /// Connections per client IP (as resolved through `client_ip`); handshakes beyond it get 429.
@@ -69,6 +75,8 @@ impl Default for PushConfig {
             max_inflight: 64,
             queue_frames: 1024,
             queue_bytes: ByteSize(1 << 20),
+            total_queue_bytes: ByteSize(512 << 20),
+            write_stall_timeout: HumanDuration(Duration::from_secs(30)),
             max_connections: 100_000,
             max_connections_per_ip: 1_000,
             handshake_rate: Rate {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::frames::{FrameEncoding, Outbound};
-use super::outbox::{self, Outbox};
+use super::outbox::{self, Outbox, QueueBudget};
 use super::registry::{Connection, MemoryRegistry};
 use super::PushConfig;
 use crate::filters::ratelimit::KeyedLimiter;
@@ -23,6 +23,7 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const TOKEN: u16 = 4001;
     pub const KICKED: u16 = 4002;
     pub const SLOW_CONSUMER: u16 = 4003;
@@ -52,8 +53,9 @@ impl SessionHandle {
         encoding: FrameEncoding,
         queue_frames: usize,
         max_bytes: usize,
+        budget: Arc<QueueBudget>,
     ) -> (Self, Arc<Outbox>, watch::Receiver<CloseRequest>) {
-        let outbox = Arc::new(Outbox::new(queue_frames, max_bytes));
+        let outbox = Arc::new(Outbox::new(queue_frames, max_bytes, budget));
         let (close, close_rx) = watch::channel(None);
         (
             Self {
@@ -75,6 +77,13 @@ impl SessionHandle {
         match self.outbox.push(frame) {
             outbox::Push::Queued => Sent::Queued,
             outbox::Push::Full => self.slow(),
+            outbox::Push::OverBudget => {
+                if self.try_close(close::TRY_AGAIN_LATER, "gateway queue budget") {
+                    Sent::OverBudget
+                } else {
+                    Sent::Gone
+                }
+            }
             outbox::Push::Closed => Sent::Gone,
         }
     }
@@ -119,6 +128,8 @@ pub enum Sent {
     Queued,
     /// The queue was full: the session is now closing with 4003 (first time only).
     SlowConsumer,
+    /// The gateway-wide queue budget was spent: the session is now closing with 1013.
+    OverBudget,
     /// The session is already closing or gone.
     Gone,
 }
@@ -215,6 +226,8 @@ pub struct Hub {
     /// Handshakes per client IP.
     pub handshakes: KeyedLimiter,
     pub metrics: Arc<Metrics>,
+    /// Bytes queued for all sessions (`push.total_queue_bytes`).
+    pub budget: Arc<QueueBudget>,
 }
 
 /// Connections per user kept at most, whatever the policy.
@@ -233,6 +246,7 @@ impl Hub {
             conns: Arc::new(ConnCounts::new()),
             handshakes: KeyedLimiter::new(&spec, max_limiter_keys),
             metrics,
+            budget: Arc::new(QueueBudget::new(config.total_queue_bytes.0 as usize)),
         }
     }
 
@@ -246,6 +260,10 @@ impl Hub {
             Sent::Queued => true,
             Sent::SlowConsumer => {
                 self.metrics.ws_slow_closes.inc();
+                false
+            }
+            Sent::OverBudget => {
+                self.metrics.ws_budget_sheds.inc();
                 false
             }
             Sent::Gone => false,

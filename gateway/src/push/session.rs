@@ -72,6 +72,7 @@ pub async fn run<S>(
         info.encoding,
         cfg.queue_frames,
         cfg.queue_bytes.0 as usize,
+        deps.hub.budget.clone(),
     );
     let user = info.identity.user_id.clone();
     let displaced = deps.hub.registry.register(
@@ -95,6 +96,8 @@ pub async fn run<S>(
     let (mut sink, mut stream) = ws.split();
     let mut pending: VecDeque<Message> = VecDeque::new();
     let mut unflushed = false;
+    // When the socket last took bytes; a writer stuck past write_stall_timeout is closed.
+    let mut last_progress = TokioInstant::now();
     let ping = cfg.ping_interval.0;
     let mut pings = tokio::time::interval_at(TokioInstant::now() + ping, ping);
     let inflight = Arc::new(AtomicUsize::new(0));
@@ -154,12 +157,23 @@ pub async fn run<S>(
                 }
             },
             _ = close_rx.changed() => break,
-            written = pump(&mut sink, &mut pending, &mut unflushed, &outbox) => {
+            written = pump(&mut sink, &mut pending, &mut unflushed, &outbox, &mut last_progress) => {
                 if written.is_err() {
                     handle.close_with(close::NORMAL, "connection lost");
                 }
             }
-            _ = pings.tick() => pending.push_back(Message::Ping(Bytes::new())),
+            _ = pings.tick() => {
+                let waiting = !pending.is_empty() || unflushed || outbox.queued_frames() > 0;
+                if waiting && last_progress.elapsed() >= cfg.write_stall_timeout.0 {
+                    deps.hub.metrics.ws_write_stalls.inc();
+                    handle.close_with(close::SLOW_CONSUMER, "write stall");
+                } else {
+                    if !waiting {
+                        last_progress = TokioInstant::now();
+                    }
+                    pending.push_back(Message::Ping(Bytes::new()));
+                }
+            }
             _ = &mut timer => {
                 let now = TokioInstant::now();
                 if now >= expires_at {
@@ -267,6 +281,7 @@ async fn pump<S>(
     pending: &mut VecDeque<Message>,
     unflushed: &mut bool,
     outbox: &Outbox,
+    last_progress: &mut TokioInstant,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -279,13 +294,18 @@ where
         while !pending.is_empty() {
             poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
             if let Some(msg) = pending.pop_front() {
+                let len = msg.len();
                 sink.start_send_unpin(msg)?;
+                // Handed to the socket: its bytes leave the gateway-wide budget.
+                outbox.written(len);
+                *last_progress = TokioInstant::now();
                 *unflushed = true;
             }
         }
         *pending = VecDeque::new();
         if *unflushed {
             poll_fn(|cx| sink.poll_flush_unpin(cx)).await?;
+            *last_progress = TokioInstant::now();
             *unflushed = false;
         }
         if outbox.queued_frames() == 0 {

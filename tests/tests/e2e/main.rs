@@ -16,6 +16,7 @@ mod im_flow;
 mod im_privacy;
 mod passthrough;
 mod push;
+mod push_budget;
 mod push_limits;
 mod ratelimit;
 mod reload;
