@@ -2,6 +2,7 @@
 //! body and its encoding, calls the dispatcher and returns the [`Reply`] to write.
 
 pub mod transcode;
+pub mod wire;
 
 use bytes::Bytes;
 use prost_reflect::MessageDescriptor;

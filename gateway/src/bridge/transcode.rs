@@ -47,10 +47,10 @@ pub fn proto_to_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// Checks that a protobuf body decodes as message `desc` (so garbage is a 400, not a backend call).
+/// Checks that a protobuf body is a well-formed message `desc` (so garbage is a 400, not a
+/// backend call), with bounded allocation: see [`super::wire`].
 pub fn check_proto(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), String> {
-    DynamicMessage::decode(desc.clone(), bytes)
-        .map(drop)
+    super::wire::validate(desc, bytes)
         .map_err(|e| format!("body is not a valid {}: {e}", desc.full_name()))
 }
 

@@ -71,6 +71,7 @@ pub fn decode_request(
                 )
             })?;
             let route = resolve(table, frame.seq, frame.cmd)?;
+            within_max_body(&route, frame.seq, frame.payload.len())?;
             let input = unary_input(&route, frame.seq)?;
             transcode::check_proto(&input, &frame.payload)
                 .map_err(|m| error(frame.seq, Code::InvalidArgument, m))?;
@@ -123,6 +124,8 @@ pub fn decode_request(
                     )
                 })?;
             let route = resolve(table, seq, cmd)?;
+            // The frame as received, like an HTTP body against the same route.
+            within_max_body(&route, seq, text.len())?;
             let input = unary_input(&route, seq)?;
             let payload = match obj.remove("payload") {
                 None | Some(Value::Null) => Value::Object(Default::default()),
@@ -161,6 +164,23 @@ fn resolve(table: &RouteTable, seq: u64, cmd: u32) -> Result<Arc<Route>, FrameEr
         .match_cmd(cmd)
         .cloned()
         .ok_or_else(|| error(seq, Code::Unimplemented, format!("unknown cmd {cmd}")))
+}
+
+/// A cmd frame obeys its route's `max_body` like an HTTP body does (the socket-level
+/// `push.max_message` and its 1009 close stay for frames past that): RESOURCE_EXHAUSTED for its
+/// `seq`, and the connection stays.
+fn within_max_body(route: &Route, seq: u64, len: usize) -> Result<(), FrameError> {
+    if len as u64 > route.max_body {
+        return Err(error(
+            seq,
+            Code::ResourceExhausted,
+            format!(
+                "payload of {len} bytes exceeds this route's limit of {} bytes; send large data over HTTP",
+                route.max_body
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn unary_input(route: &Route, seq: u64) -> Result<prost_reflect::MessageDescriptor, FrameError> {

@@ -22,3 +22,4 @@ mod ratelimit;
 mod reload;
 mod revocation;
 mod tls;
+mod untrusted_bodies;
