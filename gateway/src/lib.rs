@@ -13,6 +13,8 @@
 //! - [`filters`]: admission shared by every entry point ([`filters::Guard`]): JWT / API keys,
 //!   revocation, GCRA rate limits with a key cap, client IP behind a CDN, CORS, request ids.
 //! - [`proxy`]: the edge `ProxyHttp`, which only dispatches to the above; gRPC pass-through routes.
+//! - [`http_guard`]: below the proxy, slow HTTP/1 clients bounded (head deadline, keep-alive
+//!   timeout, per-IP cap on unfinished connections).
 //! - [`push`]: the WebSocket push plugin: listener and handshake checks, one task per session,
 //!   frames in both encodings, the registry with the multi-device policies, bounded outboxes,
 //!   and PushService for backends.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod filters;
+pub mod http_guard;
 pub mod metrics;
 pub mod proxy;
 pub mod push;

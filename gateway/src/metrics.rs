@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Sessions closed with 4003 because they did not read.
     pub ws_slow_closes: IntCounter,
     pub ws_budget_sheds: IntCounter,
+    pub http_head_timeouts: IntCounter,
+    pub http_unfinished_rejections: IntCounter,
     pub ws_write_stalls: IntCounter,
     pub ws_queue_budget_used: IntGauge,
     /// Closed sessions by close code and reason.
@@ -139,6 +141,14 @@ impl Metrics {
             "ws_queue_budget_sheds_total",
             "Sessions closed with 1013 because the gateway-wide queue budget was spent",
         );
+        let http_head_timeouts = counter(
+            "http_head_timeouts_total",
+            "Edge connections closed because a request head was not complete within http.request_head_timeout",
+        );
+        let http_unfinished_rejections = counter(
+            "http_unfinished_rejections_total",
+            "Edge connections refused at accept: the IP held http.max_unfinished_per_ip unfinished ones",
+        );
         let ws_write_stalls = counter(
             "ws_write_stalls_total",
             "Sessions closed with 4003 because their socket took no bytes for write_stall_timeout",
@@ -182,6 +192,8 @@ impl Metrics {
             Box::new(pushes_dropped.clone()),
             Box::new(ws_slow_closes.clone()),
             Box::new(ws_budget_sheds.clone()),
+            Box::new(http_head_timeouts.clone()),
+            Box::new(http_unfinished_rejections.clone()),
             Box::new(ws_write_stalls.clone()),
             Box::new(ws_queue_budget_used.clone()),
             Box::new(ws_closes.clone()),
@@ -209,6 +221,8 @@ impl Metrics {
             pushes_dropped,
             ws_slow_closes,
             ws_budget_sheds,
+            http_head_timeouts,
+            http_unfinished_rejections,
             ws_write_stalls,
             ws_queue_budget_used,
             ws_closes,

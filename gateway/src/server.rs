@@ -29,6 +29,7 @@ use crate::filters::ratelimit::LimiterRegistry;
 use crate::filters::revocation::MemoryRevocation;
 use crate::filters::secret;
 use crate::filters::Guard;
+use crate::http_guard::GuardedApp;
 use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::push::listener::PushApp;
@@ -135,7 +136,7 @@ impl Gateway {
         server.bootstrap();
         let conf = server.configuration.clone();
 
-        let mut edge = pingora::proxy::http_proxy_service_with_name(
+        let mut proxy = pingora::proxy::http_proxy(
             &conf,
             EdgeProxy {
                 routes: self.routes.clone(),
@@ -144,13 +145,18 @@ impl Gateway {
                 guard: self.guard.clone(),
                 web: WebApp::new(&cfg.web, cfg.listen.push.port(), cfg.tls.is_some()),
             },
-            "edge",
         );
-        if let Some(app) = edge.app_logic_mut() {
-            let mut opts = HttpServerOptions::default();
-            opts.h2c = true;
-            app.server_options = Some(opts);
-        }
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        proxy.server_options = Some(opts);
+        // Slow HTTP/1 clients are bounded below Pingora: head deadline, keep-alive, per-IP cap.
+        let guarded = GuardedApp::new(
+            proxy,
+            cfg.http.clone(),
+            cfg.client_ip.clone(),
+            self.metrics.clone(),
+        );
+        let mut edge = Service::new("edge".to_owned(), guarded);
         match &cfg.tls {
             Some(tls) => {
                 let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());

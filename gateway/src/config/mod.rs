@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub web: crate::web::WebConfig,
     /// Who may call the admin listener.
     pub admin: AdminConfig,
+    /// Slow HTTP/1 clients on the edge: head deadline, keep-alive timeout, per-IP cap.
+    pub http: crate::http_guard::HttpConfig,
 }
 
 /// `admin` in gateway.yaml: the admin listener's protection. Without a token the listener must be
@@ -135,6 +137,7 @@ impl Default for GatewayConfig {
             shutdown: Shutdown::default(),
             web: crate::web::WebConfig::default(),
             admin: AdminConfig::default(),
+            http: crate::http_guard::HttpConfig::default(),
         }
     }
 }
@@ -242,6 +245,9 @@ impl GatewayConfig {
         };
         if let Err(message) = self.web.validate() {
             return Err(invalid("web.push_url", &message));
+        }
+        if let Err((field, message)) = self.http.validate() {
+            return Err(invalid(field, message));
         }
         if let Err(message) = self.client_ip.validate() {
             return Err(invalid("client_ip.ipv6_prefix", &message));

@@ -128,6 +128,11 @@ impl ClientIpConfig {
         }
     }
 
+    /// Whether `ip` is one of the trusted proxies (the CDN).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted(ip)
+    }
+
     fn trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }

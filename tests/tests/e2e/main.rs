@@ -21,5 +21,6 @@ mod push_limits;
 mod ratelimit;
 mod reload;
 mod revocation;
+mod slowloris;
 mod tls;
 mod untrusted_bodies;
