@@ -232,6 +232,9 @@ impl TestGateway {
         cfg.shutdown.graceful_timeout =
             im_gateway::config::units::HumanDuration(Duration::from_secs(1));
         cfg.push.drain_window = im_gateway::config::units::HumanDuration(Duration::ZERO);
+        // Every test client shares 127.0.0.1 (2,000 at once in the reload test); the slowloris
+        // tests set their own cap.
+        cfg.http.max_unfinished_per_ip = 100_000;
         tweak(&mut cfg);
         let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
         let (push, internal) = (cfg.listen.push, cfg.listen.internal);

@@ -55,11 +55,12 @@ pub fn check_proto(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), String>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use prost_reflect::DescriptorPool;
 
-    fn desc(name: &str) -> MessageDescriptor {
+    /// A message of the embedded descriptor set (the bridge's tests share it).
+    pub(crate) fn desc(name: &str) -> MessageDescriptor {
         DescriptorPool::decode(im_proto::DESCRIPTOR_SET)
             .unwrap()
             .get_message_by_name(name)

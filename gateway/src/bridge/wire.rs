@@ -143,15 +143,8 @@ fn check_field(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::transcode::tests::desc;
     use prost::Message;
-    use prost_reflect::DescriptorPool;
-
-    fn desc(name: &str) -> MessageDescriptor {
-        DescriptorPool::decode(im_proto::DESCRIPTOR_SET)
-            .unwrap()
-            .get_message_by_name(name)
-            .unwrap()
-    }
 
     #[test]
     fn well_formed_messages_pass_and_broken_ones_name_the_problem() {
