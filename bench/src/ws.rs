@@ -193,6 +193,7 @@ async fn connection(
             ..Default::default()
         }
         .encode_to_vec(),
+        traceparent: String::new(),
     };
     ws.send(Message::Binary(request.encode_to_vec().into()))
         .await

@@ -39,6 +39,7 @@ pub struct Metrics {
     /// Sessions closed with 4003 because they did not read.
     pub ws_slow_closes: IntCounter,
     pub ws_budget_sheds: IntCounter,
+    pub upstream_invalid_replies: IntCounterVec,
     pub http_head_timeouts: IntCounter,
     pub http_unfinished_rejections: IntCounter,
     pub ws_write_stalls: IntCounter,
@@ -157,6 +158,14 @@ impl Metrics {
             "ws_queue_budget_used_bytes",
             "Bytes held against push.total_queue_bytes (queued or being written)",
         );
+        let upstream_invalid_replies = IntCounterVec::new(
+            Opts::new(
+                "upstream_invalid_replies_total",
+                "Backend replies that did not match the route's output type (502 / INTERNAL)",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let ws_closes = IntCounterVec::new(
             Opts::new("ws_closes_total", "Closed WebSocket sessions by close code"),
             &["code", "reason"],
@@ -192,6 +201,7 @@ impl Metrics {
             Box::new(pushes_dropped.clone()),
             Box::new(ws_slow_closes.clone()),
             Box::new(ws_budget_sheds.clone()),
+            Box::new(upstream_invalid_replies.clone()),
             Box::new(http_head_timeouts.clone()),
             Box::new(http_unfinished_rejections.clone()),
             Box::new(ws_write_stalls.clone()),
@@ -221,6 +231,7 @@ impl Metrics {
             pushes_dropped,
             ws_slow_closes,
             ws_budget_sheds,
+            upstream_invalid_replies,
             http_head_timeouts,
             http_unfinished_rejections,
             ws_write_stalls,

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -26,8 +26,6 @@ use crate::routes::{Route, RouteStore, RouteTarget};
 use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
 use crate::web::WebApp;
-
-const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct EdgeProxy {
     pub routes: Arc<RouteStore>,
@@ -367,7 +365,13 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .expect("only routed gRPC requests reach upstream_peer");
         let upstream = &route.upstream;
-        let key = ctx.request_id.as_bytes();
+        // The same key as the dispatcher's (`CallContext::hash_key`): the user, so
+        // `consistent_hash` keeps a user on one endpoint; anonymous calls spread by request id.
+        let key = ctx
+            .admitted
+            .identity
+            .as_ref()
+            .map_or(ctx.request_id.as_bytes(), |id| id.user_id.as_bytes());
         let Some(endpoint) = upstream.select(key, &ctx.tried) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy upstream");
         };
@@ -376,7 +380,7 @@ impl ProxyHttp for EdgeProxy {
         let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
         peer.options.alpn = ALPN::H2;
         peer.options.max_h2_streams = 128;
-        peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        peer.options.connection_timeout = Some(crate::upstream::channels::CONNECT_TIMEOUT);
         peer.options.read_timeout = Some(upstream.timeout);
         Ok(Box::new(peer))
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
-use crate::dispatch::{code_name, CallContext, DispatchError, Dispatcher};
+use crate::dispatch::{code_name, CallContext, DispatchError, Dispatcher, INVALID_REPLY};
 use crate::routes::{Route, RouteTarget};
 
 pub const CONTENT_TYPE_PROTO: &str = "application/x-protobuf";
@@ -123,7 +123,7 @@ pub async fn call(
     ctx: &CallContext,
 ) -> Reply {
     match dispatcher.unary(route, message, ctx).await {
-        Ok(bytes) => render(route, bytes, response_encoding, &ctx.request_id),
+        Ok(bytes) => render(dispatcher, route, bytes, response_encoding, &ctx.request_id),
         Err(e) => dispatch_error_reply(&e, &ctx.request_id),
     }
 }
@@ -132,7 +132,13 @@ pub fn dispatch_error_reply(e: &DispatchError, request_id: &str) -> Reply {
     Reply::error(e.http_status(), e.code(), &e.client_message(), request_id)
 }
 
-fn render(route: &Route, bytes: Bytes, encoding: Encoding, request_id: &str) -> Reply {
+fn render(
+    dispatcher: &Dispatcher,
+    route: &Route,
+    bytes: Bytes,
+    encoding: Encoding,
+    request_id: &str,
+) -> Reply {
     match encoding {
         Encoding::Proto => Reply {
             status: 200,
@@ -146,13 +152,8 @@ fn render(route: &Route, bytes: Bytes, encoding: Encoding, request_id: &str) -> 
                 body: json.into(),
             },
             Err(e) => {
-                tracing::error!(route = %route.name, request_id, error = %e, "backend reply does not match the descriptor set");
-                Reply::error(
-                    502,
-                    Code::Internal,
-                    "upstream sent an invalid reply",
-                    request_id,
-                )
+                dispatcher.invalid_reply(&route.name, request_id, &e);
+                Reply::error(502, Code::Internal, INVALID_REPLY, request_id)
             }
         },
     }

@@ -97,6 +97,9 @@ impl CallContext {
     }
 }
 
+/// What a client is told when a backend reply does not match the descriptor set.
+pub const INVALID_REPLY: &str = "upstream sent an invalid reply";
+
 pub struct Dispatcher {
     channels: ChannelCache,
     metrics: Arc<Metrics>,
@@ -112,6 +115,22 @@ impl Dispatcher {
 
     pub fn channels(&self) -> &ChannelCache {
         &self.channels
+    }
+
+    /// A backend reply that does not match the route's output type (it cannot be rendered as
+    /// JSON): logged and counted here for HTTP and WebSocket alike; the caller answers 502 /
+    /// INTERNAL with [`INVALID_REPLY`].
+    pub fn invalid_reply(&self, route: &str, request_id: &str, error: &str) {
+        tracing::error!(
+            route,
+            request_id,
+            error,
+            "backend reply does not match the descriptor set"
+        );
+        self.metrics
+            .upstream_invalid_replies
+            .with_label_values(&[route])
+            .inc();
     }
 
     /// Calls the route's unary method with `body` (encoded request message) and returns the

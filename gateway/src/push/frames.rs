@@ -36,6 +36,15 @@ pub struct ClientRequest {
     pub seq: u64,
     pub route: Arc<Route>,
     pub payload: Bytes,
+    /// The frame's `traceparent`, when it carried a usable one.
+    pub traceparent: Option<String>,
+}
+
+/// A `traceparent` worth passing on: non-empty, printable ASCII, at most 128 bytes (the same
+/// bound the HTTP path applies); anything else is dropped, not refused.
+pub fn usable_traceparent(value: &str) -> Option<String> {
+    let ok = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| value.to_owned())
 }
 
 /// Why a frame got an error response instead of a dispatch; the connection stays open.
@@ -79,6 +88,7 @@ pub fn decode_request(
                 seq: frame.seq,
                 route,
                 payload: frame.payload.into(),
+                traceparent: usable_traceparent(&frame.traceparent),
             })
         }
         (FrameEncoding::Json, Inbound::Text(text)) => {
@@ -91,7 +101,7 @@ pub fn decode_request(
             };
             if let Some(k) = obj
                 .keys()
-                .find(|k| !matches!(k.as_str(), "seq" | "cmd" | "payload"))
+                .find(|k| !matches!(k.as_str(), "seq" | "cmd" | "payload" | "traceparent"))
             {
                 return Err(error(
                     0,
@@ -140,10 +150,15 @@ pub fn decode_request(
             };
             let payload = transcode::json_value_to_proto(&input, payload)
                 .map_err(|m| error(seq, Code::InvalidArgument, m))?;
+            let traceparent = obj
+                .get("traceparent")
+                .and_then(Value::as_str)
+                .and_then(usable_traceparent);
             Ok(ClientRequest {
                 seq,
                 route,
                 payload,
+                traceparent,
             })
         }
         (FrameEncoding::Proto, Inbound::Text(_)) => Err(error(
@@ -232,17 +247,52 @@ pub fn peek_seq(inbound: Inbound<'_>) -> u64 {
 
 /// An error response (no payload).
 pub fn encode_error(encoding: FrameEncoding, seq: u64, code: Code, message: &str) -> Outbound {
-    encode_response(encoding, seq, code, message, None, Bytes::new())
+    response_frame(encoding, seq, code, message, Vec::new(), None)
 }
 
-/// A response frame: `payload` (the route's response message bytes) only when `code` is OK.
-pub fn encode_response(
+/// The OK response to a request on `route`: the reply bytes as they came (protobuf) or rendered
+/// as JSON. `Err` when the reply does not match the route's output type: the caller answers
+/// INTERNAL, as the HTTP bridge answers 502 (one policy, [`crate::dispatch::Dispatcher::invalid_reply`]).
+pub fn encode_reply(
+    encoding: FrameEncoding,
+    seq: u64,
+    route: &Route,
+    payload: Bytes,
+) -> Result<Outbound, String> {
+    match encoding {
+        FrameEncoding::Proto => Ok(response_frame(
+            encoding,
+            seq,
+            Code::Ok,
+            "",
+            payload.to_vec(),
+            None,
+        )),
+        FrameEncoding::Json => {
+            let RouteTarget::Unary { method, .. } = &route.target else {
+                return Err("a pass-through route has no reply type".into());
+            };
+            let json = transcode::proto_to_json(&method.output(), &payload)?;
+            Ok(response_frame(
+                encoding,
+                seq,
+                Code::Ok,
+                "",
+                Vec::new(),
+                Some(&json),
+            ))
+        }
+    }
+}
+
+/// A response frame; `payload` (protobuf) or `payload_json` (JSON) only for OK answers.
+fn response_frame(
     encoding: FrameEncoding,
     seq: u64,
     code: Code,
     message: &str,
-    route: Option<&Route>,
-    payload: Bytes,
+    payload: Vec<u8>,
+    payload_json: Option<&[u8]>,
 ) -> Outbound {
     match encoding {
         FrameEncoding::Proto => Outbound::Binary(
@@ -251,34 +301,21 @@ pub fn encode_response(
                     seq,
                     code: code as i32,
                     message: message.to_owned(),
-                    payload: payload.to_vec(),
+                    payload,
                 })),
             }
             .encode_to_vec()
             .into(),
         ),
-        FrameEncoding::Json => {
-            let output = route.and_then(|r| match &r.target {
-                RouteTarget::Unary { method, .. } => Some(method.output()),
-                RouteTarget::PassThrough { .. } => None,
-            });
-            let payload_json = match (code, output) {
-                (Code::Ok, Some(desc)) => transcode::proto_to_json(&desc, &payload).ok(),
-                _ => None,
-            };
-            Outbound::Text(
-                format!(
-                    r#"{{"response":{{"seq":"{seq}","code":"{}","message":{},"payload":{}}}}}"#,
-                    code_name(code),
-                    Value::String(message.to_owned()),
-                    payload_json.map_or_else(
-                        || "{}".to_owned(),
-                        |j| String::from_utf8_lossy(&j).into_owned()
-                    )
-                )
-                .into(),
+        FrameEncoding::Json => Outbound::Text(
+            format!(
+                r#"{{"response":{{"seq":"{seq}","code":"{}","message":{},"payload":{}}}}}"#,
+                code_name(code),
+                Value::String(message.to_owned()),
+                payload_json.map_or(std::borrow::Cow::Borrowed("{}"), String::from_utf8_lossy)
             )
-        }
+            .into(),
+        ),
     }
 }
 
@@ -335,7 +372,13 @@ routes:
     }
 
     fn frame(seq: u64, cmd: u32, payload: Vec<u8>) -> Vec<u8> {
-        ClientFrame { seq, cmd, payload }.encode_to_vec()
+        ClientFrame {
+            seq,
+            cmd,
+            payload,
+            traceparent: String::new(),
+        }
+        .encode_to_vec()
     }
 
     #[test]
@@ -410,14 +453,9 @@ routes:
             ..Default::default()
         }
         .encode_to_vec();
-        let Outbound::Binary(b) = encode_response(
-            FrameEncoding::Proto,
-            3,
-            Code::Ok,
-            "",
-            Some(route),
-            reply.clone().into(),
-        ) else {
+        let Outbound::Binary(b) =
+            encode_reply(FrameEncoding::Proto, 3, route, reply.clone().into()).unwrap()
+        else {
             panic!("binary expected")
         };
         let Some(server_frame::Body::Response(r)) = ServerFrame::decode(b).unwrap().body else {
@@ -425,14 +463,8 @@ routes:
         };
         assert_eq!((r.seq, r.code, r.payload), (3, 0, reply.clone()));
 
-        let Outbound::Text(t) = encode_response(
-            FrameEncoding::Json,
-            3,
-            Code::Ok,
-            "",
-            Some(route),
-            reply.into(),
-        ) else {
+        let Outbound::Text(t) = encode_reply(FrameEncoding::Json, 3, route, reply.into()).unwrap()
+        else {
             panic!("text expected")
         };
         let v: Value = serde_json::from_str(&t).unwrap();
@@ -442,14 +474,9 @@ routes:
         assert_eq!(v["response"]["payload"]["number"], "5");
         assert_eq!(v["response"]["payload"]["flag"], false);
 
-        let Outbound::Text(t) = encode_response(
-            FrameEncoding::Json,
-            4,
-            Code::NotFound,
-            "no \"such\" user",
-            None,
-            Bytes::new(),
-        ) else {
+        let Outbound::Text(t) =
+            encode_error(FrameEncoding::Json, 4, Code::NotFound, "no \"such\" user")
+        else {
             panic!()
         };
         let v: Value = serde_json::from_str(&t).unwrap();

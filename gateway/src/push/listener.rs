@@ -231,6 +231,7 @@ pub fn check_handshake(
         identity,
         encoding,
         client_ip,
+        traceparent: header("traceparent").and_then(super::frames::usable_traceparent),
         slot,
     })
 }

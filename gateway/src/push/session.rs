@@ -27,13 +27,13 @@ use tonic::Code;
 
 use super::frame_budget::{FrameBudget, Verdict};
 use super::frames::{
-    decode_request, encode_error, encode_response, peek_seq, FrameEncoding, Inbound, Outbound,
+    decode_request, encode_error, encode_reply, peek_seq, FrameEncoding, Inbound, Outbound,
 };
 use super::hub::{close, CloseRequest, ConnSlot, SessionHandle};
 use super::outbox::Outbox;
 use super::registry::{Connection, Device, SessionRegistry};
 use super::PushDeps;
-use crate::dispatch::CallContext;
+use crate::dispatch::{CallContext, INVALID_REPLY};
 use crate::filters::auth::Identity;
 use crate::filters::revocation::unix_now;
 use crate::filters::{request_id, Credentials};
@@ -44,6 +44,8 @@ pub struct SessionInfo {
     pub device: Device,
     pub encoding: FrameEncoding,
     pub client_ip: IpAddr,
+    /// The upgrade request's `traceparent`: the trace of frames that carry none.
+    pub traceparent: Option<String>,
     /// This connection's place under the gateway and per-IP caps, freed when the session ends.
     pub slot: ConnSlot,
 }
@@ -251,19 +253,20 @@ fn on_request(
             Err(rej) => encode_error(info.encoding, req.seq, rej.code, &rej.message),
             Ok(admitted) => {
                 let id = admitted.identity.as_deref().unwrap_or(&info.identity);
-                let mut ctx = CallContext::new(request_id::generate(), None, Some(id), None);
+                let traceparent = req.traceparent.clone().or_else(|| info.traceparent.clone());
+                let mut ctx = CallContext::new(request_id::generate(), traceparent, Some(id), None);
                 // The socket's device and platform (the handshake may name them).
                 ctx.device_id = Some(info.device.device_id.clone());
                 ctx.platform = Some(info.device.platform.clone());
                 match deps.dispatcher.unary(&req.route, req.payload, &ctx).await {
-                    Ok(bytes) => encode_response(
-                        info.encoding,
-                        req.seq,
-                        Code::Ok,
-                        "",
-                        Some(&req.route),
-                        bytes,
-                    ),
+                    Ok(bytes) => match encode_reply(info.encoding, req.seq, &req.route, bytes) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            deps.dispatcher
+                                .invalid_reply(&req.route.name, &ctx.request_id, &e);
+                            encode_error(info.encoding, req.seq, Code::Internal, INVALID_REPLY)
+                        }
+                    },
                     Err(e) => encode_error(info.encoding, req.seq, e.code(), &e.client_message()),
                 }
             }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-/// Connect timeout of upstream channels; a refused or timed-out connect is provably unprocessed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connect timeout to an upstream endpoint, for the dispatcher's channels and the pass-through
+/// path alike; a refused or timed-out connect is provably unprocessed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Channels by endpoint address. Bounded by the endpoints of the current table (see [`Self::retain`]).
 #[derive(Default)]

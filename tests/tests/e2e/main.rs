@@ -14,6 +14,7 @@ mod health;
 mod im_bad_input;
 mod im_flow;
 mod im_privacy;
+mod one_pipeline;
 mod passthrough;
 mod push;
 mod push_budget;

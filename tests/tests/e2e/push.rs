@@ -238,7 +238,17 @@ async fn requests_over_frames_use_the_dispatcher() {
         .await
         .unwrap();
     let send = |seq, cmd, payload: Vec<u8>| {
-        Message::Binary(ClientFrame { seq, cmd, payload }.encode_to_vec().into())
+        let traceparent = String::new();
+        Message::Binary(
+            ClientFrame {
+                seq,
+                cmd,
+                payload,
+                traceparent,
+            }
+            .encode_to_vec()
+            .into(),
+        )
     };
 
     // A slow request and a fast one: responses come back out of order, matched by seq.

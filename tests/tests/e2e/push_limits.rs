@@ -45,6 +45,7 @@ fn request(seq: u64, cmd: u32, req: EchoRequest) -> Message {
             seq,
             cmd,
             payload: req.encode_to_vec(),
+            traceparent: String::new(),
         }
         .encode_to_vec()
         .into(),

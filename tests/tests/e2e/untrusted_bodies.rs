@@ -123,6 +123,7 @@ async fn a_cmd_frame_over_its_routes_max_body_is_refused_and_the_socket_stays() 
                 seq,
                 cmd: 1,
                 payload,
+                traceparent: String::new(),
             }
             .encode_to_vec()
             .into(),
