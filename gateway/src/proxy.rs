@@ -360,10 +360,10 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .as_ref()
-            .expect("only routed gRPC requests reach upstream_peer");
+        // Only routed gRPC requests get here (request_filter answers everything else).
+        let Some(route) = ctx.route.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no route for an upstream peer");
+        };
         let upstream = &route.upstream;
         // The same key as the dispatcher's (`CallContext::hash_key`): the user, so
         // `consistent_hash` keeps a user on one endpoint; anonymous calls spread by request id.

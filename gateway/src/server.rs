@@ -304,7 +304,7 @@ impl RunningGateway {
                     shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
                 })
             })
-            .expect("spawn gateway thread");
+            .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
         Ok(Self {
             routes,
             metrics,

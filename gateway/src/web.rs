@@ -83,7 +83,7 @@ impl WebApp {
             return Some(Reply {
                 status: 200,
                 content_type: "application/json",
-                body: serde_json::to_vec(&body).expect("json renders").into(),
+                body: serde_json::to_vec(&body).unwrap_or_default().into(),
             });
         }
         let path = if path == "/" { "/index.html" } else { path };

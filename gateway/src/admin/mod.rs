@@ -37,18 +37,27 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .expect("static response parts are valid")
+fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let len = resp.body().len();
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 fn json_response(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
-    let mut body = serde_json::to_vec_pretty(&value).expect("json renders");
+    // A `Value` always renders; an empty body would be the only failure.
+    let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     body.push(b'\n');
     respond(status, "application/json", body)
 }

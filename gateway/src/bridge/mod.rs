@@ -85,18 +85,28 @@ impl Reply {
         Self {
             status,
             content_type: CONTENT_TYPE_JSON,
-            body: serde_json::to_vec(&body)
-                .expect("json value renders")
-                .into(),
+            // A `Value` always renders.
+            body: serde_json::to_vec(&body).unwrap_or_default().into(),
         }
     }
 }
 
-fn io_types(route: &Route) -> (MessageDescriptor, MessageDescriptor) {
+/// The request and response types of a unary route; `None` for a pass-through route (the
+/// table matches HTTP paths to unary routes only, so the bridge never sees one).
+fn io_types(route: &Route) -> Option<(MessageDescriptor, MessageDescriptor)> {
     match &route.target {
-        RouteTarget::Unary { method, .. } => (method.input(), method.output()),
-        RouteTarget::PassThrough { .. } => unreachable!("bridge routes are unary"),
+        RouteTarget::Unary { method, .. } => Some((method.input(), method.output())),
+        RouteTarget::PassThrough { .. } => None,
     }
+}
+
+fn not_unary(request_id: &str) -> Reply {
+    Reply::error(
+        500,
+        Code::Internal,
+        "this route passes gRPC through and has no HTTP mapping",
+        request_id,
+    )
 }
 
 /// Decodes the body into the route's request message bytes; a 400 reply when it does not decode.
@@ -106,7 +116,9 @@ pub fn decode_request(
     body: Bytes,
     request_id: &str,
 ) -> Result<Bytes, Reply> {
-    let (input, _) = io_types(route);
+    let Some((input, _)) = io_types(route) else {
+        return Err(not_unary(request_id));
+    };
     let checked = match encoding {
         Encoding::Json => transcode::json_to_proto(&input, &body),
         Encoding::Proto => transcode::check_proto(&input, &body).map(|()| body),
@@ -145,17 +157,22 @@ fn render(
             content_type: CONTENT_TYPE_PROTO,
             body: bytes,
         },
-        Encoding::Json => match transcode::proto_to_json(&io_types(route).1, &bytes) {
-            Ok(json) => Reply {
-                status: 200,
-                content_type: CONTENT_TYPE_JSON,
-                body: json.into(),
-            },
-            Err(e) => {
-                dispatcher.invalid_reply(&route.name, request_id, &e);
-                Reply::error(502, Code::Internal, INVALID_REPLY, request_id)
+        Encoding::Json => {
+            match io_types(route).map(|(_, output)| transcode::proto_to_json(&output, &bytes)) {
+                None => not_unary(request_id),
+                Some(rendered) => match rendered {
+                    Ok(json) => Reply {
+                        status: 200,
+                        content_type: CONTENT_TYPE_JSON,
+                        body: json.into(),
+                    },
+                    Err(e) => {
+                        dispatcher.invalid_reply(&route.name, request_id, &e);
+                        Reply::error(502, Code::Internal, INVALID_REPLY, request_id)
+                    }
+                },
             }
-        },
+        }
     }
 }
 

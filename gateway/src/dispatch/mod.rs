@@ -157,7 +157,9 @@ impl Dispatcher {
         ctx: &CallContext,
     ) -> Result<Bytes, DispatchError> {
         let RouteTarget::Unary { path, .. } = &route.target else {
-            unreachable!("pass-through routes are proxied, not dispatched");
+            return Err(DispatchError::Status(Status::unimplemented(
+                "a pass-through route is proxied, not dispatched",
+            )));
         };
         let upstream = &route.upstream;
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(1 + upstream.retries as usize);
@@ -223,7 +225,15 @@ impl Dispatcher {
         body: Bytes,
         ctx: &CallContext,
     ) -> Result<Bytes, (DispatchError, AttemptFailure)> {
-        let mut grpc = tonic::client::Grpc::new(self.channels.get(addr))
+        let channel = self.channels.get(addr).map_err(|detail| {
+            let failed = DispatchError::ConnectFailed {
+                upstream: upstream.name.clone(),
+                addr,
+                detail,
+            };
+            (failed, AttemptFailure::Connect)
+        })?;
+        let mut grpc = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(upstream.max_message)
             .max_encoding_message_size(upstream.max_message);
         let mut request = tonic::Request::new(body);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -187,7 +187,7 @@ impl TokenCache {
     fn get(&self, token: &str) -> Option<Arc<Identity>> {
         self.shard(token)
             .lock()
-            .expect("token cache poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(token)
             .cloned()
     }
@@ -195,7 +195,7 @@ impl TokenCache {
     fn put(&self, token: &str, id: Arc<Identity>) {
         self.shard(token)
             .lock()
-            .expect("token cache poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .push(token.into(), id);
     }
 }

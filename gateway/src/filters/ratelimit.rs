@@ -7,7 +7,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -39,7 +39,7 @@ impl<K: Hash + Eq> Clone for BoundedStore<K> {
 
 impl<K: Hash + Eq + Clone> BoundedStore<K> {
     pub fn new(max_keys: usize) -> Self {
-        let per_shard = NonZeroUsize::new(max_keys.div_ceil(SHARDS).max(1)).expect("non-zero");
+        let per_shard = NonZeroUsize::new(max_keys.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
         Self(Arc::new(StoreInner {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
@@ -57,7 +57,7 @@ impl<K: Hash + Eq + Clone> BoundedStore<K> {
         self.0
             .shards
             .iter()
-            .map(|s| s.lock().expect("limiter shard poisoned").len())
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 
@@ -68,7 +68,7 @@ impl<K: Hash + Eq + Clone> BoundedStore<K> {
     /// Drops keys whose theoretical arrival time is not after `now` (their bucket is full).
     pub fn sweep(&self, now: u64) {
         for shard in &self.0.shards {
-            let mut map = shard.lock().expect("limiter shard poisoned");
+            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             let stale: Vec<K> = map
                 .iter()
                 .filter(|(_, tat)| **tat <= now)
@@ -88,7 +88,10 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut map = self.shard(key).lock().expect("limiter shard poisoned");
+        let mut map = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = map.get_mut(key) {
             let (result, tat) = f(Some(Nanos::from(*slot)))?;
             *slot = tat.into();
@@ -234,7 +237,7 @@ impl LimiterRegistry {
     }
 
     pub fn limiter(&self, id: LimiterId, spec: &RateLimitSpec) -> Arc<KeyedLimiter> {
-        let mut map = self.limiters.lock().expect("limiter registry poisoned");
+        let mut map = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(id)
             .or_insert_with(|| Arc::new(KeyedLimiter::new(spec, self.max_keys)))
             .clone()
@@ -242,13 +245,13 @@ impl LimiterRegistry {
 
     /// Drops limiters no longer referenced by the current table.
     pub fn retain(&self, keep: &HashSet<LimiterId>) {
-        let mut map = self.limiters.lock().expect("limiter registry poisoned");
+        let mut map = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|id, _| keep.contains(id));
     }
 
     /// The limiters in use, copied out so no lock is held while they are walked.
     fn snapshot(&self) -> Vec<Arc<KeyedLimiter>> {
-        let map = self.limiters.lock().expect("limiter registry poisoned");
+        let map = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
         map.values().cloned().collect()
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
@@ -173,7 +173,10 @@ impl ConnCounts {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(CapHit::Gateway);
         }
-        let mut shard = self.shard(ip).lock().expect("ip counts poisoned");
+        let mut shard = self
+            .shard(ip)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = shard.entry(ip).or_insert(0);
         if *n as usize >= max_per_ip {
             drop(shard);
@@ -206,7 +209,7 @@ impl Drop for ConnSlot {
             .counts
             .shard(self.ip)
             .lock()
-            .expect("ip counts poisoned");
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = shard.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -5,7 +5,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 
 use serde::Deserialize;
 
@@ -85,7 +85,7 @@ impl<H> MemoryRegistry<H> {
     /// Visits every connection (scrape-time statistics); holds one shard's lock at a time.
     pub fn for_each(&self, mut visit: impl FnMut(&Connection<H>)) {
         for shard in &self.shards {
-            let shard = shard.read().expect("registry poisoned");
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             shard.values().flatten().for_each(&mut visit);
         }
     }
@@ -97,7 +97,7 @@ impl<H: Clone> MemoryRegistry<H> {
     pub fn find(&self, pred: impl Fn(&Connection<H>) -> bool) -> Vec<Connection<H>> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let shard = shard.read().expect("registry poisoned");
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             out.extend(shard.values().flatten().filter(|c| pred(c)).cloned());
         }
         out
@@ -106,7 +106,10 @@ impl<H: Clone> MemoryRegistry<H> {
 
 impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
     fn register(&self, user: &str, conn: Connection<H>) -> Vec<Connection<H>> {
-        let mut shard = self.shard(user).write().expect("registry poisoned");
+        let mut shard = self
+            .shard(user)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         // Most users have one connection: start with room for exactly one.
         let conns = shard
             .entry(user.to_owned())
@@ -130,7 +133,10 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
     }
 
     fn unregister(&self, user: &str, conn_id: u64) {
-        let mut shard = self.shard(user).write().expect("registry poisoned");
+        let mut shard = self
+            .shard(user)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(conns) = shard.get_mut(user) {
             conns.retain(|c| c.conn_id != conn_id);
             if conns.is_empty() {
@@ -140,12 +146,18 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
     }
 
     fn connections(&self, user: &str) -> Vec<Connection<H>> {
-        let shard = self.shard(user).read().expect("registry poisoned");
+        let shard = self
+            .shard(user)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         shard.get(user).cloned().unwrap_or_default()
     }
 
     fn visit(&self, user: &str, visit: &mut dyn FnMut(&Connection<H>)) {
-        let shard = self.shard(user).read().expect("registry poisoned");
+        let shard = self
+            .shard(user)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         for c in shard.get(user).into_iter().flatten() {
             visit(c);
         }
@@ -156,7 +168,7 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
             .iter()
             .map(|s| {
                 s.read()
-                    .expect("registry poisoned")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .values()
                     .map(Vec::len)
                     .sum::<usize>()

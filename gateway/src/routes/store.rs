@@ -2,7 +2,7 @@
 //! reload did. Requests load the snapshot once and finish on it, whatever reloads happen meanwhile.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -90,7 +90,10 @@ impl RouteStore {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().expect("reload status poisoned").clone()
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Fires after each successful swap.
@@ -120,7 +123,7 @@ impl RouteStore {
         trigger: &str,
         result: Result<RouteTable, RoutesError>,
     ) -> Result<Arc<RouteTable>, RoutesError> {
-        let mut status = self.status.lock().expect("reload status poisoned");
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(table) => {
                 let table = Arc::new(table);

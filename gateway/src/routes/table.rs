@@ -258,16 +258,17 @@ impl RouteTable {
                         "a bridge route needs `http: {method, path}` and/or `cmd`".into(),
                     );
                 }
-                match self.resolve_method(target) {
-                    Ok(method) => Some(RouteTarget::Unary {
-                        path: PathAndQuery::try_from(format!(
-                            "/{}/{}",
-                            method.parent_service().full_name(),
-                            method.name()
-                        ))
-                        .expect("descriptor names are valid paths"),
-                        method,
-                    }),
+                let resolved = self.resolve_method(target).and_then(|method| {
+                    let path =
+                        format!("/{}/{}", method.parent_service().full_name(), method.name());
+                    PathAndQuery::try_from(path.as_str())
+                        .map(|path| (method, path))
+                        .map_err(|_| {
+                            format!("`{path}` is not a valid gRPC path; check the descriptor set")
+                        })
+                });
+                match resolved {
+                    Ok((method, path)) => Some(RouteTarget::Unary { path, method }),
                     Err(message) => {
                         err("grpc", message);
                         None

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
@@ -161,7 +161,7 @@ impl Default for HealthRegistry {
 impl HealthRegistry {
     /// The state of `addr`, created as `Pending` (checked pools) or `Healthy` (unchecked) if new.
     pub fn state(&self, addr: SocketAddr, checked: bool) -> Arc<EndpointState> {
-        let mut states = self.states.lock().expect("health registry poisoned");
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states
             .entry(addr)
             .or_insert_with(|| {
@@ -177,7 +177,7 @@ impl HealthRegistry {
 
     /// Forgets addresses no longer in use.
     pub fn retain(&self, keep: &HashSet<SocketAddr>) {
-        let mut states = self.states.lock().expect("health registry poisoned");
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
         states.retain(|addr, _| keep.contains(addr));
     }
 }
@@ -220,10 +220,13 @@ impl Drop for HealthSupervisor {
 }
 
 async fn run_checker(addr: SocketAddr, check: HealthCheck, state: Arc<EndpointState>) {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("socket address is a valid URI")
-        .connect_timeout(check.timeout)
-        .timeout(check.timeout);
+    let endpoint = match super::channels::endpoint_of(addr) {
+        Ok(e) => e.connect_timeout(check.timeout).timeout(check.timeout),
+        Err(e) => {
+            tracing::error!(error = %e, "health check not started");
+            return;
+        }
+    };
     let mut client = HealthClient::new(endpoint.connect_lazy());
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
