@@ -21,6 +21,8 @@
 //! - [`web`]: the demo web client (embedded from `gateway/web/`) and `/config.json` with the
 //!   push URL, served by the edge for `GET` on paths no route claims.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload.
+//! - [`maintenance`]: after each table swap, health checks and state of removed endpoints;
+//!   periodic sweeps of rate-limit keys and revocations (the reloader only reloads).
 //! - [`metrics`]: the Prometheus registry of one gateway.
 //! - [`server`]: assembles the Pingora services (edge, push + PushService on one runtime, admin,
 //!   reloader); runs and stops a gateway in-process.
@@ -44,6 +46,7 @@ pub mod config;
 pub mod dispatch;
 pub mod filters;
 pub mod http_guard;
+pub mod maintenance;
 pub mod metrics;
 pub mod proxy;
 pub mod push;

@@ -1,5 +1,5 @@
 //! Assembles a gateway: route store, dispatcher, metrics, and the Pingora services (edge proxy,
-//! admin, reloader). [`Gateway::build`] needs no sockets; [`Gateway::into_server`] makes the
+//! admin, reloader, maintenance). [`Gateway::build`] needs no sockets; [`Gateway::into_server`] makes the
 //! Pingora `Server`; [`RunningGateway`] runs one on its own thread and stops it (tests, embedders).
 
 use std::path::PathBuf;
@@ -30,6 +30,7 @@ use crate::filters::revocation::MemoryRevocation;
 use crate::filters::secret;
 use crate::filters::Guard;
 use crate::http_guard::GuardedApp;
+use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
 use crate::proxy::EdgeProxy;
 use crate::push::listener::PushApp;
@@ -191,12 +192,18 @@ impl Gateway {
             "route reloader",
             Reloader {
                 routes: self.routes.clone(),
-                dispatcher: self.dispatcher.clone(),
-                guard: self.guard.clone(),
-                sweep_interval: cfg.rate_limit.sweep_interval.0,
                 watch_dir,
                 sighup: sighup || cfg.reload.sighup,
                 debounce: cfg.reload.debounce.0,
+            },
+        );
+        let maintenance = background_service(
+            "maintenance",
+            Maintenance {
+                routes: self.routes.clone(),
+                dispatcher: self.dispatcher.clone(),
+                guard: self.guard.clone(),
+                sweep_interval: cfg.rate_limit.sweep_interval.0,
             },
         );
         let mut push = Service::new(
@@ -231,6 +238,7 @@ impl Gateway {
         server.add_service(push);
         server.add_service(admin);
         server.add_service(reloader);
+        server.add_service(maintenance);
         Ok(server)
     }
 }
