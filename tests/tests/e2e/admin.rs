@@ -4,11 +4,11 @@
 //! `admin.token_file` every call but `/healthz` and `/readyz` needs the bearer token; and a
 //! non-loopback admin address without a token stops start-up, `--admin` included.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use im_tests::{echo_routes, free_port, EchoBackend, ScratchDir, TestGateway};
+use tokio::io::AsyncReadExt;
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway_process");
 
@@ -89,8 +89,8 @@ async fn with_a_token_every_call_but_health_needs_it() {
     }
 }
 
-#[test]
-fn a_public_admin_address_without_a_token_stops_start_up() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_admin_address_without_a_token_stops_start_up() {
     let dir = ScratchDir::new("admin-public");
     std::fs::write(
         dir.path("routes.yaml"),
@@ -111,7 +111,7 @@ fn a_public_admin_address_without_a_token_stops_start_up() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(GATEWAY)
+    let mut child = tokio::process::Command::new(GATEWAY)
         .args(["run", "--config"])
         .arg(dir.path("gateway.yaml"))
         .arg("--routes")
@@ -120,24 +120,20 @@ fn a_public_admin_address_without_a_token_stops_start_up() {
         .args(["--admin", &format!("0.0.0.0:{}", port())])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("run im-gateway");
     // It must exit on its own; a gateway still running after 20 s has started.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for im-gateway") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .ok()
+        .map(|s| s.expect("wait for im-gateway"));
+    if status.is_none() {
+        let _ = child.kill().await;
+    }
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
+        let _ = e.read_to_string(&mut stderr).await;
     }
     let status = status
         .unwrap_or_else(|| panic!("started with a public admin address and no token: {stderr}"));
