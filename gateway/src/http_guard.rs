@@ -36,9 +36,9 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::units::HumanDuration;
 use crate::filters::client_ip::ClientIpConfig;
 use crate::metrics::Metrics;
+use crate::units::HumanDuration;
 
 /// `http` in gateway.yaml.
 #[derive(Debug, Clone, Deserialize)]

@@ -42,16 +42,20 @@
 pub mod admin;
 pub mod bridge;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod filters;
 pub mod http_guard;
 pub mod maintenance;
 pub mod metrics;
+pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod push;
 pub mod routes;
 pub mod server;
+pub mod units;
 pub mod upstream;
 pub mod web;
 

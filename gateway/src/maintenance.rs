@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::clock::unix_now;
 use crate::dispatch::Dispatcher;
-use crate::filters::revocation::unix_now;
 use crate::filters::Guard;
 use crate::routes::RouteStore;
 use crate::upstream::health::HealthSupervisor;
@@ -44,7 +44,7 @@ impl Maintenance {
         let limiters = table
             .routes
             .iter()
-            .filter_map(|r| r.limiter.as_ref().map(|l| l.id.clone()));
+            .filter_map(|r| r.admission().limit.as_ref().map(|l| l.id.clone()));
         registries.limiters.retain(&limiters.collect());
     }
 }

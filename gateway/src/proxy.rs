@@ -16,22 +16,21 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use tonic::Code;
 
-use crate::bridge::{self, Encoding, Reply};
-use crate::dispatch::{CallContext, Dispatcher, IDENTITY_HEADERS};
+use crate::bridge::{self, Reply};
+use crate::dispatch::IDENTITY_HEADERS;
 use crate::filters::client_ip::header_list;
-use crate::filters::{auth, limit_headers, request_id, Admitted, Credentials, Guard, Rejection};
+use crate::filters::{auth, limit_headers, request_id, Admission, Credentials};
 use crate::metrics::Metrics;
-use crate::routes::table::RouteMiss;
-use crate::routes::{Route, RouteStore, RouteTarget};
+use crate::pipeline::{usable_traceparent, Call, CallError, CallMeta, Pipeline};
+use crate::routes::{PassThroughRoute, Route, RouteMiss, RouteStore, UnaryRoute};
 use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
 use crate::web::WebApp;
 
 pub struct EdgeProxy {
     pub routes: Arc<RouteStore>,
-    pub dispatcher: Arc<Dispatcher>,
+    pub pipeline: Pipeline,
     pub metrics: Arc<Metrics>,
-    pub guard: Arc<Guard>,
     pub web: WebApp,
 }
 
@@ -39,14 +38,14 @@ pub struct EdgeProxy {
 pub struct RequestCtx {
     started: Instant,
     request_id: String,
-    route: Option<Arc<Route>>,
+    route: Option<Route>,
     /// Pass-through: endpoints tried so far, and the current attempt's endpoint.
     tried: Vec<SocketAddr>,
     attempt: Option<(Arc<EndpointState>, InflightGuard)>,
     /// Status written by the gateway itself (bridge replies and rejections).
     status: Option<u16>,
-    /// Who the request is, once admitted.
-    admitted: Admitted,
+    /// The admitted call (who it is, its request id and trace context).
+    call: Option<Call>,
     /// CORS and rate-limit headers for whatever response goes out.
     extra_headers: Vec<(&'static str, String)>,
     /// Pass-through: request body bytes streamed so far, and whether they passed `max_body`.
@@ -79,24 +78,46 @@ fn grpc_message(text: &str) -> String {
     out
 }
 
+impl RequestCtx {
+    fn pass_through(&self) -> Option<&Arc<PassThroughRoute>> {
+        match &self.route {
+            Some(Route::PassThrough(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 impl EdgeProxy {
-    /// Runs the admission filters; the rate-limit headers go out either way.
+    /// Admits the request through the shared pipeline; the rate-limit headers go out either way.
     fn admit(
         &self,
-        route: &Route,
-        creds: Credentials<'_>,
+        session: &Session,
+        route: &str,
+        admission: &Admission,
         client_ip: IpAddr,
         ctx: &mut RequestCtx,
-    ) -> Result<(), Rejection> {
-        let result = self.guard.admit(route, creds, client_ip);
+    ) -> Result<(), CallError> {
+        let req = session.req_header();
+        let creds = Credentials {
+            bearer: header(req, "authorization").and_then(auth::bearer),
+            api_key: header(req, "x-api-key"),
+            session: None,
+        };
+        let meta = CallMeta {
+            request_id: ctx.request_id.clone(),
+            traceparent: header(req, "traceparent").and_then(usable_traceparent),
+        };
+        let result = self
+            .pipeline
+            .admit(route, admission, creds, client_ip, meta);
         let limit = match &result {
-            Ok(a) => a.limit,
-            Err(r) => r.limit,
+            Ok(c) => c.limit,
+            Err(e) => e.limit,
         };
         if let Some(d) = limit {
             ctx.extra_headers.extend(limit_headers(&d));
         }
-        ctx.admitted = result?;
+        ctx.call = Some(result?);
         Ok(())
     }
 
@@ -188,10 +209,10 @@ impl EdgeProxy {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: Arc<Route>,
+        route: &UnaryRoute,
     ) -> Result<()> {
         let req = session.req_header();
-        let Some(encoding) = Encoding::of_content_type(header(req, "content-type")) else {
+        let Some(encoding) = bridge::request_encoding(header(req, "content-type")) else {
             let reply = Reply::error(
                 415,
                 Code::InvalidArgument,
@@ -200,36 +221,17 @@ impl EdgeProxy {
             );
             return self.write_reply(session, ctx, reply).await;
         };
-        let response_encoding = Encoding::of_accept(header(req, "accept"), encoding);
-        let call_ctx = CallContext::new(
-            ctx.request_id.clone(),
-            header(req, "traceparent")
-                .filter(|t| t.len() <= 128)
-                .map(str::to_owned),
-            ctx.admitted.identity.as_deref(),
-            ctx.admitted.api_client.clone(),
-        );
+        let reply_encoding = bridge::response_encoding(header(req, "accept"), encoding);
         let Some(body) = Self::read_body(session, route.max_body).await? else {
             session.set_keepalive(None);
-            let msg = format!(
-                "body exceeds this route's limit of {} bytes",
-                route.max_body
-            );
-            let reply = Reply::error(413, Code::InvalidArgument, &msg, &ctx.request_id);
+            let reply = Reply::failed(&CallError::too_large(route, None), &ctx.request_id);
             return self.write_reply(session, ctx, reply).await;
         };
-        let reply = match bridge::decode_request(&route, encoding, body, &ctx.request_id) {
-            Ok(message) => {
-                bridge::call(
-                    &self.dispatcher,
-                    &route,
-                    message,
-                    response_encoding,
-                    &call_ctx,
-                )
-                .await
+        let reply = match &ctx.call {
+            Some(call) => {
+                bridge::serve(&self.pipeline, route, call, body, encoding, reply_encoding).await
             }
-            Err(reply) => reply,
+            None => Reply::error(500, Code::Internal, "call not admitted", &ctx.request_id),
         };
         self.write_reply(session, ctx, reply).await
     }
@@ -247,7 +249,7 @@ impl ProxyHttp for EdgeProxy {
             tried: Vec::new(),
             attempt: None,
             status: None,
-            admitted: Admitted::default(),
+            call: None,
             extra_headers: Vec::new(),
             body_bytes: 0,
             body_too_large: false,
@@ -264,6 +266,7 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let client_ip = self
+            .pipeline
             .guard
             .client_ip
             .resolve(peer, |h| header_list(&req.headers, h));
@@ -271,7 +274,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(origin) = header(req, "origin") {
             if req.method == http::Method::OPTIONS {
                 if let Some(method) = header(req, "access-control-request-method") {
-                    let headers = self.guard.cors.preflight(
+                    let headers = self.pipeline.guard.cors.preflight(
                         origin,
                         method,
                         header(req, "access-control-request-headers"),
@@ -281,15 +284,10 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
             ctx.extra_headers
-                .extend(self.guard.cors.response_headers(origin));
+                .extend(self.pipeline.guard.cors.response_headers(origin));
         }
 
         let table = self.routes.load();
-        let creds = Credentials {
-            bearer: header(req, "authorization").and_then(auth::bearer),
-            api_key: header(req, "x-api-key"),
-            session: None,
-        };
         if is_grpc(req) {
             let Some(route) = table.match_grpc(req.uri.path()).cloned() else {
                 self.write_grpc_status(
@@ -301,7 +299,7 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
                 return Ok(true);
             };
-            ctx.route = Some(route.clone());
+            ctx.route = Some(Route::PassThrough(route.clone()));
             let declared = header(req, "content-length").and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > route.max_body) {
                 let msg = body_too_large_message(route.max_body);
@@ -309,10 +307,10 @@ impl ProxyHttp for EdgeProxy {
                     .await?;
                 return Ok(true);
             }
-            return match self.admit(&route, creds, client_ip, ctx) {
+            return match self.admit(session, &route.name, &route.admission, client_ip, ctx) {
                 Ok(()) => Ok(false),
-                Err(rej) => {
-                    self.write_grpc_status(session, ctx, rej.code, &rej.message)
+                Err(e) => {
+                    self.write_grpc_status(session, ctx, e.code, &e.message)
                         .await?;
                     Ok(true)
                 }
@@ -321,12 +319,11 @@ impl ProxyHttp for EdgeProxy {
         match table.match_http(&req.method, req.uri.path()) {
             Ok(route) => {
                 let route = route.clone();
-                ctx.route = Some(route.clone());
-                match self.admit(&route, creds, client_ip, ctx) {
-                    Ok(()) => self.serve_bridge(session, ctx, route).await?,
-                    Err(rej) => {
-                        let reply =
-                            Reply::error(rej.status, rej.code, &rej.message, &ctx.request_id);
+                ctx.route = Some(Route::Unary(route.clone()));
+                match self.admit(session, &route.name, &route.admission, client_ip, ctx) {
+                    Ok(()) => self.serve_bridge(session, ctx, &route).await?,
+                    Err(e) => {
+                        let reply = Reply::failed(&e, &ctx.request_id);
                         self.write_reply(session, ctx, reply).await?;
                     }
                 }
@@ -339,14 +336,11 @@ impl ProxyHttp for EdgeProxy {
                         return Ok(true);
                     }
                 }
-                let (status, message) = match miss {
-                    RouteMiss::NotFound => (404, "no route for this path"),
-                    RouteMiss::MethodNotAllowed => (405, "method not allowed on this path"),
-                };
-                let code = if status == 404 {
-                    Code::NotFound
-                } else {
-                    Code::Unimplemented
+                let (status, code, message) = match miss {
+                    RouteMiss::NotFound => (404, Code::NotFound, "no route for this path"),
+                    RouteMiss::MethodNotAllowed => {
+                        (405, Code::Unimplemented, "method not allowed on this path")
+                    }
                 };
                 let reply = Reply::error(status, code, message, &ctx.request_id);
                 self.write_reply(session, ctx, reply).await?;
@@ -361,18 +355,12 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // Only routed gRPC requests get here (request_filter answers everything else).
-        let Some(route) = ctx.route.as_ref() else {
+        let (Some(route), Some(call)) = (ctx.pass_through(), &ctx.call) else {
             return Error::e_explain(ErrorType::InternalError, "no route for an upstream peer");
         };
-        let upstream = &route.upstream;
-        // The same key as the dispatcher's (`CallContext::hash_key`): the user, so
-        // `consistent_hash` keeps a user on one endpoint; anonymous calls spread by request id.
-        let key = ctx
-            .admitted
-            .identity
-            .as_ref()
-            .map_or(ctx.request_id.as_bytes(), |id| id.user_id.as_bytes());
-        let Some(endpoint) = upstream.select(key, &ctx.tried) else {
+        let upstream = route.upstream.clone();
+        // The dispatcher's key: the user, so `consistent_hash` keeps a user on one endpoint.
+        let Some(endpoint) = upstream.select(call.ctx.hash_key(), &ctx.tried) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy upstream");
         };
         ctx.tried.push(endpoint.addr);
@@ -392,8 +380,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = &ctx.route {
-            let upstream = &route.upstream;
+        if let Some(upstream) = ctx.pass_through().map(|r| r.upstream.clone()) {
             if let Some((state, _)) = ctx.attempt.take() {
                 state.connect_failed(upstream.health_check.is_some());
             }
@@ -423,21 +410,10 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(h);
         }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
-        if let Some(id) = &ctx.admitted.identity {
-            upstream_request.insert_header("x-user-id", id.user_id.as_str())?;
-            if let Some(d) = &id.device_id {
-                upstream_request.insert_header("x-device-id", d.as_str())?;
+        if let Some(call) = &ctx.call {
+            for (name, value) in call.ctx.identity_headers() {
+                upstream_request.insert_header(name, value)?;
             }
-            if let Some(p) = &id.platform {
-                upstream_request.insert_header("x-platform", p.as_str())?;
-            }
-            if let Some(s) = &id.sid {
-                upstream_request.insert_header("x-session-id", s.as_str())?;
-            }
-            upstream_request.insert_header("x-session-end", id.session_end.to_string())?;
-        }
-        if let Some(client) = &ctx.admitted.api_client {
-            upstream_request.insert_header("x-api-client", client.as_str())?;
         }
         Ok(())
     }
@@ -451,16 +427,16 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = &ctx.route else {
+        let Some(max_body) = ctx.pass_through().map(|r| r.max_body) else {
             return Ok(());
         };
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.body_bytes > route.max_body {
+        if ctx.body_bytes > max_body {
             ctx.body_too_large = true;
             *body = None;
             return Error::e_explain(
                 ErrorType::Custom("body too large"),
-                body_too_large_message(route.max_body),
+                body_too_large_message(max_body),
             );
         }
         Ok(())
@@ -485,20 +461,14 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let passthrough = ctx
-            .route
-            .as_ref()
-            .is_some_and(|r| matches!(r.target, RouteTarget::PassThrough { .. }));
+        let pass_through_limit = ctx.pass_through().map(|r| r.max_body);
         let already_sent = session.response_written().is_some();
-        let code = if passthrough && !already_sent {
-            let (code, msg) = match (e.etype(), &ctx.route) {
-                (_, Some(route)) if ctx.body_too_large => (
-                    Code::ResourceExhausted,
-                    body_too_large_message(route.max_body),
-                ),
-                (ErrorType::HTTPStatus(503), _) => {
-                    (Code::Unavailable, "no healthy upstream".to_owned())
+        let code = if let (Some(max_body), false) = (pass_through_limit, already_sent) {
+            let (code, msg) = match e.etype() {
+                _ if ctx.body_too_large => {
+                    (Code::ResourceExhausted, body_too_large_message(max_body))
                 }
+                ErrorType::HTTPStatus(503) => (Code::Unavailable, "no healthy upstream".to_owned()),
                 _ => (Code::Unavailable, "upstream failure".to_owned()),
             };
             if let Err(err) = self.write_grpc_status(session, ctx, code, &msg).await {
@@ -534,7 +504,7 @@ impl ProxyHttp for EdgeProxy {
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        let route = ctx.route.as_ref().map_or("-", |r| r.name.as_str());
+        let route = ctx.route.as_ref().map_or("-", Route::name);
         let status = status.to_string();
         self.metrics
             .requests

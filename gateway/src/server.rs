@@ -22,9 +22,9 @@ use tokio::sync::mpsc;
 
 use crate::admin::access::AdminAccess;
 use crate::admin::AdminApp;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, TlsFiles};
 use crate::dispatch::Dispatcher;
-use crate::filters::auth::Authenticator;
+use crate::filters::auth::{AuthConfigError, Authenticator};
 use crate::filters::ratelimit::LimiterRegistry;
 use crate::filters::revocation::MemoryRevocation;
 use crate::filters::secret;
@@ -32,6 +32,7 @@ use crate::filters::Guard;
 use crate::http_guard::GuardedApp;
 use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::proxy::EdgeProxy;
 use crate::push::listener::PushApp;
 use crate::push::service::InternalGrpc;
@@ -46,8 +47,10 @@ use crate::web::WebApp;
 pub enum BuildError {
     #[error("routes rejected:\n{0}")]
     Routes(#[from] RoutesError),
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
     #[error("{0}")]
-    Auth(String),
+    Revocations(String),
     #[error("push.internal_token_file: {0}")]
     InternalToken(String),
     #[error("{0}")]
@@ -75,11 +78,11 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let revocation = Arc::new(match &config.auth.revocation_file {
             Some(file) => MemoryRevocation::persistent(config.auth.max_revoked, file)
-                .map_err(BuildError::Auth)?,
+                .map_err(BuildError::Revocations)?,
             None => MemoryRevocation::new(config.auth.max_revoked),
         });
         let guard = Arc::new(Guard {
-            auth: Authenticator::new(&config.auth, revocation).map_err(BuildError::Auth)?,
+            auth: Authenticator::new(&config.auth, revocation)?,
             client_ip: config.client_ip.clone(),
             cors: config.cors.clone(),
             metrics: metrics.clone(),
@@ -106,8 +109,10 @@ impl Gateway {
         let push = Arc::new(PushDeps {
             config: config.push.clone(),
             routes: routes.clone(),
-            dispatcher: dispatcher.clone(),
-            guard: guard.clone(),
+            pipeline: Pipeline {
+                guard: guard.clone(),
+                dispatcher: dispatcher.clone(),
+            },
             hub: Hub::new(&config.push, config.rate_limit.max_keys, metrics.clone()),
         });
         Ok(Self {
@@ -125,7 +130,7 @@ impl Gateway {
 
     /// The Pingora server with the edge, admin and reloader services. Fails only on TLS material
     /// that does not load.
-    pub fn into_server(self, sighup: bool) -> Result<Server, String> {
+    pub fn into_server(self, sighup: bool) -> Result<Server, ServeError> {
         let cfg = &self.config;
         let conf = ServerConf {
             threads: cfg.threads,
@@ -141,9 +146,8 @@ impl Gateway {
             &conf,
             EdgeProxy {
                 routes: self.routes.clone(),
-                dispatcher: self.dispatcher.clone(),
+                pipeline: self.push.pipeline.clone(),
                 metrics: self.metrics.clone(),
-                guard: self.guard.clone(),
                 web: WebApp::new(&cfg.web, cfg.listen.push.port(), cfg.tls.is_some()),
             },
         );
@@ -160,9 +164,7 @@ impl Gateway {
         let mut edge = Service::new("edge".to_owned(), guarded);
         match &cfg.tls {
             Some(tls) => {
-                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-                let mut settings = TlsSettings::intermediate(&cert, &key)
-                    .map_err(|e| format!("tls: cannot load {cert} / {key}: {e}"))?;
+                let mut settings = tls_settings(tls)?;
                 settings.enable_h2();
                 edge.add_tls_with_settings(&cfg.listen.edge.to_string(), None, settings);
             }
@@ -215,9 +217,7 @@ impl Gateway {
         match &cfg.tls {
             // WebSockets upgrade from HTTP/1.1: no h2 in this listener's ALPN.
             Some(tls) => {
-                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-                let settings = TlsSettings::intermediate(&cert, &key)
-                    .map_err(|e| format!("tls: cannot load {cert} / {key}: {e}"))?;
+                let settings = tls_settings(tls)?;
                 push.add_tls_with_settings(&cfg.listen.push.to_string(), None, settings);
             }
             // tungstenite keeps its own (small) read buffer: no second one in Pingora's stream.
@@ -241,6 +241,29 @@ impl Gateway {
         server.add_service(maintenance);
         Ok(server)
     }
+}
+
+/// Why a built gateway could not become a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("tls: cannot load {} / {}: {detail}", cert.display(), key.display())]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        detail: String,
+    },
+    #[error("cannot start the gateway thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The certificate and key of `tls:`, for the edge and the push listener alike.
+fn tls_settings(tls: &TlsFiles) -> Result<TlsSettings, ServeError> {
+    let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+    TlsSettings::intermediate(&cert, &key).map_err(|e| ServeError::Tls {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        detail: e.to_string(),
+    })
 }
 
 /// The push listener and PushService on one runtime: a Push call then queues frames and wakes
@@ -300,7 +323,7 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    pub fn start(gateway: Gateway) -> Result<Self, String> {
+    pub fn start(gateway: Gateway) -> Result<Self, ServeError> {
         let routes = gateway.routes.clone();
         let metrics = gateway.metrics.clone();
         let (stop, rx) = mpsc::channel(1);
@@ -312,7 +335,7 @@ impl RunningGateway {
                     shutdown_signal: Box::new(ChannelSignal(tokio::sync::Mutex::new(rx))),
                 })
             })
-            .map_err(|e| format!("cannot start the gateway thread: {e}"))?;
+            .map_err(ServeError::Thread)?;
         Ok(Self {
             routes,
             metrics,

@@ -161,7 +161,7 @@ fn main() -> ExitCode {
 
     let gateway = match Gateway::build(cfg, args.routes.clone())
         .map_err(|e| e.to_string())
-        .and_then(RunningGateway::start)
+        .and_then(|g| RunningGateway::start(g).map_err(|e| e.to_string()))
     {
         Ok(g) => g,
         Err(e) => {

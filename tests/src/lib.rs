@@ -227,11 +227,10 @@ impl TestGateway {
         cfg.listen.admin = loopback(free_port());
         cfg.threads = 2;
         cfg.reload.watch = false;
-        cfg.reload.debounce = im_gateway::config::units::HumanDuration(Duration::from_millis(50));
-        cfg.shutdown.grace_period = im_gateway::config::units::HumanDuration(Duration::ZERO);
-        cfg.shutdown.graceful_timeout =
-            im_gateway::config::units::HumanDuration(Duration::from_secs(1));
-        cfg.push.drain_window = im_gateway::config::units::HumanDuration(Duration::ZERO);
+        cfg.reload.debounce = im_gateway::units::HumanDuration(Duration::from_millis(50));
+        cfg.shutdown.grace_period = im_gateway::units::HumanDuration(Duration::ZERO);
+        cfg.shutdown.graceful_timeout = im_gateway::units::HumanDuration(Duration::from_secs(1));
+        cfg.push.drain_window = im_gateway::units::HumanDuration(Duration::ZERO);
         // Every test client shares 127.0.0.1 (2,000 at once in the reload test); the slowloris
         // tests set their own cap.
         cfg.http.max_unfinished_per_ip = 100_000;

@@ -15,11 +15,12 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::filters::revocation::{unix_now, MAX_SESSION_SECS};
+use crate::clock::unix_now;
+use crate::filters::revocation::MAX_SESSION_SECS;
 use crate::filters::Guard;
 use crate::metrics::Metrics;
 use crate::push::{control, PushDeps};
-use crate::routes::{RouteStore, RouteTable, RouteTarget};
+use crate::routes::{Route, RouteStore, RouteTable};
 use crate::upstream::health::Health;
 
 pub struct AdminApp {
@@ -110,19 +111,25 @@ impl AdminApp {
             .routes
             .iter()
             .map(|r| {
-                let target = match &r.target {
-                    RouteTarget::Unary { path, .. } => json!({ "grpc": path.as_str() }),
-                    RouteTarget::PassThrough { service, methods } => {
-                        json!({ "grpc_service": service, "methods": methods })
-                    }
+                let (http, cmd, target) = match r {
+                    Route::Unary(u) => (
+                        u.http.as_ref().map(|h| format!("{} {}", h.method, h.path)),
+                        u.cmd,
+                        json!({ "grpc": u.path.as_str() }),
+                    ),
+                    Route::PassThrough(p) => (
+                        None,
+                        None,
+                        json!({ "grpc_service": p.service, "methods": p.methods }),
+                    ),
                 };
                 json!({
-                    "name": r.name,
-                    "http": r.http.as_ref().map(|h| format!("{} {}", h.method, h.path)),
-                    "cmd": r.cmd,
-                    "upstream": r.upstream.name,
+                    "name": r.name(),
+                    "http": http,
+                    "cmd": cmd,
+                    "upstream": r.upstream().name,
                     "target": target,
-                    "max_body": r.max_body,
+                    "max_body": r.max_body(),
                 })
             })
             .collect();

@@ -1,68 +1,58 @@
-//! The HTTP -> gRPC unary bridge (DESIGN §4), free of sockets: it takes a resolved route, the
-//! body and its encoding, calls the dispatcher and returns the [`Reply`] to write.
-
-pub mod transcode;
-pub mod wire;
+//! The HTTP side of the unary pipeline (DESIGN §4), free of sockets: encodings from
+//! `Content-Type` / `Accept`, and the [`Reply`] to write for a call or an error. Decoding,
+//! dispatch and reply encoding are [`crate::pipeline`]'s, shared with WebSocket frames.
 
 use bytes::Bytes;
-use prost_reflect::MessageDescriptor;
 use tonic::Code;
 
-use crate::dispatch::{code_name, CallContext, DispatchError, Dispatcher, INVALID_REPLY};
-use crate::routes::{Route, RouteTarget};
+use crate::dispatch::code_name;
+use crate::pipeline::{self, Call, CallError, Encoding, Pipeline, Request};
+use crate::routes::UnaryRoute;
 
 pub const CONTENT_TYPE_PROTO: &str = "application/x-protobuf";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Proto,
-    Json,
+/// The request body's encoding from `Content-Type`; `None` when it is neither.
+/// An absent header means JSON (what curl and browsers send by hand).
+pub fn request_encoding(content_type: Option<&str>) -> Option<Encoding> {
+    let Some(ct) = content_type else {
+        return Some(Encoding::Json);
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" | "text/json" => Some(Encoding::Json),
+        "application/x-protobuf" | "application/protobuf" | "application/octet-stream" => {
+            Some(Encoding::Proto)
+        }
+        _ => None,
+    }
 }
 
-impl Encoding {
-    /// The request body's encoding from `Content-Type`; `None` when it is neither.
-    /// An absent header means JSON (what curl and browsers send by hand).
-    pub fn of_content_type(content_type: Option<&str>) -> Option<Self> {
-        let Some(ct) = content_type else {
-            return Some(Self::Json);
-        };
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match mime.as_str() {
-            "application/json" | "text/json" => Some(Self::Json),
-            "application/x-protobuf" | "application/protobuf" | "application/octet-stream" => {
-                Some(Self::Proto)
-            }
-            _ => None,
+/// The response encoding: what `Accept` asks for, else the request's.
+pub fn response_encoding(accept: Option<&str>, request: Encoding) -> Encoding {
+    let Some(accept) = accept else {
+        return request;
+    };
+    for item in accept.split(',') {
+        let mime = item.split(';').next().unwrap_or("").trim();
+        match mime {
+            "application/json" => return Encoding::Json,
+            "application/x-protobuf" | "application/protobuf" => return Encoding::Proto,
+            _ => {}
         }
     }
+    request
+}
 
-    /// The response encoding: what `Accept` asks for, else the request's.
-    pub fn of_accept(accept: Option<&str>, request: Self) -> Self {
-        let Some(accept) = accept else {
-            return request;
-        };
-        for item in accept.split(',') {
-            let mime = item.split(';').next().unwrap_or("").trim();
-            match mime {
-                "application/json" => return Self::Json,
-                "application/x-protobuf" | "application/protobuf" => return Self::Proto,
-                _ => {}
-            }
-        }
-        request
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::Proto => CONTENT_TYPE_PROTO,
-            Self::Json => CONTENT_TYPE_JSON,
-        }
+pub fn content_type(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::Proto => CONTENT_TYPE_PROTO,
+        Encoding::Json => CONTENT_TYPE_JSON,
     }
 }
 
@@ -91,88 +81,42 @@ impl Reply {
     }
 }
 
-/// The request and response types of a unary route; `None` for a pass-through route (the
-/// table matches HTTP paths to unary routes only, so the bridge never sees one).
-fn io_types(route: &Route) -> Option<(MessageDescriptor, MessageDescriptor)> {
-    match &route.target {
-        RouteTarget::Unary { method, .. } => Some((method.input(), method.output())),
-        RouteTarget::PassThrough { .. } => None,
+impl Reply {
+    /// A failed call's reply.
+    pub fn failed(e: &CallError, request_id: &str) -> Self {
+        Self::error(e.status, e.code, &e.message, request_id)
     }
 }
 
-fn not_unary(request_id: &str) -> Reply {
-    Reply::error(
-        500,
-        Code::Internal,
-        "this route passes gRPC through and has no HTTP mapping",
-        request_id,
-    )
-}
-
-/// Decodes the body into the route's request message bytes; a 400 reply when it does not decode.
-pub fn decode_request(
-    route: &Route,
-    encoding: Encoding,
+/// Serves one admitted bridge request: decode the body, dispatch, and the reply or the error
+/// body, all through the shared [`Pipeline`].
+pub async fn serve(
+    pipeline: &Pipeline,
+    route: &UnaryRoute,
+    call: &Call,
     body: Bytes,
-    request_id: &str,
-) -> Result<Bytes, Reply> {
-    let Some((input, _)) = io_types(route) else {
-        return Err(not_unary(request_id));
-    };
-    let checked = match encoding {
-        Encoding::Json => transcode::json_to_proto(&input, &body),
-        Encoding::Proto => transcode::check_proto(&input, &body).map(|()| body),
-    };
-    checked.map_err(|m| Reply::error(400, Code::InvalidArgument, &m, request_id))
-}
-
-/// Calls the route's method and renders the answer (or the error) as the reply.
-pub async fn call(
-    dispatcher: &Dispatcher,
-    route: &Route,
-    message: Bytes,
-    response_encoding: Encoding,
-    ctx: &CallContext,
-) -> Reply {
-    match dispatcher.unary(route, message, ctx).await {
-        Ok(bytes) => render(dispatcher, route, bytes, response_encoding, &ctx.request_id),
-        Err(e) => dispatch_error_reply(&e, &ctx.request_id),
-    }
-}
-
-pub fn dispatch_error_reply(e: &DispatchError, request_id: &str) -> Reply {
-    Reply::error(e.http_status(), e.code(), &e.client_message(), request_id)
-}
-
-fn render(
-    dispatcher: &Dispatcher,
-    route: &Route,
-    bytes: Bytes,
     encoding: Encoding,
-    request_id: &str,
+    reply_encoding: Encoding,
 ) -> Reply {
-    match encoding {
-        Encoding::Proto => Reply {
-            status: 200,
-            content_type: CONTENT_TYPE_PROTO,
-            body: bytes,
-        },
-        Encoding::Json => {
-            match io_types(route).map(|(_, output)| transcode::proto_to_json(&output, &bytes)) {
-                None => not_unary(request_id),
-                Some(rendered) => match rendered {
-                    Ok(json) => Reply {
-                        status: 200,
-                        content_type: CONTENT_TYPE_JSON,
-                        body: json.into(),
-                    },
-                    Err(e) => {
-                        dispatcher.invalid_reply(&route.name, request_id, &e);
-                        Reply::error(502, Code::Internal, INVALID_REPLY, request_id)
-                    }
-                },
-            }
+    let request = match encoding {
+        Encoding::Proto => Request::Proto(body),
+        Encoding::Json => Request::Json(&body),
+    };
+    let result = match pipeline::decode(route, request) {
+        Ok(message) => {
+            pipeline
+                .dispatch(route, call, message, reply_encoding)
+                .await
         }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(body) => Reply {
+            status: 200,
+            content_type: content_type(reply_encoding),
+            body,
+        },
+        Err(e) => Reply::failed(&e, &call.ctx.request_id),
     }
 }
 
@@ -182,22 +126,22 @@ mod tests {
 
     #[test]
     fn encodings() {
-        assert_eq!(Encoding::of_content_type(None), Some(Encoding::Json));
+        assert_eq!(request_encoding(None), Some(Encoding::Json));
         assert_eq!(
-            Encoding::of_content_type(Some("application/json; charset=utf-8")),
+            request_encoding(Some("application/json; charset=utf-8")),
             Some(Encoding::Json)
         );
         assert_eq!(
-            Encoding::of_content_type(Some("application/x-protobuf")),
+            request_encoding(Some("application/x-protobuf")),
             Some(Encoding::Proto)
         );
-        assert_eq!(Encoding::of_content_type(Some("text/html")), None);
+        assert_eq!(request_encoding(Some("text/html")), None);
         assert_eq!(
-            Encoding::of_accept(Some("text/html, application/x-protobuf"), Encoding::Json),
+            response_encoding(Some("text/html, application/x-protobuf"), Encoding::Json),
             Encoding::Proto
         );
         assert_eq!(
-            Encoding::of_accept(Some("*/*"), Encoding::Proto),
+            response_encoding(Some("*/*"), Encoding::Proto),
             Encoding::Proto
         );
     }

@@ -1,8 +1,6 @@
 //! The gateway's own configuration (`gateway.yaml`): listeners, threads, shutdown, reload.
 //! Routes live in their own file (see [`crate::routes`]) so ops can edit and reload them alone.
 
-pub mod units;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +11,7 @@ use crate::filters::auth::AuthConfig;
 use crate::filters::client_ip::ClientIpConfig;
 use crate::filters::cors::CorsConfig;
 use crate::push::PushConfig;
-use units::HumanDuration;
+use crate::units::HumanDuration;
 
 /// Parsed and validated `gateway.yaml`. Every field has a default, so an empty file is valid.
 #[derive(Debug, Clone, Deserialize)]

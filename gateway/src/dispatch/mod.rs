@@ -1,5 +1,5 @@
-//! The dispatcher: one path from a resolved route to a backend, shared by the HTTP bridge and
-//! (later) WebSocket cmd frames. Route -> pool -> endpoint -> tonic client with a pass-through
+//! The dispatcher: one path from a unary route to a backend, shared by the HTTP bridge and
+//! WebSocket cmd frames (through [`crate::pipeline`]). Route -> pool -> endpoint -> tonic client with a pass-through
 //! codec -> status; retries only attempts the backend provably never processed (DESIGN §4).
 
 pub mod codec;
@@ -16,8 +16,9 @@ use tracing::Instrument;
 pub use codec::PassThroughCodec;
 pub use error::{code_name, http_status_of, AttemptFailure, DispatchError, TransportFailure};
 
+use crate::filters::auth::Identity;
 use crate::metrics::Metrics;
-use crate::routes::{Route, RouteTarget};
+use crate::routes::UnaryRoute;
 use crate::upstream::{ChannelCache, Upstream};
 
 /// Who is calling and how to trace it: becomes gRPC metadata. Built by the gateway from the
@@ -52,7 +53,7 @@ impl CallContext {
     pub fn new(
         request_id: String,
         traceparent: Option<String>,
-        identity: Option<&crate::filters::auth::Identity>,
+        identity: Option<&Identity>,
         api_client: Option<String>,
     ) -> Self {
         Self {
@@ -75,30 +76,38 @@ impl CallContext {
             .as_bytes()
     }
 
+    /// The identity headers ([`IDENTITY_HEADERS`]) this call sets, as (name, value): the gRPC
+    /// metadata of a dispatched call and the request headers of a proxied one.
+    pub fn identity_headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let pairs = [
+            ("x-user-id", self.user_id.clone()),
+            ("x-device-id", self.device_id.clone()),
+            ("x-platform", self.platform.clone()),
+            ("x-session-id", self.session_id.clone()),
+            ("x-session-end", self.session_end.map(|t| t.to_string())),
+            ("x-api-client", self.api_client.clone()),
+        ];
+        pairs.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))
+    }
+
     fn metadata(&self) -> MetadataMap {
         let mut md = MetadataMap::with_capacity(8);
-        let session_end = self.session_end.map(|t| t.to_string());
-        let pairs = [
-            ("x-request-id", Some(&self.request_id)),
-            ("traceparent", self.traceparent.as_ref()),
-            ("x-user-id", self.user_id.as_ref()),
-            ("x-device-id", self.device_id.as_ref()),
-            ("x-platform", self.platform.as_ref()),
-            ("x-session-id", self.session_id.as_ref()),
-            ("x-session-end", session_end.as_ref()),
-            ("x-api-client", self.api_client.as_ref()),
+        let tracing = [
+            ("x-request-id", Some(self.request_id.clone())),
+            ("traceparent", self.traceparent.clone()),
         ];
+        let pairs = tracing
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .chain(self.identity_headers());
         for (key, value) in pairs {
-            if let Some(v) = value.and_then(|v| AsciiMetadataValue::try_from(v.as_str()).ok()) {
+            if let Ok(v) = AsciiMetadataValue::try_from(value.as_str()) {
                 md.insert(key, v);
             }
         }
         md
     }
 }
-
-/// What a client is told when a backend reply does not match the descriptor set.
-pub const INVALID_REPLY: &str = "upstream sent an invalid reply";
 
 pub struct Dispatcher {
     channels: ChannelCache,
@@ -119,7 +128,7 @@ impl Dispatcher {
 
     /// A backend reply that does not match the route's output type (it cannot be rendered as
     /// JSON): logged and counted here for HTTP and WebSocket alike; the caller answers 502 /
-    /// INTERNAL with [`INVALID_REPLY`].
+    /// INTERNAL with [`crate::pipeline::INVALID_REPLY`].
     pub fn invalid_reply(&self, route: &str, request_id: &str, error: &str) {
         tracing::error!(
             route,
@@ -137,7 +146,7 @@ impl Dispatcher {
     /// encoded response message. One `dispatch` span per call (request or frame).
     pub async fn unary(
         &self,
-        route: &Route,
+        route: &UnaryRoute,
         body: Bytes,
         ctx: &CallContext,
     ) -> Result<Bytes, DispatchError> {
@@ -152,15 +161,11 @@ impl Dispatcher {
 
     async fn unary_attempts(
         &self,
-        route: &Route,
+        route: &UnaryRoute,
         body: Bytes,
         ctx: &CallContext,
     ) -> Result<Bytes, DispatchError> {
-        let RouteTarget::Unary { path, .. } = &route.target else {
-            return Err(DispatchError::Status(Status::unimplemented(
-                "a pass-through route is proxied, not dispatched",
-            )));
-        };
+        let path = &route.path;
         let upstream = &route.upstream;
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(1 + upstream.retries as usize);
         let mut last_error = None;

@@ -7,7 +7,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,8 +17,9 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::revocation::{unix_now, Revocation, MAX_SESSION_SECS};
-use crate::config::units::HumanDuration;
+use super::revocation::{Revocation, MAX_SESSION_SECS};
+use crate::clock::unix_now;
+use crate::units::HumanDuration;
 
 /// `auth` in gateway.yaml.
 #[derive(Debug, Clone, Deserialize)]
@@ -200,12 +201,42 @@ impl TokenCache {
     }
 }
 
-fn read(path: &PathBuf, field: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("auth.{field}: cannot read {}: {e}", path.display()))
+/// Why the `auth:` settings cannot be used; each names the field and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("auth.{field}: cannot read {}: {source}", path.display())]
+    Read {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("auth.hs256_secret_file: {} holds {len} bytes; use at least 16 random bytes", path.display())]
+    ShortSecret { path: PathBuf, len: usize },
+    #[error("auth.public_keys: {} is not a {alg:?} public key in PEM: {source}", path.display())]
+    BadKey {
+        path: PathBuf,
+        alg: KeyAlg,
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("auth.public_keys: {0:?} is configured twice; keep one key per algorithm")]
+    DuplicateAlgorithm(KeyAlg),
+    #[error("auth.api_keys: `{name}`: sha256 must be 64 hex digits")]
+    ApiKeyDigest { name: String },
+}
+
+fn read(path: &Path, field: &'static str) -> Result<Vec<u8>, AuthConfigError> {
+    std::fs::read(path).map_err(|source| AuthConfigError::Read {
+        field,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Authenticator {
-    pub fn new(cfg: &AuthConfig, revocation: Arc<dyn Revocation>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &AuthConfig,
+        revocation: Arc<dyn Revocation>,
+    ) -> Result<Self, AuthConfigError> {
         let validation = |alg| {
             let mut v = Validation::new(alg);
             v.leeway = cfg.leeway.0.as_secs();
@@ -230,11 +261,10 @@ impl Authenticator {
             let secret = read(path, "hs256_secret_file")?;
             let secret = String::from_utf8_lossy(&secret).trim().to_owned();
             if secret.len() < 16 {
-                return Err(format!(
-                    "auth.hs256_secret_file: {} holds {} bytes; use at least 16 random bytes",
-                    path.display(),
-                    secret.len()
-                ));
+                return Err(AuthConfigError::ShortSecret {
+                    path: path.clone(),
+                    len: secret.len(),
+                });
             }
             keys.insert(
                 Algorithm::HS256,
@@ -251,18 +281,13 @@ impl Authenticator {
                 KeyAlg::ES256 => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
                 KeyAlg::EdDSA => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
             };
-            let key = key.map_err(|e| {
-                format!(
-                    "auth.public_keys: {} is not a {:?} public key in PEM: {e}",
-                    k.file.display(),
-                    k.alg
-                )
+            let key = key.map_err(|source| AuthConfigError::BadKey {
+                path: k.file.clone(),
+                alg: k.alg,
+                source,
             })?;
             if keys.insert(alg, (key, validation(alg))).is_some() {
-                return Err(format!(
-                    "auth.public_keys: {:?} is configured twice; keep one key per algorithm",
-                    k.alg
-                ));
+                return Err(AuthConfigError::DuplicateAlgorithm(k.alg));
             }
         }
         let mut api_keys = Vec::new();
@@ -270,8 +295,8 @@ impl Authenticator {
             let digest = hex::decode(k.sha256.trim())
                 .ok()
                 .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                .ok_or_else(|| {
-                    format!("auth.api_keys: `{}`: sha256 must be 64 hex digits", k.name)
+                .ok_or_else(|| AuthConfigError::ApiKeyDigest {
+                    name: k.name.clone(),
                 })?;
             api_keys.push((k.name.clone(), digest));
         }
@@ -396,7 +421,8 @@ pub fn bearer(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filters::revocation::{unix_now, MemoryRevocation};
+    use crate::clock::unix_now;
+    use crate::filters::revocation::MemoryRevocation;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::units::HumanDuration;
+use crate::units::HumanDuration;
 
 /// `cors` in gateway.yaml.
 #[derive(Debug, Clone, Deserialize)]

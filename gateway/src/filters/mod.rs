@@ -17,12 +17,19 @@ use std::sync::Arc;
 use tonic::Code;
 
 use crate::metrics::Metrics;
-use crate::routes::file::{AuthMode, RateLimitKey};
-use crate::routes::Route;
+use crate::policy::{AuthMode, RateLimitKey};
 use auth::{AuthFailure, Authenticator, Identity};
 use client_ip::ClientIpConfig;
 use cors::CorsConfig;
-use ratelimit::Decision;
+use ratelimit::{Decision, RouteLimit};
+
+/// What a route asks of its callers: the authentication mode, roles (any one of them), and the
+/// rate limit. Every route kind has one; [`Guard::admit`] is the only place it is applied.
+pub struct Admission {
+    pub auth: AuthMode,
+    pub roles: Vec<String>,
+    pub limit: Option<RouteLimit>,
+}
 
 /// What a request presents.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,15 +102,17 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Authenticates, authorizes and rate-limits one call of `route`.
+    /// Authenticates, authorizes and rate-limits one call of the route `route` (its name labels
+    /// the metrics).
     pub fn admit(
         &self,
-        route: &Route,
+        route: &str,
+        admission: &Admission,
         creds: Credentials<'_>,
         client_ip: IpAddr,
     ) -> Result<Admitted, Rejection> {
         let mut admitted = Admitted::default();
-        match route.auth {
+        match admission.auth {
             AuthMode::Required => match creds.identity(&self.auth) {
                 Ok(id) => admitted.identity = Some(id),
                 Err(f) => return Err(self.auth_failed(f)),
@@ -119,9 +128,9 @@ impl Guard {
                 Err(f) => return Err(self.auth_failed(f)),
             },
         }
-        if !route.roles.is_empty() {
+        if !admission.roles.is_empty() {
             let roles = admitted.identity.as_ref().map_or(&[][..], |i| &i.roles[..]);
-            if !route.roles.iter().any(|r| roles.contains(r)) {
+            if !admission.roles.iter().any(|r| roles.contains(r)) {
                 self.metrics
                     .auth_failures
                     .with_label_values(&["role"])
@@ -131,13 +140,13 @@ impl Guard {
                     code: Code::PermissionDenied,
                     message: format!(
                         "this call needs one of the roles: {}",
-                        route.roles.join(", ")
+                        admission.roles.join(", ")
                     ),
                     limit: None,
                 });
             }
         }
-        if let Some(limit) = &route.limiter {
+        if let Some(limit) = &admission.limit {
             let key = match (limit.key, &admitted.identity, &admitted.api_client) {
                 (RateLimitKey::Ip, _, _) | (_, None, None) => {
                     format!("ip:{}", self.client_ip.bucket(client_ip))
@@ -155,7 +164,7 @@ impl Guard {
                 };
                 self.metrics
                     .ratelimit_rejections
-                    .with_label_values(&[&route.name, kind])
+                    .with_label_values(&[route, kind])
                     .inc();
                 return Err(Rejection {
                     status: 429,

@@ -17,7 +17,7 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use lru::LruCache;
 
-use crate::routes::file::{RateLimitKey, RateLimitSpec};
+use crate::policy::{RateLimitKey, RateLimitSpec};
 
 const SHARDS: usize = 16;
 
@@ -211,6 +211,14 @@ impl LimiterId {
             burst: spec.burst,
         }
     }
+}
+
+/// A route's rate limit, resolved to a limiter shared with the routes (and reloads) that use
+/// the same settings.
+pub struct RouteLimit {
+    pub limiter: Arc<KeyedLimiter>,
+    pub key: RateLimitKey,
+    pub id: LimiterId,
 }
 
 /// Every limiter in use, by id; reloads reuse unchanged ones (and so their state).

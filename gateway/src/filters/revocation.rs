@@ -9,21 +9,15 @@
 //! lock, so the file always holds a state the gateway had; it is bounded like the list
 //! (`auth.max_revoked`). An unreadable or corrupt file stops start-up.
 
+use crate::clock::unix_now;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The longest a session lives from its login (the backends' `--max-session-secs` default): the
 /// one fallback for revocations without an end and for tokens without `sxp`.
 pub const MAX_SESSION_SECS: u64 = 30 * 86_400;
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 pub trait Revocation: Send + Sync {
     /// Synchronous and in-memory: called on every request and frame.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::registry::MultiDevicePolicy;
-use crate::config::units::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

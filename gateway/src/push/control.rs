@@ -26,7 +26,7 @@ pub enum Ending<'a> {
 
 /// Denies `sid` until `until` (unix seconds) and closes every socket of it; how many.
 pub fn end_session(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -> u32 {
-    deps.guard.auth.revocation().revoke(sid, until);
+    deps.pipeline.guard.auth.revocation().revoke(sid, until);
     let sessions = deps
         .hub
         .registry
@@ -85,7 +85,7 @@ pub fn close_connection(deps: &PushDeps, conn: &Connection<SessionHandle>, endin
                     by_device_id: by_device_id.to_owned(),
                 }
                 .encode_to_vec(),
-                ts: super::service::now_ms(),
+                ts: crate::clock::unix_now_ms(),
             };
             let table = deps.routes.load();
             if let Ok(frame) = encode_push(conn.handle.encoding, &push, &table.descriptors) {

@@ -13,16 +13,12 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Code;
 
-use crate::bridge::transcode;
 use crate::dispatch::code_name;
-use crate::routes::{Route, RouteTable, RouteTarget};
+use crate::pipeline::{self, transcode, usable_traceparent, CallError, Request};
+use crate::routes::{RouteTable, UnaryRoute};
 
-/// The encoding a session speaks, chosen at the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameEncoding {
-    Proto,
-    Json,
-}
+/// The encoding a session speaks, chosen at the handshake: the pipeline's.
+pub use crate::pipeline::Encoding as FrameEncoding;
 
 /// One WebSocket data message as received.
 #[derive(Debug, Clone, Copy)]
@@ -34,17 +30,10 @@ pub enum Inbound<'a> {
 /// A request frame resolved to its route, with the payload as the route's request message bytes.
 pub struct ClientRequest {
     pub seq: u64,
-    pub route: Arc<Route>,
+    pub route: Arc<UnaryRoute>,
     pub payload: Bytes,
     /// The frame's `traceparent`, when it carried a usable one.
     pub traceparent: Option<String>,
-}
-
-/// A `traceparent` worth passing on: non-empty, printable ASCII, at most 128 bytes (the same
-/// bound the HTTP path applies); anything else is dropped, not refused.
-pub fn usable_traceparent(value: &str) -> Option<String> {
-    let ok = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    ok.then(|| value.to_owned())
 }
 
 /// Why a frame got an error response instead of a dispatch; the connection stays open.
@@ -54,6 +43,17 @@ pub struct FrameError {
     pub seq: u64,
     pub code: Code,
     pub message: String,
+}
+
+impl FrameError {
+    /// The pipeline's error, answered for the frame `seq`.
+    pub fn of(seq: u64, e: CallError) -> Self {
+        Self {
+            seq,
+            code: e.code,
+            message: e.message,
+        }
+    }
 }
 
 fn error(seq: u64, code: Code, message: impl Into<String>) -> FrameError {
@@ -81,13 +81,12 @@ pub fn decode_request(
             })?;
             let route = resolve(table, frame.seq, frame.cmd)?;
             within_max_body(&route, frame.seq, frame.payload.len())?;
-            let input = unary_input(&route, frame.seq)?;
-            transcode::check_proto(&input, &frame.payload)
-                .map_err(|m| error(frame.seq, Code::InvalidArgument, m))?;
+            let payload = pipeline::decode(&route, Request::Proto(frame.payload.into()))
+                .map_err(|e| FrameError::of(frame.seq, e))?;
             Ok(ClientRequest {
                 seq: frame.seq,
                 route,
-                payload: frame.payload.into(),
+                payload,
                 traceparent: usable_traceparent(&frame.traceparent),
             })
         }
@@ -136,7 +135,6 @@ pub fn decode_request(
             let route = resolve(table, seq, cmd)?;
             // The frame as received, like an HTTP body against the same route.
             within_max_body(&route, seq, text.len())?;
-            let input = unary_input(&route, seq)?;
             let payload = match obj.remove("payload") {
                 None | Some(Value::Null) => Value::Object(Default::default()),
                 Some(v @ Value::Object(_)) => v,
@@ -148,8 +146,8 @@ pub fn decode_request(
                     ))
                 }
             };
-            let payload = transcode::json_value_to_proto(&input, payload)
-                .map_err(|m| error(seq, Code::InvalidArgument, m))?;
+            let payload = pipeline::decode(&route, Request::JsonValue(payload))
+                .map_err(|e| FrameError::of(seq, e))?;
             let traceparent = obj
                 .get("traceparent")
                 .and_then(Value::as_str)
@@ -174,7 +172,7 @@ pub fn decode_request(
     }
 }
 
-fn resolve(table: &RouteTable, seq: u64, cmd: u32) -> Result<Arc<Route>, FrameError> {
+fn resolve(table: &RouteTable, seq: u64, cmd: u32) -> Result<Arc<UnaryRoute>, FrameError> {
     table
         .match_cmd(cmd)
         .cloned()
@@ -184,29 +182,11 @@ fn resolve(table: &RouteTable, seq: u64, cmd: u32) -> Result<Arc<Route>, FrameEr
 /// A cmd frame obeys its route's `max_body` like an HTTP body does (the socket-level
 /// `push.max_message` and its 1009 close stay for frames past that): RESOURCE_EXHAUSTED for its
 /// `seq`, and the connection stays.
-fn within_max_body(route: &Route, seq: u64, len: usize) -> Result<(), FrameError> {
+fn within_max_body(route: &UnaryRoute, seq: u64, len: usize) -> Result<(), FrameError> {
     if len as u64 > route.max_body {
-        return Err(error(
-            seq,
-            Code::ResourceExhausted,
-            format!(
-                "payload of {len} bytes exceeds this route's limit of {} bytes; send large data over HTTP",
-                route.max_body
-            ),
-        ));
+        return Err(FrameError::of(seq, CallError::too_large(route, Some(len))));
     }
     Ok(())
-}
-
-fn unary_input(route: &Route, seq: u64) -> Result<prost_reflect::MessageDescriptor, FrameError> {
-    match &route.target {
-        RouteTarget::Unary { method, .. } => Ok(method.input()),
-        RouteTarget::PassThrough { .. } => Err(error(
-            seq,
-            Code::Unimplemented,
-            "not callable over WebSocket",
-        )),
-    }
 }
 
 /// The bytes of one outgoing message, ready to send as binary (protobuf) or text (JSON).
@@ -250,37 +230,13 @@ pub fn encode_error(encoding: FrameEncoding, seq: u64, code: Code, message: &str
     response_frame(encoding, seq, code, message, Vec::new(), None)
 }
 
-/// The OK response to a request on `route`: the reply bytes as they came (protobuf) or rendered
-/// as JSON. `Err` when the reply does not match the route's output type: the caller answers
-/// INTERNAL, as the HTTP bridge answers 502 (one policy, [`crate::dispatch::Dispatcher::invalid_reply`]).
-pub fn encode_reply(
-    encoding: FrameEncoding,
-    seq: u64,
-    route: &Route,
-    payload: Bytes,
-) -> Result<Outbound, String> {
+/// The OK response to a request: the reply as the pipeline encoded it for this session
+/// (protobuf bytes, or JSON nested as `payload`).
+pub fn encode_reply(encoding: FrameEncoding, seq: u64, reply: Bytes) -> Outbound {
     match encoding {
-        FrameEncoding::Proto => Ok(response_frame(
-            encoding,
-            seq,
-            Code::Ok,
-            "",
-            payload.to_vec(),
-            None,
-        )),
+        FrameEncoding::Proto => response_frame(encoding, seq, Code::Ok, "", reply.to_vec(), None),
         FrameEncoding::Json => {
-            let RouteTarget::Unary { method, .. } = &route.target else {
-                return Err("a pass-through route has no reply type".into());
-            };
-            let json = transcode::proto_to_json(&method.output(), &payload)?;
-            Ok(response_frame(
-                encoding,
-                seq,
-                Code::Ok,
-                "",
-                Vec::new(),
-                Some(&json),
-            ))
+            response_frame(encoding, seq, Code::Ok, "", Vec::new(), Some(&reply))
         }
     }
 }
@@ -453,8 +409,7 @@ routes:
             ..Default::default()
         }
         .encode_to_vec();
-        let Outbound::Binary(b) =
-            encode_reply(FrameEncoding::Proto, 3, route, reply.clone().into()).unwrap()
+        let Outbound::Binary(b) = encode_reply(FrameEncoding::Proto, 3, reply.clone().into())
         else {
             panic!("binary expected")
         };
@@ -463,8 +418,8 @@ routes:
         };
         assert_eq!((r.seq, r.code, r.payload), (3, 0, reply.clone()));
 
-        let Outbound::Text(t) = encode_reply(FrameEncoding::Json, 3, route, reply.into()).unwrap()
-        else {
+        let json = transcode::proto_to_json(&route.method.output(), &reply).unwrap();
+        let Outbound::Text(t) = encode_reply(FrameEncoding::Json, 3, json.into()) else {
             panic!("text expected")
         };
         let v: Value = serde_json::from_str(&t).unwrap();

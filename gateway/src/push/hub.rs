@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
+use super::config::PushConfig;
 use super::frames::{FrameEncoding, Outbound};
 use super::outbox::{self, Outbox, QueueBudget};
 use super::registry::{Connection, MemoryRegistry};
-use super::PushConfig;
 use crate::filters::ratelimit::KeyedLimiter;
 use crate::metrics::Metrics;
-use crate::routes::file::{RateLimitKey, RateLimitSpec};
+use crate::policy::{RateLimitKey, RateLimitSpec};
 
 /// Close codes of DESIGN §7.
 pub mod close {

@@ -107,10 +107,11 @@ pub fn check_handshake(
         ));
     }
     let client_ip = deps
+        .pipeline
         .guard
         .client_ip
         .resolve(peer, |name| header_list(req.headers(), name));
-    let bucket = deps.guard.client_ip.bucket(client_ip);
+    let bucket = deps.pipeline.guard.client_ip.bucket(client_ip);
     if !deps.hub.handshakes.check(&bucket.to_string()).allowed {
         return Err(reject(
             StatusCode::TOO_MANY_REQUESTS,
@@ -174,6 +175,7 @@ pub fn check_handshake(
         .or_else(|| param("token"))
         .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "token", "missing token"))?;
     let identity = deps
+        .pipeline
         .guard
         .auth
         .verify_once(token)
@@ -231,7 +233,7 @@ pub fn check_handshake(
         identity,
         encoding,
         client_ip,
-        traceparent: header("traceparent").and_then(super::frames::usable_traceparent),
+        traceparent: header("traceparent").and_then(crate::pipeline::usable_traceparent),
         slot,
     })
 }

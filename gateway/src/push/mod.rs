@@ -24,8 +24,7 @@ pub mod session;
 
 use std::sync::Arc;
 
-use crate::dispatch::Dispatcher;
-use crate::filters::Guard;
+use crate::pipeline::Pipeline;
 use crate::routes::RouteStore;
 
 pub use config::PushConfig;
@@ -35,7 +34,6 @@ pub use hub::Hub;
 pub struct PushDeps {
     pub config: PushConfig,
     pub routes: Arc<RouteStore>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub guard: Arc<Guard>,
+    pub pipeline: Pipeline,
     pub hub: Hub,
 }

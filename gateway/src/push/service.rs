@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use im_proto::im::gateway::v1::push_service_server::{PushService, PushServiceServer};
@@ -22,17 +21,12 @@ use super::frames::{encode_push, Outbound};
 use super::hub::Hub;
 use super::registry::{Device, SessionRegistry};
 use super::PushDeps;
+use crate::clock::{unix_now, unix_now_ms};
 use crate::filters::request_id;
-use crate::filters::revocation::{unix_now, MAX_SESSION_SECS};
+use crate::filters::revocation::MAX_SESSION_SECS;
 
 /// Upper bound on recipients of one Push call.
 const MAX_RECIPIENT_USERS: usize = 100_000;
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Which of a user's connections a push reaches (empty lists: all).
 pub struct Targets<'a> {
@@ -127,7 +121,7 @@ impl PushService for PushSvc {
             kind: req.kind,
             payload_type: req.payload_type,
             payload: req.payload,
-            ts: now_ms(),
+            ts: unix_now_ms(),
         };
         let targets = Targets {
             platforms: &req.platforms,

@@ -27,16 +27,17 @@ use tonic::Code;
 
 use super::frame_budget::{FrameBudget, Verdict};
 use super::frames::{
-    decode_request, encode_error, encode_reply, peek_seq, FrameEncoding, Inbound, Outbound,
+    decode_request, encode_error, encode_reply, peek_seq, ClientRequest, FrameEncoding, Inbound,
+    Outbound,
 };
 use super::hub::{close, CloseRequest, ConnSlot, SessionHandle};
 use super::outbox::Outbox;
 use super::registry::{Connection, Device, SessionRegistry};
 use super::PushDeps;
-use crate::dispatch::{CallContext, INVALID_REPLY};
+use crate::clock::unix_now;
 use crate::filters::auth::Identity;
-use crate::filters::revocation::unix_now;
 use crate::filters::{request_id, Credentials};
+use crate::pipeline::{CallError, CallMeta};
 
 /// What the handshake established.
 pub struct SessionInfo {
@@ -245,35 +246,39 @@ fn on_request(
     let (info, deps, handle, inflight) =
         (info.clone(), deps.clone(), handle.clone(), inflight.clone());
     tokio::spawn(async move {
-        let creds = Credentials {
-            session: Some(&info.identity),
-            ..Credentials::default()
-        };
-        let frame = match deps.guard.admit(&req.route, creds, info.client_ip) {
-            Err(rej) => encode_error(info.encoding, req.seq, rej.code, &rej.message),
-            Ok(admitted) => {
-                let id = admitted.identity.as_deref().unwrap_or(&info.identity);
-                let traceparent = req.traceparent.clone().or_else(|| info.traceparent.clone());
-                let mut ctx = CallContext::new(request_id::generate(), traceparent, Some(id), None);
-                // The socket's device and platform (the handshake may name them).
-                ctx.device_id = Some(info.device.device_id.clone());
-                ctx.platform = Some(info.device.platform.clone());
-                match deps.dispatcher.unary(&req.route, req.payload, &ctx).await {
-                    Ok(bytes) => match encode_reply(info.encoding, req.seq, &req.route, bytes) {
-                        Ok(frame) => frame,
-                        Err(e) => {
-                            deps.dispatcher
-                                .invalid_reply(&req.route.name, &ctx.request_id, &e);
-                            encode_error(info.encoding, req.seq, Code::Internal, INVALID_REPLY)
-                        }
-                    },
-                    Err(e) => encode_error(info.encoding, req.seq, e.code(), &e.client_message()),
-                }
-            }
+        let frame = match call(&req, &info, &deps).await {
+            Ok(reply) => encode_reply(info.encoding, req.seq, reply),
+            Err(e) => encode_error(info.encoding, req.seq, e.code, &e.message),
         };
         deps.hub.send(&handle, frame);
         inflight.fetch_sub(1, Ordering::AcqRel);
     });
+}
+
+/// One request frame through the shared pipeline, as the socket's verified identity.
+async fn call(
+    req: &ClientRequest,
+    info: &SessionInfo,
+    deps: &PushDeps,
+) -> Result<Bytes, CallError> {
+    let creds = Credentials {
+        session: Some(&info.identity),
+        ..Credentials::default()
+    };
+    let meta = CallMeta {
+        request_id: request_id::generate(),
+        traceparent: req.traceparent.clone().or_else(|| info.traceparent.clone()),
+    };
+    let route = &req.route;
+    let mut call =
+        deps.pipeline
+            .admit(&route.name, &route.admission, creds, info.client_ip, meta)?;
+    // The socket's device and platform (the handshake may name them).
+    call.ctx.device_id = Some(info.device.device_id.clone());
+    call.ctx.platform = Some(info.device.platform.clone());
+    deps.pipeline
+        .dispatch(route, &call, req.payload.clone(), info.encoding)
+        .await
 }
 
 /// Moves queued frames to the socket: everything queued is fed, then flushed once. Cancel-safe

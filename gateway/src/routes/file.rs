@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::units::{ByteSize, HumanDuration};
+use crate::policy::{AuthMode, LbPolicy, RateLimitSpec};
+use crate::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,16 +54,6 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LbPolicy {
-    #[default]
-    RoundRobin,
-    Random,
-    ConsistentHash,
-    LeastInflight,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
@@ -106,31 +97,6 @@ pub struct HttpMatchSpec {
 
 fn post() -> String {
     "POST".to_owned()
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    #[default]
-    Required,
-    None,
-    ApiKey,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSpec {
-    pub key: RateLimitKey,
-    pub per_second: f64,
-    pub burst: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RateLimitKey {
-    Ip,
-    User,
-    RouteUser,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -9,18 +9,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::descriptors;
-use super::table::{RouteTable, RoutesError};
-use crate::filters::ratelimit::LimiterRegistry;
+use super::error::RoutesError;
+use super::registries::Registries;
+use super::table::RouteTable;
 use crate::metrics::Metrics;
-use crate::upstream::HealthRegistry;
-
-/// State that outlives route tables: endpoint health and rate-limiter buckets, looked up by
-/// tables as they are built so reloads keep what did not change.
-#[derive(Clone, Default)]
-pub struct Registries {
-    pub health: HealthRegistry,
-    pub limiters: LimiterRegistry,
-}
 
 /// Where routes and descriptors are read from on every (re)load.
 #[derive(Debug, Clone)]
@@ -33,10 +25,11 @@ pub struct RouteSource {
 impl RouteSource {
     /// Reads and builds a table without touching any live state (`im-gateway check`, reloads).
     pub fn build(&self, registries: &Registries) -> Result<RouteTable, RoutesError> {
-        let text = std::fs::read_to_string(&self.routes)
-            .map_err(|e| RoutesError::Io(format!("cannot read {}: {e}", self.routes.display())))?;
-        let (pool, bytes) =
-            descriptors::load(self.descriptors.as_deref()).map_err(RoutesError::Io)?;
+        let text = std::fs::read_to_string(&self.routes).map_err(|e| RoutesError::Io {
+            path: self.routes.clone(),
+            source: Arc::new(e),
+        })?;
+        let (pool, bytes) = descriptors::load(self.descriptors.as_deref())?;
         RouteTable::build(&text, pool, &bytes, registries)
     }
 }

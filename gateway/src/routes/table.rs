@@ -1,100 +1,21 @@
 //! [`RouteTable`]: the validated, indexed, immutable form of `routes.yaml` that requests are served
-//! from. Building one checks the whole file and reports every problem; nothing is applied in part.
+//! from. Building one checks the whole file ([`super::upstreams`], [`super::build`]) and reports
+//! every problem; nothing is applied in part.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use http::uri::PathAndQuery;
-use prost_reflect::{DescriptorPool, MethodDescriptor};
+use prost_reflect::DescriptorPool;
 use sha2::{Digest, Sha256};
 
-use super::file::{AuthMode, EndpointSpec, RateLimitSpec, RouteSpec, RoutesFile, UpstreamSpec};
-use super::store::Registries;
-use crate::filters::ratelimit::{KeyedLimiter, LimiterId};
-use crate::routes::file::RateLimitKey;
-use crate::upstream::{Endpoint, HealthCheck, HealthRegistry, Upstream};
-
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
-pub const DEFAULT_RETRIES: u32 = 1;
-pub const DEFAULT_MAX_MESSAGE: u64 = 4 << 20;
-pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
-/// Hard ceiling on any message size, whatever the file says.
-const MAX_MESSAGE_CEILING: u64 = 256 << 20;
-
-/// One problem in a routes file: where, which field, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteError {
-    /// `route \`name\``, `upstream \`name\`` or `defaults`.
-    pub place: String,
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for RouteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: field `{}`: {}",
-            self.place, self.field, self.message
-        )
-    }
-}
-
-/// Why a routes file was rejected as a whole.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RoutesError {
-    #[error("{0}")]
-    Io(String),
-    #[error("{0}")]
-    Syntax(String),
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<RouteError>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HttpMatch {
-    pub method: http::Method,
-    pub path: String,
-}
-
-pub enum RouteTarget {
-    /// HTTP bridge / WebSocket cmd: one unary method, resolved in the descriptor set.
-    Unary {
-        method: MethodDescriptor,
-        /// `/package.Service/Method`.
-        path: PathAndQuery,
-    },
-    /// Native gRPC clients proxied as-is to `service`: every method, or only `methods`.
-    PassThrough {
-        service: String,
-        methods: Option<Vec<String>>,
-    },
-}
-
-/// A route's rate limit, resolved to a limiter shared with the routes (and reloads) that use
-/// the same settings.
-pub struct RouteLimit {
-    pub limiter: Arc<KeyedLimiter>,
-    pub key: RateLimitKey,
-    pub id: LimiterId,
-}
-
-pub struct Route {
-    pub name: String,
-    pub http: Option<HttpMatch>,
-    pub cmd: Option<u32>,
-    pub upstream: Arc<Upstream>,
-    pub target: RouteTarget,
-    pub auth: AuthMode,
-    pub roles: Vec<String>,
-    /// The route's own limit, or the file's default.
-    pub rate_limit: Option<RateLimitSpec>,
-    pub limiter: Option<RouteLimit>,
-    pub max_body: u64,
-}
+use super::build::RouteContext;
+use super::error::{syntax_error, RouteError, RoutesError};
+use super::file::RoutesFile;
+use super::registries::Registries;
+use super::route::{PassThroughRoute, Route, UnaryRoute};
+use super::upstreams::build_upstream;
+use crate::upstream::{Endpoint, Upstream};
 
 /// Why a request matched no route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,10 +30,11 @@ pub struct RouteTable {
     pub loaded_at: SystemTime,
     pub descriptors: DescriptorPool,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
-    pub routes: Vec<Arc<Route>>,
-    by_path: HashMap<String, Vec<(http::Method, Arc<Route>)>>,
-    by_cmd: HashMap<u32, Arc<Route>>,
-    by_service: HashMap<String, Arc<Route>>,
+    /// Every route in file order.
+    pub routes: Vec<Route>,
+    by_path: HashMap<String, Vec<(http::Method, Arc<UnaryRoute>)>>,
+    by_cmd: HashMap<u32, Arc<UnaryRoute>>,
+    by_service: HashMap<String, Arc<PassThroughRoute>>,
 }
 
 impl RouteTable {
@@ -134,7 +56,6 @@ impl RouteTable {
                 Err(mut e) => errors.append(&mut e),
             }
         }
-
         let mut table = RouteTable {
             version: version_of(text, descriptor_bytes),
             loaded_at: SystemTime::now(),
@@ -145,28 +66,33 @@ impl RouteTable {
             by_cmd: HashMap::new(),
             by_service: HashMap::new(),
         };
-        let mut names = HashSet::new();
-        for spec in &file.routes {
-            let place = format!("route `{}`", spec.name);
-            let err = |field: &str, message: String| RouteError {
-                place: place.clone(),
-                field: field.to_owned(),
-                message,
+        let mut built = Vec::with_capacity(file.routes.len());
+        {
+            let ctx = RouteContext {
+                file: &file,
+                upstreams: &table.upstreams,
+                descriptors: &table.descriptors,
+                registries,
             };
-            if !names.insert(spec.name.clone()) {
-                errors.push(err(
-                    "name",
-                    "is used by another route; names must be unique".into(),
-                ));
-                continue;
-            }
-            match table.build_route(spec, &file, registries) {
-                Ok(route) => {
-                    if let Err(e) = table.index(Arc::new(route)) {
-                        errors.push(e);
-                    }
+            let mut names = HashSet::new();
+            for spec in &file.routes {
+                if !names.insert(spec.name.as_str()) {
+                    errors.push(RouteError::new(
+                        &format!("route `{}`", spec.name),
+                        "name",
+                        "is used by another route; names must be unique",
+                    ));
+                    continue;
                 }
-                Err(mut e) => errors.append(&mut e),
+                match ctx.build(spec) {
+                    Ok(route) => built.push(route),
+                    Err(mut e) => errors.append(&mut e),
+                }
+            }
+        }
+        for route in built {
+            if let Err(e) = table.index(route) {
+                errors.push(e);
             }
         }
         if errors.is_empty() {
@@ -176,286 +102,66 @@ impl RouteTable {
         }
     }
 
-    fn build_route(
-        &self,
-        spec: &RouteSpec,
-        file: &RoutesFile,
-        registries: &Registries,
-    ) -> Result<Route, Vec<RouteError>> {
-        let place = format!("route `{}`", spec.name);
-        let mut errors = Vec::new();
-        let mut err = |field: &str, message: String| {
-            errors.push(RouteError {
-                place: place.clone(),
-                field: field.to_owned(),
-                message,
-            })
+    fn index(&mut self, route: Route) -> Result<(), RouteError> {
+        let dup = |field: &str, message: String| {
+            RouteError::new(&format!("route `{}`", route.name()), field, message)
         };
-        if spec.name.trim().is_empty() {
-            err("name", "must not be empty".into());
-        }
-        let upstream = self.upstreams.get(&spec.upstream).cloned();
-        if upstream.is_none() && !file.upstreams.contains_key(&spec.upstream) {
-            err(
-                "upstream",
-                format!(
-                    "`{}` is not defined; add it under `upstreams:` or use one of: {}",
-                    spec.upstream,
-                    list(file.upstreams.keys())
-                ),
-            );
-        }
-        let http = spec.http.as_ref().and_then(|h| {
-            let method = match http::Method::from_bytes(h.method.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => m,
-                Err(_) => {
-                    err(
-                        "http.method",
-                        format!("`{}` is not an HTTP method", h.method),
-                    );
-                    return None;
-                }
-            };
-            if !h.path.starts_with('/') || h.path.contains(['?', '#', ' ']) {
-                err(
-                    "http.path",
-                    format!(
-                        "`{}` must be an absolute path like `/service/user/login`, without query",
-                        h.path
-                    ),
-                );
-                return None;
-            }
-            Some(HttpMatch {
-                method,
-                path: h.path.clone(),
-            })
-        });
-
-        if spec.methods.is_some() && spec.grpc_service.is_none() {
-            err(
-                "methods",
-                "only pass-through routes (`grpc_service`) take `methods`; a bridge route names its one method in `grpc`".into(),
-            );
-        }
-        let target = match (&spec.grpc, &spec.grpc_service) {
-            (Some(_), Some(_)) => {
-                err(
-                    "grpc_service",
-                    "a route has either `grpc` (bridge) or `grpc_service` (pass-through), not both"
-                        .into(),
-                );
-                None
-            }
-            (None, None) => {
-                err("grpc", "missing: set `grpc: package.Service/Method` (bridge) or `grpc_service: package.Service` (pass-through)".into());
-                None
-            }
-            (Some(target), None) => {
-                if spec.http.is_none() && spec.cmd.is_none() {
-                    err(
-                        "http",
-                        "a bridge route needs `http: {method, path}` and/or `cmd`".into(),
-                    );
-                }
-                let resolved = self.resolve_method(target).and_then(|method| {
-                    let path =
-                        format!("/{}/{}", method.parent_service().full_name(), method.name());
-                    PathAndQuery::try_from(path.as_str())
-                        .map(|path| (method, path))
-                        .map_err(|_| {
-                            format!("`{path}` is not a valid gRPC path; check the descriptor set")
-                        })
-                });
-                match resolved {
-                    Ok((method, path)) => Some(RouteTarget::Unary { path, method }),
-                    Err(message) => {
-                        err("grpc", message);
-                        None
+        match &route {
+            Route::Unary(r) => {
+                if let Some(h) = &r.http {
+                    let methods = self.by_path.entry(h.path.clone()).or_default();
+                    if let Some((_, other)) = methods.iter().find(|(m, _)| *m == h.method) {
+                        return Err(dup(
+                            "http.path",
+                            format!(
+                                "{} {} is already routed by `{}`; each method+path maps to one route",
+                                h.method, h.path, other.name
+                            ),
+                        ));
                     }
                 }
-            }
-            (None, Some(service)) => {
-                if spec.http.is_some() || spec.cmd.is_some() {
-                    err(
-                        "grpc_service",
-                        "pass-through routes match by gRPC path; remove `http` and `cmd`".into(),
-                    );
-                }
-                match self.descriptors.get_service_by_name(service) {
-                    None => err(
-                        "grpc_service",
-                        format!("service `{service}` is not in the descriptor set; check the name (package.Service) or load a descriptor set that has it"),
-                    ),
-                    Some(svc) => {
-                        for m in spec.methods.iter().flatten() {
-                            if !svc.methods().any(|d| d.name() == m) {
-                                let known: Vec<String> =
-                                    svc.methods().map(|d| d.name().to_owned()).collect();
-                                err(
-                                    "methods",
-                                    format!("`{service}` has no method `{m}`; it has {}", known.join(", ")),
-                                );
-                            }
-                        }
+                if let Some(cmd) = r.cmd {
+                    if let Some(other) = self.by_cmd.get(&cmd) {
+                        return Err(dup(
+                            "cmd",
+                            format!(
+                                "{cmd} is already used by `{}`; cmd ids must be unique",
+                                other.name
+                            ),
+                        ));
                     }
+                    self.by_cmd.insert(cmd, r.clone());
                 }
-                if spec.methods.as_ref().is_some_and(Vec::is_empty) {
-                    err(
-                        "methods",
-                        "an empty list routes nothing; list the methods or remove `methods`".into(),
-                    );
+                if let Some(h) = &r.http {
+                    self.by_path
+                        .entry(h.path.clone())
+                        .or_default()
+                        .push((h.method.clone(), r.clone()));
                 }
-                Some(RouteTarget::PassThrough {
-                    service: service.clone(),
-                    methods: spec.methods.clone(),
-                })
             }
-        };
-
-        if spec.auth == AuthMode::None && !spec.roles.is_empty() {
-            err(
-                "roles",
-                "roles need an authenticated caller; remove them or set `auth: required`".into(),
-            );
-        }
-        let rate_limit = spec
-            .rate_limit
-            .clone()
-            .or_else(|| file.defaults.rate_limit.clone());
-        if let Some(rl) = &spec.rate_limit {
-            if let Err(m) = check_rate_limit(rl) {
-                err("rate_limit", m);
-            }
-        }
-        let limiter = rate_limit
-            .as_ref()
-            .filter(|rl| check_rate_limit(rl).is_ok())
-            .map(|rl| {
-                let id = LimiterId::of(&spec.name, rl);
-                RouteLimit {
-                    limiter: registries.limiters.limiter(id.clone(), rl),
-                    key: rl.key,
-                    id,
+            Route::PassThrough(r) => {
+                if let Some(other) = self.by_service.get(&r.service) {
+                    return Err(dup(
+                        "grpc_service",
+                        format!(
+                            "`{}` is already passed through by `{}`",
+                            r.service, other.name
+                        ),
+                    ));
                 }
-            });
-        let max_body = spec
-            .max_body
-            .or(file.defaults.max_body)
-            .map_or(DEFAULT_MAX_BODY, |b| b.0);
-        if max_body == 0 || max_body > MAX_MESSAGE_CEILING {
-            err(
-                "max_body",
-                format!(
-                    "must be between 1 byte and {}MiB",
-                    MAX_MESSAGE_CEILING >> 20
-                ),
-            );
-        }
-        if let Some(up) = &upstream {
-            if matches!(target, Some(RouteTarget::Unary { .. })) && max_body > up.max_message as u64
-            {
-                err(
-                    "max_body",
-                    format!(
-                        "{max_body} bytes exceeds upstream `{}` max_message ({} bytes); raise the upstream's max_message or lower max_body",
-                        up.name, up.max_message
-                    ),
-                );
+                self.by_service.insert(r.service.clone(), r.clone());
             }
-        }
-        match (errors.is_empty(), upstream, target) {
-            (true, Some(upstream), Some(target)) => Ok(Route {
-                name: spec.name.clone(),
-                http,
-                cmd: spec.cmd,
-                upstream,
-                target,
-                auth: spec.auth,
-                roles: spec.roles.clone(),
-                rate_limit,
-                limiter,
-                max_body,
-            }),
-            _ => Err(errors),
-        }
-    }
-
-    fn resolve_method(&self, target: &str) -> Result<MethodDescriptor, String> {
-        let (service, method) = target
-            .trim_start_matches('/')
-            .split_once('/')
-            .ok_or_else(|| format!("`{target}` must look like `package.Service/Method`"))?;
-        let svc = self.descriptors.get_service_by_name(service).ok_or_else(|| {
-            format!("service `{service}` is not in the descriptor set; check the name or load a descriptor set that has it")
-        })?;
-        let m = svc.methods().find(|m| m.name() == method).ok_or_else(|| {
-            format!(
-                "method `{method}` is not in service `{service}`; it has: {}",
-                list(svc.methods().map(|m| m.name().to_owned()))
-            )
-        })?;
-        if m.is_client_streaming() || m.is_server_streaming() {
-            return Err(format!(
-                "`{target}` is a streaming method; bridge routes call unary methods (use `grpc_service` to pass streams through)"
-            ));
-        }
-        Ok(m)
-    }
-
-    fn index(&mut self, route: Arc<Route>) -> Result<(), RouteError> {
-        let dup = |field: &str, what: String| RouteError {
-            place: format!("route `{}`", route.name),
-            field: field.to_owned(),
-            message: what,
-        };
-        if let Some(h) = &route.http {
-            let methods = self.by_path.entry(h.path.clone()).or_default();
-            if let Some((_, other)) = methods.iter().find(|(m, _)| *m == h.method) {
-                return Err(dup(
-                    "http.path",
-                    format!(
-                        "{} {} is already routed by `{}`; each method+path maps to one route",
-                        h.method, h.path, other.name
-                    ),
-                ));
-            }
-        }
-        if let Some(cmd) = route.cmd {
-            if let Some(other) = self.by_cmd.get(&cmd) {
-                return Err(dup(
-                    "cmd",
-                    format!(
-                        "{cmd} is already used by `{}`; cmd ids must be unique",
-                        other.name
-                    ),
-                ));
-            }
-        }
-        if let RouteTarget::PassThrough { service, .. } = &route.target {
-            if let Some(other) = self.by_service.get(service) {
-                return Err(dup(
-                    "grpc_service",
-                    format!("`{service}` is already passed through by `{}`", other.name),
-                ));
-            }
-            self.by_service.insert(service.clone(), route.clone());
-        }
-        if let Some(h) = &route.http {
-            self.by_path
-                .entry(h.path.clone())
-                .or_default()
-                .push((h.method.clone(), route.clone()));
-        }
-        if let Some(cmd) = route.cmd {
-            self.by_cmd.insert(cmd, route.clone());
         }
         self.routes.push(route);
         Ok(())
     }
 
     /// The bridge route for an HTTP request.
-    pub fn match_http(&self, method: &http::Method, path: &str) -> Result<&Arc<Route>, RouteMiss> {
+    pub fn match_http(
+        &self,
+        method: &http::Method,
+        path: &str,
+    ) -> Result<&Arc<UnaryRoute>, RouteMiss> {
         let methods = self.by_path.get(path).ok_or(RouteMiss::NotFound)?;
         methods
             .iter()
@@ -465,22 +171,17 @@ impl RouteTable {
     }
 
     /// The route of a WebSocket cmd id.
-    pub fn match_cmd(&self, cmd: u32) -> Option<&Arc<Route>> {
+    pub fn match_cmd(&self, cmd: u32) -> Option<&Arc<UnaryRoute>> {
         self.by_cmd.get(&cmd)
     }
 
     /// The pass-through route for a gRPC path `/package.Service/Method`, if it routes that
     /// method.
-    pub fn match_grpc(&self, path: &str) -> Option<&Arc<Route>> {
+    pub fn match_grpc(&self, path: &str) -> Option<&Arc<PassThroughRoute>> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        let route = self.by_service.get(service)?;
-        match &route.target {
-            RouteTarget::PassThrough {
-                methods: Some(allowed),
-                ..
-            } if !allowed.iter().any(|m| m == method) => None,
-            _ => Some(route),
-        }
+        self.by_service
+            .get(service)
+            .filter(|r| r.routes_method(method))
     }
 
     /// Every endpoint address in use, with the active check of its pool (if any).
@@ -491,136 +192,6 @@ impl RouteTable {
     }
 }
 
-fn build_upstream(
-    name: &str,
-    spec: &UpstreamSpec,
-    file: &RoutesFile,
-    health: &HealthRegistry,
-) -> Result<Upstream, Vec<RouteError>> {
-    let place = format!("upstream `{name}`");
-    let mut errors = Vec::new();
-    let mut err = |field: &str, message: String| {
-        errors.push(RouteError {
-            place: place.clone(),
-            field: field.to_owned(),
-            message,
-        })
-    };
-    if spec.endpoints.is_empty() {
-        err("endpoints", "must list at least one `host:port`".into());
-    }
-    let check = spec.health_check.as_ref().map(|h| HealthCheck {
-        grpc_service: h.grpc_service.clone(),
-        interval: h.interval.map_or(Duration::from_secs(2), |d| d.0),
-        timeout: h.timeout.map_or(Duration::from_millis(500), |d| d.0),
-        rise: h.rise.unwrap_or(2),
-        fall: h.fall.unwrap_or(2),
-    });
-    if let Some(c) = &check {
-        if c.interval < Duration::from_millis(10) {
-            err("health_check.interval", "must be at least 10ms".into());
-        }
-        if c.timeout.is_zero() || c.timeout > c.interval.max(Duration::from_millis(10)) * 10 {
-            err(
-                "health_check.timeout",
-                "must be above zero and not far above the interval".into(),
-            );
-        }
-        if c.rise == 0 || c.fall == 0 {
-            err(
-                "health_check.rise",
-                "rise and fall must be at least 1".into(),
-            );
-        }
-    }
-    let mut seen = HashSet::new();
-    let mut endpoints = Vec::new();
-    for (i, ep) in spec.endpoints.iter().enumerate() {
-        let (addr, weight) = match ep {
-            EndpointSpec::Addr(a) => (a.as_str(), 1),
-            EndpointSpec::Weighted(w) => (w.addr.as_str(), w.weight),
-        };
-        let field = format!("endpoints[{i}]");
-        let parsed = addr
-            .replace("localhost:", "127.0.0.1:")
-            .parse::<SocketAddr>();
-        match parsed {
-            Ok(a) if a.port() == 0 => err(&field, format!("`{addr}` needs a port")),
-            Ok(a) if !seen.insert(a) => err(&field, format!("`{addr}` is listed twice")),
-            Ok(_) if weight == 0 || weight > 1000 => {
-                err(&field, "weight must be between 1 and 1000".into())
-            }
-            Ok(a) => endpoints.push(Endpoint {
-                addr: a,
-                weight,
-                state: health.state(a, check.is_some()),
-            }),
-            Err(_) => err(
-                &field,
-                format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)"),
-            ),
-        }
-    }
-    let timeout = spec
-        .timeout
-        .or(file.defaults.timeout)
-        .map_or(DEFAULT_TIMEOUT, |d| d.0);
-    if timeout.is_zero() {
-        err("timeout", "must be above zero, e.g. `3s`".into());
-    }
-    let retries = spec.retries.unwrap_or(DEFAULT_RETRIES);
-    if retries > 5 {
-        err(
-            "retries",
-            "at most 5; retries only repeat attempts that never reached a backend".into(),
-        );
-    }
-    let max_message = spec
-        .max_message
-        .or(file.defaults.max_message)
-        .map_or(DEFAULT_MAX_MESSAGE, |b| b.0);
-    if max_message == 0 || max_message > MAX_MESSAGE_CEILING {
-        err(
-            "max_message",
-            format!(
-                "must be between 1 byte and {}MiB",
-                MAX_MESSAGE_CEILING >> 20
-            ),
-        );
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(Upstream::new(
-        name.to_owned(),
-        endpoints,
-        spec.lb,
-        check,
-        timeout,
-        retries,
-        max_message as usize,
-    ))
-}
-
-fn check_rate_limit(rl: &RateLimitSpec) -> Result<(), String> {
-    if !(rl.per_second.is_finite() && rl.per_second > 0.0 && rl.per_second <= 1e6) {
-        return Err("per_second must be above 0 and at most 1000000".into());
-    }
-    if rl.burst == 0 {
-        return Err("burst must be at least 1".into());
-    }
-    Ok(())
-}
-
-fn list<T: AsRef<str>>(items: impl Iterator<Item = T>) -> String {
-    let v: Vec<String> = items.map(|s| format!("`{}`", s.as_ref())).collect();
-    if v.is_empty() {
-        "(none)".into()
-    } else {
-        v.join(", ")
-    }
-}
-
 fn version_of(text: &str, descriptor_bytes: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(text.as_bytes());
@@ -628,29 +199,11 @@ fn version_of(text: &str, descriptor_bytes: &[u8]) -> String {
     hex::encode(&h.finalize()[..6])
 }
 
-/// A serde error, with `routes[N]` replaced by the route's name when the file says it.
-fn syntax_error(text: &str, e: &serde_yaml::Error) -> RoutesError {
-    let msg = e.to_string();
-    let named = msg
-        .strip_prefix("routes[")
-        .and_then(|rest| rest.split_once(']'))
-        .and_then(|(idx, rest)| {
-            let idx: usize = idx.parse().ok()?;
-            let doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
-            let name = doc
-                .get("routes")?
-                .get(idx)?
-                .get("name")?
-                .as_str()?
-                .to_owned();
-            Some(format!("route `{name}` (routes[{idx}]){rest}"))
-        });
-    RoutesError::Syntax(named.unwrap_or(msg))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::build::DEFAULT_MAX_BODY;
+    use std::time::Duration;
 
     const BASE: &str = r#"
 upstreams:

@@ -13,7 +13,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use rand::Rng;
 
 use super::health::{EndpointState, HealthCheck};
-use crate::routes::file::LbPolicy;
+use crate::policy::LbPolicy;
 
 /// How many candidates selection inspects before giving up (bounds ketama's linear walk).
 const MAX_SELECT_ITERATIONS: usize = 256;

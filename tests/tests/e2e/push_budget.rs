@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use im_gateway::config::units::{ByteSize, HumanDuration};
+use im_gateway::units::{ByteSize, HumanDuration};
 use im_proto::im::echo::v1::EchoReply;
 use im_tests::{echo_routes, wait_for, EchoBackend, TestGateway};
 use prost::Message as _;

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use im_gateway::config::units::{ByteSize, HumanDuration};
 use im_gateway::push::config::Rate;
 use im_gateway::push::registry::MultiDevicePolicy;
+use im_gateway::units::{ByteSize, HumanDuration};
 use im_proto::im::echo::v1::{EchoReply, EchoRequest};
 use im_proto::im::gateway::v1::{server_frame, ClientFrame, PresenceRequest};
 use im_tests::{

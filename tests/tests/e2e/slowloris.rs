@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use im_gateway::config::units::HumanDuration;
 use im_gateway::config::GatewayConfig;
+use im_gateway::units::HumanDuration;
 use im_tests::{echo_routes, EchoBackend, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

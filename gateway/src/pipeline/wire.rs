@@ -143,7 +143,7 @@ fn check_field(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::transcode::tests::desc;
+    use crate::pipeline::transcode::tests::desc;
     use prost::Message;
 
     #[test]

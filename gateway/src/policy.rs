@@ -1,0 +1,44 @@
+//! The policy vocabulary routes are written in (how a call is authenticated, rate-limited and
+//! balanced), shared by [`crate::routes`], [`crate::filters`] and [`crate::upstream`]. A leaf:
+//! it imports nothing from the gateway, so those modules never import each other to agree on it.
+
+use serde::Deserialize;
+
+/// How a route authenticates its callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    None,
+    ApiKey,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity, one bucket per `key`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub key: RateLimitKey,
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// What a rate limit counts by: the client IP, the user, or the user on this one route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    Ip,
+    User,
+    RouteUser,
+}
+
+/// How a pool picks an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    Random,
+    ConsistentHash,
+    LeastInflight,
+}

@@ -1,0 +1,125 @@
+//! One `upstreams:` entry checked and built into an [`Upstream`]: endpoints, health check,
+//! timeout, retries and the message limit, with the file's defaults applied.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::error::{Problems, RouteError};
+use super::file::{EndpointSpec, RoutesFile, UpstreamSpec};
+use crate::upstream::{Endpoint, HealthCheck, HealthRegistry, Upstream};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_RETRIES: u32 = 1;
+pub const DEFAULT_MAX_MESSAGE: u64 = 4 << 20;
+/// Hard ceiling on any message size, whatever the file says.
+pub const MAX_MESSAGE_CEILING: u64 = 256 << 20;
+
+pub(super) fn build_upstream(
+    name: &str,
+    spec: &UpstreamSpec,
+    file: &RoutesFile,
+    health: &HealthRegistry,
+) -> Result<Upstream, Vec<RouteError>> {
+    let mut p = Problems::new(format!("upstream `{name}`"));
+    if spec.endpoints.is_empty() {
+        p.add("endpoints", "must list at least one `host:port`");
+    }
+    let check = spec.health_check.as_ref().map(|h| HealthCheck {
+        grpc_service: h.grpc_service.clone(),
+        interval: h.interval.map_or(Duration::from_secs(2), |d| d.0),
+        timeout: h.timeout.map_or(Duration::from_millis(500), |d| d.0),
+        rise: h.rise.unwrap_or(2),
+        fall: h.fall.unwrap_or(2),
+    });
+    if let Some(c) = &check {
+        if c.interval < Duration::from_millis(10) {
+            p.add("health_check.interval", "must be at least 10ms");
+        }
+        if c.timeout.is_zero() || c.timeout > c.interval.max(Duration::from_millis(10)) * 10 {
+            p.add(
+                "health_check.timeout",
+                "must be above zero and not far above the interval",
+            );
+        }
+        if c.rise == 0 || c.fall == 0 {
+            p.add("health_check.rise", "rise and fall must be at least 1");
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut endpoints = Vec::new();
+    for (i, ep) in spec.endpoints.iter().enumerate() {
+        let (addr, weight) = match ep {
+            EndpointSpec::Addr(a) => (a.as_str(), 1),
+            EndpointSpec::Weighted(w) => (w.addr.as_str(), w.weight),
+        };
+        let field = format!("endpoints[{i}]");
+        let parsed = addr
+            .replace("localhost:", "127.0.0.1:")
+            .parse::<SocketAddr>();
+        match parsed {
+            Ok(a) if a.port() == 0 => p.add(&field, format!("`{addr}` needs a port")),
+            Ok(a) if !seen.insert(a) => p.add(&field, format!("`{addr}` is listed twice")),
+            Ok(_) if weight == 0 || weight > 1000 => {
+                p.add(&field, "weight must be between 1 and 1000")
+            }
+            Ok(a) => endpoints.push(Endpoint {
+                addr: a,
+                weight,
+                state: health.state(a, check.is_some()),
+            }),
+            Err(_) => p.add(
+                &field,
+                format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)"),
+            ),
+        }
+    }
+    let timeout = spec
+        .timeout
+        .or(file.defaults.timeout)
+        .map_or(DEFAULT_TIMEOUT, |d| d.0);
+    if timeout.is_zero() {
+        p.add("timeout", "must be above zero, e.g. `3s`");
+    }
+    let retries = spec.retries.unwrap_or(DEFAULT_RETRIES);
+    if retries > 5 {
+        p.add(
+            "retries",
+            "at most 5; retries only repeat attempts that never reached a backend",
+        );
+    }
+    let max_message = spec
+        .max_message
+        .or(file.defaults.max_message)
+        .map_or(DEFAULT_MAX_MESSAGE, |b| b.0);
+    if max_message == 0 || max_message > MAX_MESSAGE_CEILING {
+        p.add(
+            "max_message",
+            format!(
+                "must be between 1 byte and {}MiB",
+                MAX_MESSAGE_CEILING >> 20
+            ),
+        );
+    }
+    if !p.is_empty() {
+        return Err(p.errors);
+    }
+    Ok(Upstream::new(
+        name.to_owned(),
+        endpoints,
+        spec.lb,
+        check,
+        timeout,
+        retries,
+        max_message as usize,
+    ))
+}
+
+pub(super) fn list<T: AsRef<str>>(items: impl Iterator<Item = T>) -> String {
+    let v: Vec<String> = items.map(|s| format!("`{}`", s.as_ref())).collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
