@@ -233,10 +233,7 @@ fn read(path: &Path, field: &'static str) -> Result<Vec<u8>, AuthConfigError> {
 }
 
 impl Authenticator {
-    pub fn new(
-        cfg: &AuthConfig,
-        revocation: Arc<dyn Revocation>,
-    ) -> Result<Self, AuthConfigError> {
+    pub fn new(cfg: &AuthConfig, revocation: Arc<dyn Revocation>) -> Result<Self, AuthConfigError> {
         let validation = |alg| {
             let mut v = Validation::new(alg);
             v.leeway = cfg.leeway.0.as_secs();

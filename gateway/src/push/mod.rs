@@ -21,6 +21,8 @@ pub mod outbox;
 pub mod registry;
 pub mod service;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 
 use std::sync::Arc;
 

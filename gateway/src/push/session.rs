@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::time::Instant as TokioInstant;
 
@@ -58,6 +58,82 @@ fn to_message(frame: Outbound) -> Message {
     }
 }
 
+/// A session's deadlines as plain data, with no clock inside (callers pass `now`): idle since the
+/// last frame, the token's expiry and, once shutdown starts, its place in the drain window. One
+/// timer serves all three; activity does not re-arm it, the wake-up asks what is due.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    pub idle: Duration,
+    pub expires_at: TokioInstant,
+    pub last_active: TokioInstant,
+    pub drain_at: Option<TokioInstant>,
+}
+
+impl Deadlines {
+    /// When to wake up next.
+    pub fn next(&self) -> TokioInstant {
+        let d = (self.last_active + self.idle).min(self.expires_at);
+        self.drain_at.map_or(d, |t| d.min(t))
+    }
+
+    /// The close due at `now`, if any: expiry first, then drain, then idle.
+    pub fn due(&self, now: TokioInstant) -> CloseRequest {
+        if now >= self.expires_at {
+            Some((close::TOKEN, "token expired"))
+        } else if self.drain_at.is_some_and(|t| now >= t) {
+            Some((close::GOING_AWAY, "gateway shutting down"))
+        } else if now >= self.last_active + self.idle {
+            Some((close::POLICY, "idle timeout"))
+        } else {
+            None
+        }
+    }
+}
+
+/// The socket side of a session: what waits to be written and when the socket last took bytes
+/// (a writer stuck past `write_stall_timeout` is closed as a slow consumer).
+struct Writer {
+    pending: VecDeque<Message>,
+    unflushed: bool,
+    last_progress: TokioInstant,
+}
+
+impl Writer {
+    /// The ping tick: a ping when the socket keeps up, else the stall verdict.
+    fn on_ping_tick(&mut self, outbox: &Outbox, stall_after: Duration) -> CloseRequest {
+        let waiting = !self.pending.is_empty() || self.unflushed || outbox.queued_frames() > 0;
+        if waiting && self.last_progress.elapsed() >= stall_after {
+            return Some((close::SLOW_CONSUMER, "write stall"));
+        }
+        if !waiting {
+            self.last_progress = TokioInstant::now();
+        }
+        self.pending.push_back(Message::Ping(Bytes::new()));
+        None
+    }
+}
+
+/// Registers the connection, closing what the multi-device policy displaces.
+fn register(info: &SessionInfo, deps: &Arc<PushDeps>, conn_id: u64, handle: &SessionHandle) {
+    let displaced = deps.hub.registry.register(
+        &info.identity.user_id,
+        Connection {
+            conn_id,
+            device: info.device.clone(),
+            handle: handle.clone(),
+        },
+    );
+    for old in displaced {
+        let ending = super::control::Ending::Kicked {
+            reason: "signed in on another device",
+            by_device_id: &info.device.device_id,
+        };
+        super::control::close_connection(deps, &old, ending);
+    }
+}
+
+/// Runs one session until it closes: reads, the outbox pump and the timers share this loop (a
+/// second task per connection would cost about 1 KiB more).
 pub async fn run<S>(
     ws: WebSocketStream<S>,
     info: SessionInfo,
@@ -77,128 +153,72 @@ pub async fn run<S>(
         cfg.queue_bytes.0 as usize,
         deps.hub.budget.clone(),
     );
-    let user = info.identity.user_id.clone();
-    let displaced = deps.hub.registry.register(
-        &user,
-        Connection {
-            conn_id,
-            device: info.device.clone(),
-            handle: handle.clone(),
-        },
-    );
-    for old in displaced {
-        let ending = super::control::Ending::Kicked {
-            reason: "signed in on another device",
-            by_device_id: &info.device.device_id,
-        };
-        super::control::close_connection(&deps, &old, ending);
-    }
+    register(&info, &deps, conn_id, &handle);
 
-    // One task per session: reads, the outbox pump and the timers share this loop (a second
-    // task per connection would cost about 1 KiB more).
     let (mut sink, mut stream) = ws.split();
-    let mut pending: VecDeque<Message> = VecDeque::new();
-    let mut unflushed = false;
-    // When the socket last took bytes; a writer stuck past write_stall_timeout is closed.
-    let mut last_progress = TokioInstant::now();
-    let ping = cfg.ping_interval.0;
-    let mut pings = tokio::time::interval_at(TokioInstant::now() + ping, ping);
-    let inflight = Arc::new(AtomicUsize::new(0));
-    let mut budget = FrameBudget::new(cfg.frame_rate, cfg.frame_flood_strikes, Instant::now());
-    // One timer for idle, token expiry and drain (each is a deadline; activity does not re-arm
-    // it, the wake-up checks which deadline passed).
-    let idle = cfg.idle_timeout.0;
-    let expires_at =
-        TokioInstant::now() + Duration::from_secs(info.identity.exp.saturating_sub(unix_now()));
-    let mut last_active = TokioInstant::now();
-    let mut drain_at: Option<TokioInstant> = None;
-    let next_deadline = |last_active: TokioInstant, drain_at: Option<TokioInstant>| {
-        let d = (last_active + idle).min(expires_at);
-        drain_at.map_or(d, |t| d.min(t))
+    let now = TokioInstant::now();
+    let mut writer = Writer {
+        pending: VecDeque::new(),
+        unflushed: false,
+        last_progress: now,
     };
-    let timer = tokio::time::sleep_until(next_deadline(last_active, drain_at));
+    let ping = cfg.ping_interval.0;
+    let mut pings = tokio::time::interval_at(now + ping, ping);
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let mut budget = FrameBudget::new(cfg.frame_rate, cfg.frame_flood_strikes, now.into_std());
+    let mut deadlines = Deadlines {
+        idle: cfg.idle_timeout.0,
+        expires_at: now + Duration::from_secs(info.identity.exp.saturating_sub(unix_now())),
+        last_active: now,
+        drain_at: None,
+    };
+    let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
     let info = Arc::new(info);
     loop {
         tokio::select! {
             next = stream.next() => match next {
                 None => handle.close_with(close::NORMAL, "client gone"),
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => handle.close_with(close::TOO_BIG, "message too big"),
-                Some(Err(WsError::Utf8(_))) => handle.close_with(close::INVALID_TEXT, "invalid UTF-8"),
-                Some(Err(_)) => handle.close_with(close::POLICY, "protocol error"),
+                Some(Err(e)) => { let (code, why) = read_error_close(&e); handle.close_with(code, why) }
                 Some(Ok(msg)) => {
                     // One clock read per frame: activity and the frame budget.
-                    last_active = TokioInstant::now();
-                    let inbound = match &msg {
-                        Message::Binary(b) => Some(Inbound::Binary(b)),
-                        Message::Text(t) => Some(Inbound::Text(t.as_str())),
-                        Message::Close(_) => {
-                            handle.close_with(close::NORMAL, "client closed");
-                            None
-                        }
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
-                    };
-                    // Pongs answer our pings; everything else the client sends is budgeted.
+                    deadlines.last_active = TokioInstant::now();
                     let verdict = if matches!(msg, Message::Pong(_)) {
                         Verdict::Pass
                     } else {
-                        budget.take(last_active.into_std())
+                        budget.take(deadlines.last_active.into_std())
                     };
-                    match (verdict, inbound) {
-                        (Verdict::Pass, Some(inbound)) => on_request(inbound, &info, &deps, &handle, &inflight),
-                        (Verdict::Pass, None) => {}
-                        (Verdict::Refuse, inbound) => {
-                            deps.hub.metrics.ws_frames_limited.inc();
-                            let seq = inbound.map_or(0, peek_seq);
-                            let frame = encode_error(info.encoding, seq, Code::ResourceExhausted, "frame rate limit: slow down");
-                            deps.hub.send(&handle, frame);
-                        }
-                        (Verdict::Close, _) => {
-                            handle.close_with(close::POLICY, "frame flood");
-                        }
-                    }
+                    on_message(&msg, verdict, &info, &deps, &handle, &inflight);
                 }
             },
             _ = close_rx.changed() => break,
-            written = pump(&mut sink, &mut pending, &mut unflushed, &outbox, &mut last_progress) => {
+            written = pump(&mut sink, &mut writer, &outbox) => {
                 if written.is_err() {
                     handle.close_with(close::NORMAL, "connection lost");
                 }
             }
             _ = pings.tick() => {
-                let waiting = !pending.is_empty() || unflushed || outbox.queued_frames() > 0;
-                if waiting && last_progress.elapsed() >= cfg.write_stall_timeout.0 {
+                if let Some((code, why)) = writer.on_ping_tick(&outbox, cfg.write_stall_timeout.0) {
                     deps.hub.metrics.ws_write_stalls.inc();
-                    handle.close_with(close::SLOW_CONSUMER, "write stall");
-                } else {
-                    if !waiting {
-                        last_progress = TokioInstant::now();
-                    }
-                    pending.push_back(Message::Ping(Bytes::new()));
+                    handle.close_with(code, why);
                 }
             }
-            _ = &mut timer => {
-                let now = TokioInstant::now();
-                if now >= expires_at {
-                    handle.close_with(close::TOKEN, "token expired");
-                } else if drain_at.is_some_and(|t| now >= t) {
-                    handle.close_with(close::GOING_AWAY, "gateway shutting down");
-                } else if now >= last_active + idle {
-                    handle.close_with(close::POLICY, "idle timeout");
-                } else {
-                    timer.as_mut().reset(next_deadline(last_active, drain_at));
-                }
-            }
-            _ = shutdown.changed(), if drain_at.is_none() => {
-                drain_at = Some(TokioInstant::now() + drain_delay(conn_id, cfg.drain_window.0));
-                timer.as_mut().reset(next_deadline(last_active, drain_at));
+            _ = &mut timer => match deadlines.due(TokioInstant::now()) {
+                Some((code, why)) => handle.close_with(code, why),
+                None => timer.as_mut().reset(deadlines.next()),
+            },
+            _ = shutdown.changed(), if deadlines.drain_at.is_none() => {
+                deadlines.drain_at = Some(TokioInstant::now() + drain_delay(conn_id, cfg.drain_window.0));
+                timer.as_mut().reset(deadlines.next());
             }
         }
         if close_rx.borrow().is_some() {
             break;
         }
     }
-    deps.hub.registry.unregister(&user, conn_id);
+    deps.hub
+        .registry
+        .unregister(&info.identity.user_id, conn_id);
     let requested = *close_rx.borrow();
     if let Some((code, reason)) = requested {
         deps.hub
@@ -209,6 +229,55 @@ pub async fn run<S>(
     }
     farewell(&mut sink, &outbox, requested).await;
     outbox.close();
+}
+
+/// The close for a socket that failed to read.
+fn read_error_close(e: &WsError) -> (u16, &'static str) {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            (close::TOO_BIG, "message too big")
+        }
+        WsError::Utf8(_) => (close::INVALID_TEXT, "invalid UTF-8"),
+        _ => (close::POLICY, "protocol error"),
+    }
+}
+
+/// One message from the client, after the frame budget's verdict on it (pongs answer our pings
+/// and are not budgeted).
+fn on_message(
+    msg: &Message,
+    verdict: Verdict,
+    info: &Arc<SessionInfo>,
+    deps: &Arc<PushDeps>,
+    handle: &SessionHandle,
+    inflight: &Arc<AtomicUsize>,
+) {
+    let inbound = match msg {
+        Message::Binary(b) => Some(Inbound::Binary(b)),
+        Message::Text(t) => Some(Inbound::Text(t.as_str())),
+        Message::Close(_) => {
+            handle.close_with(close::NORMAL, "client closed");
+            None
+        }
+        Message::Pong(_) => return,
+        Message::Ping(_) | Message::Frame(_) => None,
+    };
+    match (verdict, inbound) {
+        (Verdict::Pass, Some(inbound)) => on_request(inbound, info, deps, handle, inflight),
+        (Verdict::Pass, None) => {}
+        (Verdict::Refuse, inbound) => {
+            deps.hub.metrics.ws_frames_limited.inc();
+            let seq = inbound.map_or(0, peek_seq);
+            let frame = encode_error(
+                info.encoding,
+                seq,
+                Code::ResourceExhausted,
+                "frame rate limit: slow down",
+            );
+            deps.hub.send(handle, frame);
+        }
+        (Verdict::Close, _) => handle.close_with(close::POLICY, "frame flood"),
+    }
 }
 
 /// Where in the drain window a session closes: spread evenly by connection id, so clients do not
@@ -286,35 +355,33 @@ async fn call(
 /// the sink has taken it, and the outbox is checked before every wait.
 async fn pump<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    pending: &mut VecDeque<Message>,
-    unflushed: &mut bool,
+    w: &mut Writer,
     outbox: &Outbox,
-    last_progress: &mut TokioInstant,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        if pending.is_empty() {
+        if w.pending.is_empty() {
             // A fresh deque each batch, dropped once written: an idle session keeps no buffer.
-            *pending = outbox.take().into_iter().map(to_message).collect();
+            w.pending = outbox.take().into_iter().map(to_message).collect();
         }
-        while !pending.is_empty() {
+        while !w.pending.is_empty() {
             poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-            if let Some(msg) = pending.pop_front() {
+            if let Some(msg) = w.pending.pop_front() {
                 let len = msg.len();
                 sink.start_send_unpin(msg)?;
                 // Handed to the socket: its bytes leave the gateway-wide budget.
                 outbox.written(len);
-                *last_progress = TokioInstant::now();
-                *unflushed = true;
+                w.last_progress = TokioInstant::now();
+                w.unflushed = true;
             }
         }
-        *pending = VecDeque::new();
-        if *unflushed {
+        w.pending = VecDeque::new();
+        if w.unflushed {
             poll_fn(|cx| sink.poll_flush_unpin(cx)).await?;
-            *last_progress = TokioInstant::now();
-            *unflushed = false;
+            w.last_progress = TokioInstant::now();
+            w.unflushed = false;
         }
         if outbox.queued_frames() == 0 {
             outbox.ready().await;
