@@ -1,23 +1,42 @@
 //! im-gateway: the Pingora-based edge of the IM system.
 //!
+//! # From socket to backend
+//! A request arrives on the edge listener ([`http_guard`] bounds slow clients, then [`proxy`]) or
+//! as a frame on a WebSocket session ([`push::listener`] checks the handshake, [`push::session`]
+//! reads frames). Either way it is matched in the current [`routes::RouteTable`] to a
+//! [`routes::UnaryRoute`] (by path or `cmd`) and goes through the one [`pipeline`]: admit
+//! ([`filters::Guard`]: token or session identity, roles, rate limit), build the one call context,
+//! decode against the route's input type, call the backend through [`dispatch::Dispatcher`]
+//! (pool selection, failover, status mapping), encode the reply. HTTP renders the result with
+//! [`bridge`], a socket with [`push::frames`]. Native gRPC clients match a
+//! [`routes::PassThroughRoute`] instead: the same admission and call context, then Pingora
+//! proxies the stream to the chosen endpoint. Backends push back through PushService
+//! ([`push::service`]) into sessions' bounded outboxes.
+//!
 //! # Layout
-//! - [`config`]: the gateway's own `gateway.yaml` (listeners, threads, reload, shutdown) and units.
-//! - [`routes`]: `routes.yaml` parsed ([`routes::file`]), validated into an immutable
-//!   [`routes::RouteTable`], swapped atomically by [`routes::RouteStore`], reloaded by
-//!   [`routes::reloader`] on file change, SIGHUP or `POST /admin/reload`.
+//! - [`policy`], [`units`], [`clock`]: leaves: the route policy vocabulary (auth modes, rate
+//!   limits, balancing), human units, the one wall clock. `scripts/module-cycles.py` keeps the
+//!   module graph free of cycles.
+//! - [`config`]: the gateway's own `gateway.yaml` (listeners, threads, reload, shutdown).
+//! - [`routes`]: `routes.yaml` parsed ([`routes::file`]), checked route by route
+//!   ([`routes::build`], [`routes::upstreams`]) into an immutable [`routes::RouteTable`], swapped
+//!   atomically by [`routes::RouteStore`], reloaded by [`routes::reloader`] on file change,
+//!   SIGHUP or `POST /admin/reload`.
 //! - [`upstream`]: pools with pingora-load-balancing selection, health keyed by address with
 //!   active `grpc.health.v1` checks, and the tonic channels calls go through.
-//! - [`dispatch`]: the one dispatcher (route -> pool -> endpoint -> tonic pass-through codec ->
-//!   status), shared by the HTTP bridge and WebSocket cmd frames; retries only unprocessed attempts.
-//! - [`bridge`]: HTTP <-> gRPC unary, JSON transcoding with the descriptor set, socket-free.
-//! - [`filters`]: admission shared by every entry point ([`filters::Guard`]): JWT / API keys,
-//!   revocation, GCRA rate limits with a key cap, client IP behind a CDN, CORS, request ids.
+//! - [`pipeline`]: admit -> call -> decode -> dispatch -> encode, shared by HTTP and WebSocket,
+//!   with JSON transcoding and the protobuf validator.
+//! - [`dispatch`]: the dispatcher (route -> pool -> endpoint -> tonic pass-through codec ->
+//!   status); retries only unprocessed attempts.
+//! - [`bridge`]: the HTTP side of the pipeline: encodings from headers, replies, error bodies.
+//! - [`filters`]: admission ([`filters::Guard`]): JWT / API keys, revocation, GCRA rate limits
+//!   with a key cap, client IP behind a CDN, CORS, request ids.
 //! - [`proxy`]: the edge `ProxyHttp`, which only dispatches to the above; gRPC pass-through routes.
 //! - [`http_guard`]: below the proxy, slow HTTP/1 clients bounded (head deadline, keep-alive
 //!   timeout, per-IP cap on unfinished connections).
 //! - [`push`]: the WebSocket push plugin: listener and handshake checks, one task per session,
 //!   frames in both encodings, the registry with the multi-device policies, bounded outboxes,
-//!   and PushService for backends.
+//!   session control (revoke, kick) and PushService for backends.
 //! - [`web`]: the demo web client (embedded from `gateway/web/`) and `/config.json` with the
 //!   push URL, served by the edge for `GET` on paths no route claims.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload.
@@ -25,7 +44,7 @@
 //!   periodic sweeps of rate-limit keys and revocations (the reloader only reloads).
 //! - [`metrics`]: the Prometheus registry of one gateway.
 //! - [`server`]: assembles the Pingora services (edge, push + PushService on one runtime, admin,
-//!   reloader); runs and stops a gateway in-process.
+//!   reloader, maintenance); runs and stops a gateway in-process.
 
 // No panic reachable from input or reload: a request, frame or route file gets an error instead.
 // Tests may unwrap; the one allowed `expect` (static metric definitions) says why where it is.

@@ -1,5 +1,5 @@
 //! Admission before dispatch, one implementation for HTTP bridge routes, gRPC pass-through
-//! routes and (later) WebSocket cmd frames: authenticate ([`auth`]), authorize roles, rate-limit
+//! routes and WebSocket cmd frames: authenticate ([`auth`]), authorize roles, rate-limit
 //! ([`ratelimit`]) keyed by the real client IP ([`client_ip`]); plus CORS ([`cors`]), request ids
 //! ([`request_id`]) and the session denylist ([`revocation`]).
 

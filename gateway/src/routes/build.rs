@@ -12,7 +12,7 @@ use super::error::{Problems, RouteError};
 use super::file::{RouteSpec, RoutesFile};
 use super::registries::Registries;
 use super::route::{HttpMatch, PassThroughRoute, Route, UnaryRoute};
-use super::upstreams::{list, MAX_MESSAGE_CEILING};
+use super::upstreams::{check_size, list};
 use crate::filters::ratelimit::{LimiterId, RouteLimit};
 use crate::filters::Admission;
 use crate::policy::{AuthMode, RateLimitSpec};
@@ -159,15 +159,7 @@ impl RouteContext<'_> {
             .max_body
             .or(self.file.defaults.max_body)
             .map_or(DEFAULT_MAX_BODY, |b| b.0);
-        if max_body == 0 || max_body > MAX_MESSAGE_CEILING {
-            p.add(
-                "max_body",
-                format!(
-                    "must be between 1 byte and {}MiB",
-                    MAX_MESSAGE_CEILING >> 20
-                ),
-            );
-        }
+        check_size(p, "max_body", max_body);
         max_body
     }
 

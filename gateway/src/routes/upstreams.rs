@@ -92,15 +92,7 @@ pub(super) fn build_upstream(
         .max_message
         .or(file.defaults.max_message)
         .map_or(DEFAULT_MAX_MESSAGE, |b| b.0);
-    if max_message == 0 || max_message > MAX_MESSAGE_CEILING {
-        p.add(
-            "max_message",
-            format!(
-                "must be between 1 byte and {}MiB",
-                MAX_MESSAGE_CEILING >> 20
-            ),
-        );
-    }
+    check_size(&mut p, "max_message", max_message);
     if !p.is_empty() {
         return Err(p.errors);
     }
@@ -113,6 +105,19 @@ pub(super) fn build_upstream(
         retries,
         max_message as usize,
     ))
+}
+
+/// A message or body size: at least one byte, at most [`MAX_MESSAGE_CEILING`].
+pub(super) fn check_size(p: &mut Problems, field: &str, bytes: u64) {
+    if bytes == 0 || bytes > MAX_MESSAGE_CEILING {
+        p.add(
+            field,
+            format!(
+                "must be between 1 byte and {}MiB",
+                MAX_MESSAGE_CEILING >> 20
+            ),
+        );
+    }
 }
 
 pub(super) fn list<T: AsRef<str>>(items: impl Iterator<Item = T>) -> String {
