@@ -410,12 +410,17 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(h);
         }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        let mut result = Ok(());
         if let Some(call) = &ctx.call {
-            for (name, value) in call.ctx.identity_headers() {
-                upstream_request.insert_header(name, value)?;
-            }
+            call.ctx.for_each_identity_header(|name, value| {
+                if result.is_ok() {
+                    result = upstream_request
+                        .insert_header(name, value.to_owned())
+                        .map(drop);
+                }
+            });
         }
-        Ok(())
+        result
     }
 
     /// Pass-through bodies are counted while they stream: past the route's `max_body` the call

@@ -76,35 +76,38 @@ impl CallContext {
             .as_bytes()
     }
 
-    /// The identity headers ([`IDENTITY_HEADERS`]) this call sets, as (name, value): the gRPC
-    /// metadata of a dispatched call and the request headers of a proxied one.
-    pub fn identity_headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    /// Visits the identity headers ([`IDENTITY_HEADERS`]) this call sets, as (name, value): the
+    /// gRPC metadata of a dispatched call and the request headers of a proxied one. Borrows; only
+    /// the session end is formatted.
+    pub fn for_each_identity_header(&self, mut visit: impl FnMut(&'static str, &str)) {
+        let session_end = self.session_end.map(|t| t.to_string());
         let pairs = [
-            ("x-user-id", self.user_id.clone()),
-            ("x-device-id", self.device_id.clone()),
-            ("x-platform", self.platform.clone()),
-            ("x-session-id", self.session_id.clone()),
-            ("x-session-end", self.session_end.map(|t| t.to_string())),
-            ("x-api-client", self.api_client.clone()),
+            ("x-user-id", self.user_id.as_deref()),
+            ("x-device-id", self.device_id.as_deref()),
+            ("x-platform", self.platform.as_deref()),
+            ("x-session-id", self.session_id.as_deref()),
+            ("x-session-end", session_end.as_deref()),
+            ("x-api-client", self.api_client.as_deref()),
         ];
-        pairs.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))
+        for (name, value) in pairs {
+            if let Some(v) = value {
+                visit(name, v);
+            }
+        }
     }
 
     fn metadata(&self) -> MetadataMap {
         let mut md = MetadataMap::with_capacity(8);
-        let tracing = [
-            ("x-request-id", Some(self.request_id.clone())),
-            ("traceparent", self.traceparent.clone()),
-        ];
-        let pairs = tracing
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .chain(self.identity_headers());
-        for (key, value) in pairs {
-            if let Ok(v) = AsciiMetadataValue::try_from(value.as_str()) {
+        let mut insert = |key: &'static str, value: &str| {
+            if let Ok(v) = AsciiMetadataValue::try_from(value) {
                 md.insert(key, v);
             }
+        };
+        insert("x-request-id", &self.request_id);
+        if let Some(t) = &self.traceparent {
+            insert("traceparent", t);
         }
+        self.for_each_identity_header(insert);
         md
     }
 }
