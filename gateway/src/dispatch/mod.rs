@@ -253,10 +253,15 @@ impl Dispatcher {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             grpc.unary(request, path, PassThroughCodec).await
         };
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(upstream.timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.classify(upstream, addr, status)),
-            Err(_) => Err((
+            // The backend enforces the same `grpc-timeout` and may answer CANCELLED a moment
+            // before our timer fires: past the deadline, whoever noticed first, it is a timeout.
+            Ok(Err(status)) if started.elapsed() < upstream.timeout => {
+                Err(self.classify(upstream, addr, status))
+            }
+            Ok(Err(_)) | Err(_) => Err((
                 DispatchError::Timeout {
                     upstream: upstream.name.clone(),
                     after: upstream.timeout,
