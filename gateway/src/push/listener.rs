@@ -1,7 +1,8 @@
 //! The push listener: its own Pingora service whose app hands each accepted stream to
 //! tokio-tungstenite. Everything the handshake checks is in memory (the callback is synchronous):
 //! path, token (header or `?token=`), revocation, device/platform against the token, `Origin`,
-//! the connection cap; the chosen encoding is echoed as the subprotocol.
+//! the connection cap; the chosen encoding is echoed as the subprotocol. The pure parts (query,
+//! origin, device, encoding) are in `handshake`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -14,9 +15,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::frames::FrameEncoding;
-use super::hub::CapHit;
-use super::registry::Device;
+use super::handshake::{self, Query};
+use super::hub::{CapHit, ConnSlot};
 use super::session::{self, SessionInfo};
 use super::PushDeps;
 use crate::filters::auth::bearer;
@@ -60,38 +60,8 @@ fn error_response(refusal: Refusal) -> ErrorResponse {
     r
 }
 
-/// `%XX` decoding of one query value (tokens and ids are usually plain).
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex))
-                if std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .is_some() =>
-            {
-                out.push(
-                    u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("0"), 16).unwrap_or(b'?'),
-                );
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The handshake checks, as a function of the request and the peer (unit-testable).
+/// The handshake checks, as a function of the request and the peer (unit-testable). The cheap
+/// per-address checks come first, so a flood is turned away before any token is verified.
 pub fn check_handshake(
     deps: &PushDeps,
     req: &Request,
@@ -106,12 +76,49 @@ pub fn check_handshake(
             "the push endpoint is /ws",
         ));
     }
-    let client_ip = deps
-        .pipeline
-        .guard
+    let guard = &deps.pipeline.guard;
+    let client_ip = guard
         .client_ip
         .resolve(peer, |name| header_list(req.headers(), name));
-    let bucket = deps.pipeline.guard.client_ip.bucket(client_ip);
+    let slot = admit_address(deps, guard.client_ip.bucket(client_ip))?;
+    if !handshake::origin_allowed(&deps.config.allowed_origins, header("origin")) {
+        return Err(reject(
+            StatusCode::FORBIDDEN,
+            "origin",
+            "origin not allowed",
+        ));
+    }
+    let query = Query::parse(req.uri().query());
+    let token = header("authorization")
+        .and_then(bearer)
+        .or_else(|| query.get("token"))
+        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "token", "missing token"))?;
+    let identity = guard
+        .auth
+        .verify_once(token)
+        .map_err(|f| reject(StatusCode::UNAUTHORIZED, "token", &f.to_string()))?;
+    let device = handshake::device_for(&identity, &query)
+        .map_err(|why| reject(StatusCode::UNAUTHORIZED, "identity", &why))?;
+    let (encoding, echo) =
+        handshake::negotiate_encoding(query.get("encoding"), header("sec-websocket-protocol"))
+            .map_err(|why| reject(StatusCode::BAD_REQUEST, "encoding", &why))?;
+    if let Some(protocol) = echo {
+        resp.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+    }
+    Ok(SessionInfo {
+        device,
+        identity,
+        encoding,
+        client_ip,
+        traceparent: header("traceparent").and_then(crate::pipeline::usable_traceparent),
+        slot,
+    })
+}
+
+/// The handshake rate and the connection caps of the client's address bucket; the slot holds
+/// the connection's place until it is dropped.
+fn admit_address(deps: &PushDeps, bucket: IpAddr) -> Result<ConnSlot, Refusal> {
     if !deps.hub.handshakes.check(&bucket.to_string()).allowed {
         return Err(reject(
             StatusCode::TOO_MANY_REQUESTS,
@@ -119,8 +126,7 @@ pub fn check_handshake(
             "too many handshakes from this address; retry later",
         ));
     }
-    let slot = deps
-        .hub
+    deps.hub
         .conns
         .acquire(
             bucket,
@@ -138,104 +144,7 @@ pub fn check_handshake(
                 "ip_cap",
                 "too many connections from this address",
             ),
-        })?;
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
-        .collect();
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-
-    if !deps.config.allowed_origins.is_empty() {
-        if let Some(origin) = header("origin") {
-            if !deps
-                .config
-                .allowed_origins
-                .iter()
-                .any(|o| o == origin || o == "*")
-            {
-                return Err(reject(
-                    StatusCode::FORBIDDEN,
-                    "origin",
-                    "origin not allowed",
-                ));
-            }
-        }
-    }
-    let token = header("authorization")
-        .and_then(bearer)
-        .or_else(|| param("token"))
-        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "token", "missing token"))?;
-    let identity = deps
-        .pipeline
-        .guard
-        .auth
-        .verify_once(token)
-        .map_err(|f| reject(StatusCode::UNAUTHORIZED, "token", &f.to_string()))?;
-    let device_id = param("device_id").map(str::to_owned);
-    let platform = param("platform").map(str::to_owned);
-    for (asked, claimed, what) in [
-        (&device_id, &identity.device_id, "device_id"),
-        (&platform, &identity.platform, "platform"),
-    ] {
-        if let (Some(a), Some(c)) = (asked, claimed) {
-            if a != c {
-                return Err(reject(
-                    StatusCode::UNAUTHORIZED,
-                    "identity",
-                    &format!("{what} does not match the token"),
-                ));
-            }
-        }
-    }
-    let protocols: Vec<&str> = header("sec-websocket-protocol")
-        .map(|p| p.split(',').map(str::trim).collect())
-        .unwrap_or_default();
-    let encoding = match (param("encoding"), protocols.as_slice()) {
-        (Some("json"), _) => FrameEncoding::Json,
-        (Some("proto") | None, p) if p.contains(&"im.v1.json") && param("encoding").is_none() => {
-            FrameEncoding::Json
-        }
-        (Some("proto") | None, _) => FrameEncoding::Proto,
-        (Some(other), _) => {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                "encoding",
-                &format!("encoding `{other}`: use proto or json"),
-            ));
-        }
-    };
-    let chosen = match encoding {
-        FrameEncoding::Json => "im.v1.json",
-        FrameEncoding::Proto => "im.v1.proto",
-    };
-    if protocols.contains(&chosen) {
-        resp.headers_mut()
-            .insert("sec-websocket-protocol", HeaderValue::from_static(chosen));
-    }
-    Ok(SessionInfo {
-        device: Device {
-            device_id: device_id
-                .or_else(|| identity.device_id.clone())
-                .unwrap_or_else(|| "default".into()),
-            platform: platform
-                .or_else(|| identity.platform.clone())
-                .unwrap_or_else(|| "unknown".into()),
-        },
-        identity,
-        encoding,
-        client_ip,
-        traceparent: header("traceparent").and_then(crate::pipeline::usable_traceparent),
-        slot,
-    })
+        })
 }
 
 #[async_trait]
@@ -306,13 +215,6 @@ async fn accept(stream: Stream, deps: Arc<PushDeps>, shutdown: ShutdownWatch) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
 
     #[test]
     fn config_is_valid_for_tungstenite() {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod frame_budget;
 pub mod frames;
+pub mod handshake;
 pub mod hub;
 pub mod listener;
 pub mod outbox;
