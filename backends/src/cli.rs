@@ -54,7 +54,9 @@ pub struct Args {
     /// session past it (the tokens' `sxp`; the gateway keeps revocations until then).
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub max_session_secs: u64,
-    /// The gateway's internal PushService address, for notifications and logout.
+    /// The gateways' internal PushService addresses, comma-separated (any node of a cluster
+    /// routes any call; the next is tried only when one cannot be reached), for notifications
+    /// and logout.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub push_addr: String,
     /// File holding the internal PushService token (the gateway's `push.internal_token_file`).

@@ -62,7 +62,7 @@ pub struct Notifier {
 }
 
 struct Target {
-    client: PushServiceClient<Channel>,
+    gateways: Gateways,
     authorization: AsciiMetadataValue,
     queue: mpsc::Sender<PushRequest>,
     /// Notifications dropped because the queue was full, since start.
@@ -70,8 +70,8 @@ struct Target {
 }
 
 impl Notifier {
-    /// `addr`: the gateway's internal listener (`http://127.0.0.1:9090`); `token`: the internal
-    /// token. Connects lazily, so the gateway may start after the backends. Call it inside a
+    /// `addr`: the gateways' internal listeners, comma-separated (`127.0.0.1:9090`, or
+    /// `gw1:9090,gw2:9090` for a cluster); `token`: the internal token. Connects lazily, so the gateway may start after the backends. Call it inside a
     /// Tokio runtime: the sending task starts here.
     pub fn new(addr: Option<&str>, token: Option<&str>) -> Result<Self, String> {
         Self::with_queue(addr, token, QUEUE)
@@ -88,24 +88,18 @@ impl Notifier {
         };
         let token =
             token.ok_or("--push-addr needs --internal-token-file (the gateway checks it)")?;
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| format!("--push-addr `{addr}`: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
+        let gateways = Gateways::new(addr)?;
         let authorization = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
             .map_err(|_| "internal token: not printable ASCII".to_owned())?;
-        let client = PushServiceClient::new(channel);
         let (queue, pending) = mpsc::channel(capacity.max(1));
-        tokio::spawn(send_queued(pending, client.clone(), authorization.clone()));
+        tokio::spawn(send_queued(
+            pending,
+            gateways.clone(),
+            authorization.clone(),
+        ));
         Ok(Self {
             target: Some(Arc::new(Target {
-                client,
+                gateways,
                 authorization,
                 queue,
                 dropped: AtomicU64::new(0),
@@ -163,17 +157,16 @@ impl Notifier {
             tracing::warn!("no --push-addr: session not revoked at the gateway");
             return Ok(());
         };
-        let mut request = tonic::Request::new(RevokeRequest {
+        let revoke = RevokeRequest {
             sid: sid.to_owned(),
             exp,
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", target.authorization.clone());
+        };
         target
-            .client
-            .clone()
-            .revoke(request)
+            .gateways
+            .call(|mut client| {
+                let request = authed(revoke.clone(), &target.authorization);
+                async move { client.revoke(request).await }
+            })
             .await
             .map(|_| ())
             .map_err(|s| {
@@ -185,10 +178,19 @@ impl Notifier {
     }
 }
 
+/// `msg` with the internal token.
+fn authed<T>(msg: T, authorization: &AsciiMetadataValue) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request
+        .metadata_mut()
+        .insert("authorization", authorization.clone());
+    request
+}
+
 /// Sends queued notifications, at most [`IN_FLIGHT`] at a time, until every sender is gone.
 async fn send_queued(
     mut pending: mpsc::Receiver<PushRequest>,
-    client: PushServiceClient<Channel>,
+    gateways: Gateways,
     authorization: AsciiMetadataValue,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -196,19 +198,113 @@ async fn send_queued(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (mut client, authorization) = (client.clone(), authorization.clone());
+        let (gateways, authorization) = (gateways.clone(), authorization.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let kind = req.kind.clone();
-            let mut request = tonic::Request::new(req);
-            request
-                .metadata_mut()
-                .insert("authorization", authorization);
-            if let Err(status) = client.push(request).await {
+            let pushed = gateways
+                .call(|mut client| {
+                    let request = authed(req.clone(), &authorization);
+                    async move { client.push(request).await }
+                })
+                .await;
+            if let Err(status) = pushed {
                 tracing::warn!(kind, code = ?status.code(), "push failed: {}", status.message());
             }
         });
     }
+}
+
+/// The gateways a backend may call (`--push-addr a,b,c`): any node routes any call (cluster
+/// mode, DESIGN §9). Calls go to the current one; only a call that could not connect moves on to
+/// the next, because Push is not idempotent: a call that may have been delivered is never sent
+/// again.
+#[derive(Clone)]
+struct Gateways {
+    clients: Arc<[PushServiceClient<Channel>]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Gateways {
+    fn new(list: &str) -> Result<Self, String> {
+        let clients = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|addr| {
+                let uri = if addr.contains("://") {
+                    addr.to_owned()
+                } else {
+                    format!("http://{addr}")
+                };
+                let channel = Endpoint::from_shared(uri)
+                    .map_err(|e| format!("--push-addr `{addr}`: {e}"))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(CALL_TIMEOUT)
+                    .connect_lazy();
+                Ok(PushServiceClient::new(channel))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if clients.is_empty() {
+            return Err("--push-addr: give at least one host:port".into());
+        }
+        Ok(Self {
+            clients: clients.into(),
+            current: Arc::default(),
+        })
+    }
+
+    /// `call` on the current gateway, then on the next ones while the failure is a connect
+    /// failure (nothing was sent), each gateway at most once.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(PushServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.clients.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            match call(self.clients[index].clone()).await {
+                Err(status) if not_connected(&status) => {
+                    tracing::debug!(gateway = index, "gateway not reachable; trying the next");
+                    last = Some(status);
+                }
+                done => {
+                    if i > 0 {
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return done;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| tonic::Status::unavailable("no gateway")))
+    }
+}
+
+/// Whether a failed call never reached a gateway: the TCP connect failed or timed out.
+fn not_connected(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -226,6 +322,77 @@ mod tests {
             n.push(vec!["u".into()], Kind::FriendRemove, &payload, None);
         }
         assert_eq!(n.dropped(), 7);
+    }
+
+    #[tokio::test]
+    async fn calls_move_on_only_when_a_gateway_cannot_be_reached() {
+        // Port 9 refuses; the second address is a PushService that answers UNAUTHENTICATED.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(im_proto::im::gateway::v1::push_service_server::PushServiceServer::with_interceptor(
+                    NoPush,
+                    |_req| Err(tonic::Status::unauthenticated("no")),
+                ))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .unwrap();
+        });
+        let gateways = Gateways::new(&format!("127.0.0.1:9, {up}")).unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let result = gateways
+            .call(|mut c| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async move { c.push(PushRequest::default()).await }
+            })
+            .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(calls.load(Ordering::Relaxed), 2, "refused, then answered");
+        // The answering gateway is now the current one: one call, not resent on an error.
+        calls.store(0, Ordering::Relaxed);
+        let _ = gateways
+            .call(|mut c| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async move { c.push(PushRequest::default()).await }
+            })
+            .await;
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert!(Gateways::new(" , ").is_err());
+    }
+
+    struct NoPush;
+
+    #[tonic::async_trait]
+    impl im_proto::im::gateway::v1::push_service_server::PushService for NoPush {
+        async fn push(
+            &self,
+            _: tonic::Request<PushRequest>,
+        ) -> Result<tonic::Response<im_proto::im::gateway::v1::PushReply>, tonic::Status> {
+            Err(tonic::Status::internal(
+                "unreachable: the interceptor refuses",
+            ))
+        }
+        async fn kick(
+            &self,
+            _: tonic::Request<im_proto::im::gateway::v1::KickRequest>,
+        ) -> Result<tonic::Response<im_proto::im::gateway::v1::KickReply>, tonic::Status> {
+            Err(tonic::Status::internal("unused"))
+        }
+        async fn revoke(
+            &self,
+            _: tonic::Request<RevokeRequest>,
+        ) -> Result<tonic::Response<im_proto::im::gateway::v1::RevokeReply>, tonic::Status>
+        {
+            Err(tonic::Status::internal("unused"))
+        }
+        async fn presence(
+            &self,
+            _: tonic::Request<im_proto::im::gateway::v1::PresenceRequest>,
+        ) -> Result<tonic::Response<im_proto::im::gateway::v1::PresenceReply>, tonic::Status>
+        {
+            Err(tonic::Status::internal("unused"))
+        }
     }
 
     #[test]

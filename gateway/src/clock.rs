@@ -16,3 +16,8 @@ pub fn unix_now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// Unix time in milliseconds, unsigned: cluster liveness and message lag.
+pub fn unix_ms() -> u64 {
+    unix_now_ms().max(0) as u64
+}

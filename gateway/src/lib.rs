@@ -39,6 +39,8 @@
 //!   session control (revoke, kick) and PushService for backends.
 //! - [`web`]: the demo web client (embedded from `gateway/web/`) and `/config.json` with the
 //!   push URL, served by the edge for `GET` on paths no route claims.
+//! - [`cluster`]: cluster mode through Redis: the registry of every node's connections, node
+//!   liveness, node-to-node messages; `push::remote` is where the push plugin uses it.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload.
 //! - [`maintenance`]: after each table swap, health checks and state of removed endpoints;
 //!   periodic sweeps of rate-limit keys and revocations (the reloader only reloads).
@@ -62,6 +64,7 @@ pub mod admin;
 pub mod bridge;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod filters;

@@ -50,6 +50,20 @@ pub struct Metrics {
     pub ws_handshake_rejections: IntCounterVec,
     /// Frames answered RESOURCE_EXHAUSTED by the per-connection frame rate limit.
     pub ws_frames_limited: IntCounter,
+    /// Cluster mode: failed Redis operations by operation.
+    pub cluster_errors: IntCounterVec,
+    /// Cluster mode: node-to-node messages by direction (`in`, `out`) and kind.
+    pub cluster_messages: IntCounterVec,
+    /// Cluster mode: messages not sent or not applied, by reason (`busy`, `redis`, `inbox`).
+    pub cluster_dropped: IntCounterVec,
+    /// Cluster mode: inbound messages skipped, by reason (`newer_format`, `malformed`, `empty`).
+    pub cluster_skipped: IntCounterVec,
+    /// Cluster mode: times the subscription stopped delivering its own probes and was rebuilt.
+    pub cluster_subscription_stale: IntCounter,
+    /// Cluster mode: live nodes, this one included, at the last heartbeat.
+    pub cluster_nodes: IntGauge,
+    /// Cluster mode: seconds from a node sending a message to this node reading it.
+    pub cluster_lag: prometheus::Histogram,
 }
 
 impl Default for Metrics {
@@ -186,8 +200,56 @@ impl Metrics {
             "ws_frames_rate_limited_total",
             "Frames refused by the per-connection frame rate limit",
         );
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let cluster_errors = counter_vec(
+            "cluster_redis_errors_total",
+            "Cluster mode: failed Redis operations by operation",
+            &["op"],
+        );
+        let cluster_messages = counter_vec(
+            "cluster_messages_total",
+            "Cluster mode: node-to-node messages by direction and kind",
+            &["direction", "kind"],
+        );
+        let cluster_dropped = counter_vec(
+            "cluster_messages_dropped_total",
+            "Cluster mode: node-to-node messages not sent or not applied, by reason",
+            &["reason"],
+        );
+        let cluster_skipped = counter_vec(
+            "cluster_messages_skipped_total",
+            "Cluster mode: inbound node-to-node messages skipped, by reason",
+            &["reason"],
+        );
+        let cluster_subscription_stale = counter(
+            "cluster_subscription_stale_total",
+            "Cluster mode: times the Redis subscription stopped delivering probes and was rebuilt",
+        );
+        let cluster_nodes = gauge(
+            "cluster_nodes",
+            "Cluster mode: live gateway nodes at the last heartbeat, this one included",
+        );
+        let cluster_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "cluster_message_lag_seconds",
+                "Cluster mode: from a node sending a message to this node reading it",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_errors.clone()),
+            Box::new(cluster_messages.clone()),
+            Box::new(cluster_dropped.clone()),
+            Box::new(cluster_skipped.clone()),
+            Box::new(cluster_subscription_stale.clone()),
+            Box::new(cluster_nodes.clone()),
+            Box::new(cluster_lag.clone()),
             Box::new(latency.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(upstream_failures.clone()),
@@ -242,6 +304,13 @@ impl Metrics {
             ws_closes,
             ws_handshake_rejections,
             ws_frames_limited,
+            cluster_errors,
+            cluster_messages,
+            cluster_dropped,
+            cluster_skipped,
+            cluster_subscription_stale,
+            cluster_nodes,
+            cluster_lag,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The policy vocabulary routes are written in (how a call is authenticated, rate-limited and
-//! balanced), shared by [`crate::routes`], [`crate::filters`] and [`crate::upstream`]. A leaf:
+//! balanced, and how logins share a user), shared by [`crate::routes`], [`crate::filters`],
+//! [`crate::upstream`], [`crate::push`] and [`crate::cluster`]. A leaf:
 //! it imports nothing from the gateway, so those modules never import each other to agree on it.
 
 use serde::Deserialize;
@@ -41,4 +42,17 @@ pub enum LbPolicy {
     Random,
     ConsistentHash,
     LeastInflight,
+}
+
+/// What a new login does to the user's other connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiDevicePolicy {
+    /// Every device stays connected.
+    Allow,
+    /// A new connection closes older ones on the same platform (and of the same device).
+    #[default]
+    OnePerPlatform,
+    /// A new connection closes every older one.
+    One,
 }

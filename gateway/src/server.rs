@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::admin::access::AdminAccess;
 use crate::admin::AdminApp;
+use crate::cluster::node::NodeService;
+use crate::cluster::Cluster;
 use crate::config::{GatewayConfig, TlsFiles};
 use crate::dispatch::Dispatcher;
 use crate::filters::auth::{AuthConfigError, Authenticator};
@@ -35,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::proxy::EdgeProxy;
 use crate::push::listener::PushApp;
+use crate::push::remote::RemoteService;
 use crate::push::service::InternalGrpc;
 use crate::push::{Hub, PushDeps};
 use crate::routes::reloader::Reloader;
@@ -55,6 +58,8 @@ pub enum BuildError {
     InternalToken(String),
     #[error("{0}")]
     Admin(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::link::LinkError),
 }
 
 /// Everything a running gateway shares, built without binding sockets.
@@ -70,6 +75,11 @@ pub struct Gateway {
     /// Who may call the admin listener, decided at build (after command-line overrides).
     admin_access: AdminAccess,
     routes_path: PathBuf,
+    /// Cluster mode: what the node task hands the push plugin, until the server takes it.
+    cluster_inbox: Option<(
+        mpsc::Sender<crate::cluster::node::Inbound>,
+        mpsc::Receiver<crate::cluster::node::Inbound>,
+    )>,
 }
 
 impl Gateway {
@@ -106,6 +116,11 @@ impl Gateway {
         let admin_access =
             AdminAccess::new(&config.admin, config.listen.admin).map_err(BuildError::Admin)?;
         let dispatcher = Arc::new(Dispatcher::new(metrics.clone()));
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(Cluster::new(c.clone(), metrics.clone())?)),
+            None => None,
+        };
+        let cluster_inbox = cluster.as_ref().map(|_| crate::cluster::node::inbox());
         let push = Arc::new(PushDeps {
             config: config.push.clone(),
             routes: routes.clone(),
@@ -114,6 +129,7 @@ impl Gateway {
                 dispatcher: dispatcher.clone(),
             },
             hub: Hub::new(&config.push, config.rate_limit.max_keys, metrics.clone()),
+            cluster,
         });
         Ok(Self {
             dispatcher,
@@ -125,12 +141,13 @@ impl Gateway {
             internal_token,
             admin_access,
             routes_path,
+            cluster_inbox,
         })
     }
 
     /// The Pingora server with the edge, admin and reloader services. Fails only on TLS material
     /// that does not load.
-    pub fn into_server(self, sighup: bool) -> Result<Server, ServeError> {
+    pub fn into_server(mut self, sighup: bool) -> Result<Server, ServeError> {
         let cfg = &self.config;
         let conf = ServerConf {
             threads: cfg.threads,
@@ -239,6 +256,21 @@ impl Gateway {
         server.add_service(admin);
         server.add_service(reloader);
         server.add_service(maintenance);
+        if let (Some(cluster), Some((tx, rx))) =
+            (self.push.cluster.clone(), self.cluster_inbox.take())
+        {
+            server.add_service(background_service(
+                "cluster node",
+                NodeService { cluster, inbox: tx },
+            ));
+            server.add_service(background_service(
+                "cluster inbox",
+                RemoteService {
+                    deps: self.push.clone(),
+                    inbox: std::sync::Mutex::new(Some(rx)),
+                },
+            ));
+        }
         Ok(server)
     }
 }

@@ -122,6 +122,9 @@ async function connect() {
     connected(false);
     if (state.ws !== ws) return;
     if (ev.code === 4001 || ev.code === 4002) return signedOut(ev.code === 4002 ? 'signed in elsewhere' : 'your session ended; log in again');
+    // A draining gateway says when to come back (jittered per session): no reconnect storm.
+    const hint = /reconnect_after_ms=(\d+)/.exec(ev.reason || '');
+    if (hint) return setTimeout(connect, Number(hint[1]));
     setTimeout(connect, state.backoff);
     state.backoff = Math.min(state.backoff * 2, 10000);
   };

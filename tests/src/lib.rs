@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 pub mod backend_memory;
 pub mod im;
+pub mod redis_server;
 
 /// The PushService token of every test gateway.
 pub const INTERNAL_TOKEN: &str = "im-tests-internal-token-0123456789";

@@ -226,15 +226,22 @@ impl ServeHttp for AdminApp {
             ("GET", "/readyz") => {
                 // The gateway's own readiness: routes loaded and listeners up (we are answering).
                 // Upstream health is reported, never gating (DESIGN §11).
+                // In cluster mode a node whose Redis or subscription is not working still
+                // serves its own sessions: it says `degraded`, it does not refuse traffic.
                 let table = self.routes.load();
-                json_response(
-                    200,
-                    json!({
-                        "ready": true,
-                        "routes_version": table.version,
-                        "upstreams": upstreams_json(&table),
-                    }),
-                )
+                let mut body = json!({
+                    "ready": true,
+                    "status": "ok",
+                    "routes_version": table.version,
+                    "upstreams": upstreams_json(&table),
+                });
+                if let Some(cluster) = &self.push.cluster {
+                    if !cluster.healthy() {
+                        body["status"] = json!("degraded");
+                    }
+                    body["cluster"] = cluster.status();
+                }
+                json_response(200, body)
             }
             ("GET", "/metrics") => {
                 self.refresh_gauges();

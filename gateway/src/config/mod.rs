@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
     /// Slow HTTP/1 clients on the edge: head deadline, keep-alive timeout, per-IP cap.
     pub http: crate::http_guard::HttpConfig,
+    /// Cluster mode through Redis; absent: a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `admin` in gateway.yaml: the admin listener's protection. Without a token the listener must be
@@ -136,6 +138,7 @@ impl Default for GatewayConfig {
             web: crate::web::WebConfig::default(),
             admin: AdminConfig::default(),
             http: crate::http_guard::HttpConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -249,6 +252,11 @@ impl GatewayConfig {
         }
         if let Err(message) = self.client_ip.validate() {
             return Err(invalid("client_ip.ipv6_prefix", &message));
+        }
+        if let Some(cluster) = &self.cluster {
+            if let Err((field, message)) = cluster.validate() {
+                return Err(invalid(field, &message));
+            }
         }
         if !self.listen.internal.ip().is_loopback() {
             return Err(invalid(

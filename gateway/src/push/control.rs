@@ -24,8 +24,23 @@ pub enum Ending<'a> {
     },
 }
 
-/// Denies `sid` until `until` (unix seconds) and closes every socket of it; how many.
+/// Denies `sid` until `until` (unix seconds) and closes every socket of it; how many on this
+/// node. In cluster mode every other node does the same within a second (the denial is also
+/// kept in Redis for nodes that start later).
 pub fn end_session(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -> u32 {
+    if let Some(cluster) = &deps.cluster {
+        let (cluster, sid) = (cluster.clone(), sid.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = cluster.revoke(&sid, until).await {
+                tracing::warn!(error = %e, "revocation not announced to the cluster (Redis unreachable): other nodes do not deny it");
+            }
+        });
+    }
+    end_session_here(deps, sid, until, ending)
+}
+
+/// [`end_session`] on this node only (a revocation announced by another node).
+pub fn end_session_here(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -> u32 {
     deps.pipeline.guard.auth.revocation().revoke(sid, until);
     let sessions = deps
         .hub
@@ -44,8 +59,9 @@ pub fn end_session(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -
     sessions.len() as u32
 }
 
-/// Kicks `user`'s connections (only `device_id`'s when it is not empty): each one's session is
-/// denied until its end and its sockets closed with `session_kicked` and 4002; how many.
+/// Kicks `user`'s connections on this node (only `device_id`'s when it is not empty): each
+/// one's session is denied until its end and its sockets closed with `session_kicked` and 4002;
+/// how many. PushService's Kick also asks the other nodes holding the user (`remote::kick`).
 pub fn kick_user(deps: &PushDeps, user: &str, device_id: &str, reason: &str) -> u32 {
     let ending = Ending::Kicked {
         reason,

@@ -6,13 +6,17 @@
 //! - [`hub`]: the node's sessions and how to reach them;
 //! - [`outbox`]: one session's bounded outbound queue;
 //! - [`frame_budget`]: the per-connection frame rate limit;
+//! - [`fanout`]: one push delivered to this node's sessions, encoded once per encoding;
 //! - [`session`]: one connection's reader (frames -> the shared dispatcher) and writer;
 //! - [`listener`]: the push listener's Pingora service and the synchronous handshake checks;
 //! - [`control`]: ending sessions (deny the sid and close its sockets), for admin and PushService;
-//! - [`service`]: `im.gateway.v1.PushService` for backends, behind the internal token.
+//! - [`service`]: `im.gateway.v1.PushService` for backends, behind the internal token;
+//! - [`remote`]: cluster mode: sessions in the Redis registry, pushes, kicks and presence
+//!   routed to the nodes holding the users, and what other nodes send here.
 
 pub mod config;
 pub mod control;
+pub mod fanout;
 pub mod frame_budget;
 pub mod frames;
 pub mod handshake;
@@ -20,6 +24,7 @@ pub mod hub;
 pub mod listener;
 pub mod outbox;
 pub mod registry;
+pub mod remote;
 pub mod service;
 pub mod session;
 #[cfg(test)]
@@ -39,4 +44,6 @@ pub struct PushDeps {
     pub routes: Arc<RouteStore>,
     pub pipeline: Pipeline,
     pub hub: Hub,
+    /// Cluster mode (`cluster:` in gateway.yaml); `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

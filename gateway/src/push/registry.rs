@@ -7,20 +7,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{PoisonError, RwLock};
 
-use serde::Deserialize;
-
-/// What a new login does to the user's other connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MultiDevicePolicy {
-    /// Every device stays connected.
-    Allow,
-    /// A new connection closes older ones on the same platform (and of the same device).
-    #[default]
-    OnePerPlatform,
-    /// A new connection closes every older one.
-    One,
-}
+pub use crate::policy::MultiDevicePolicy;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -87,6 +74,18 @@ impl<H> MemoryRegistry<H> {
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             shard.values().flatten().for_each(&mut visit);
+        }
+    }
+}
+
+impl<H> MemoryRegistry<H> {
+    /// Visits every connection with its user (cluster mode re-registering after an outage).
+    pub fn for_each_user(&self, mut visit: impl FnMut(&str, &Connection<H>)) {
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (user, conns) in shard.iter() {
+                conns.iter().for_each(|c| visit(user, c));
+            }
         }
     }
 }

@@ -13,13 +13,12 @@ use im_proto::im::gateway::v1::{
 };
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use prost_reflect::DescriptorPool;
 use tonic::{Request, Response, Status};
 
 use super::control;
-use super::frames::{encode_push, Outbound};
-use super::hub::Hub;
-use super::registry::{Device, SessionRegistry};
+use super::fanout::{fan_out, Targets};
+use super::registry::SessionRegistry;
+use super::remote;
 use super::PushDeps;
 use crate::clock::{unix_now, unix_now_ms};
 use crate::filters::request_id;
@@ -28,67 +27,6 @@ use crate::filters::revocation::MAX_SESSION_SECS;
 /// Upper bound on recipients of one Push call.
 const MAX_RECIPIENT_USERS: usize = 100_000;
 
-/// Which of a user's connections a push reaches (empty lists: all).
-pub struct Targets<'a> {
-    pub platforms: &'a [String],
-    pub exclude_device_ids: &'a [String],
-}
-
-impl Targets<'_> {
-    fn admits(&self, device: &Device) -> bool {
-        (self.platforms.is_empty() || self.platforms.contains(&device.platform))
-            && !self.exclude_device_ids.contains(&device.device_id)
-    }
-}
-
-/// Delivers one push to every targeted connection of `users` on this node. The frame is encoded
-/// lazily, once per encoding in use, and shared (reference-counted) by every recipient: the
-/// per-recipient cost is a queue slot, no copy.
-pub fn fan_out(
-    hub: &Hub,
-    push: &Push,
-    users: &[String],
-    targets: &Targets<'_>,
-    descriptors: &DescriptorPool,
-) -> Result<PushReply, String> {
-    let mut encoded: [Option<Outbound>; 2] = [None, None];
-    let mut reply = PushReply::default();
-    let mut failed = None;
-    for user in users {
-        let mut online = false;
-        hub.registry.visit(user, &mut |conn| {
-            if failed.is_some() || !targets.admits(&conn.device) {
-                return;
-            }
-            online = true;
-            let slot = &mut encoded[conn.handle.encoding as usize];
-            if slot.is_none() {
-                match encode_push(conn.handle.encoding, push, descriptors) {
-                    Ok(frame) => *slot = Some(frame),
-                    Err(e) => {
-                        failed = Some(e);
-                        return;
-                    }
-                }
-            }
-            if let Some(frame) = slot {
-                if hub.deliver(conn, frame.clone()) {
-                    reply.delivered += 1;
-                }
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        if online {
-            reply.users_online += 1;
-        } else {
-            reply.users_offline += 1;
-        }
-    }
-    Ok(reply)
-}
-
 pub struct PushSvc {
     pub deps: Arc<PushDeps>,
 }
@@ -96,6 +34,11 @@ pub struct PushSvc {
 #[async_trait]
 impl PushService for PushSvc {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::pipeline::usable_traceparent);
         let req = request.into_inner();
         if req.user_ids.len() > MAX_RECIPIENT_USERS {
             return Err(Status::invalid_argument(format!(
@@ -127,20 +70,36 @@ impl PushService for PushSvc {
             platforms: &req.platforms,
             exclude_device_ids: &req.exclude_device_ids,
         };
-        let reply = fan_out(
-            &self.deps.hub,
-            &push,
-            &req.user_ids,
-            &targets,
-            &table.descriptors,
-        )
+        let reply = match &self.deps.cluster {
+            Some(cluster) => {
+                remote::push(
+                    cluster,
+                    &self.deps,
+                    &push,
+                    &req.user_ids,
+                    &targets,
+                    traceparent.as_deref(),
+                )
+                .await
+            }
+            None => fan_out(
+                &self.deps.hub,
+                &push,
+                &req.user_ids,
+                &targets,
+                &table.descriptors,
+            ),
+        }
         .map_err(Status::invalid_argument)?;
         Ok(Response::new(reply))
     }
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
         let req = request.into_inner();
-        let closed = control::kick_user(&self.deps, &req.user_id, &req.device_id, &req.reason);
+        let mut closed = control::kick_user(&self.deps, &req.user_id, &req.device_id, &req.reason);
+        if let Some(cluster) = &self.deps.cluster {
+            closed += remote::kick(cluster, &req.user_id, &req.device_id, &req.reason).await;
+        }
         Ok(Response::new(KickReply { closed }))
     }
 
@@ -170,6 +129,10 @@ impl PushService for PushSvc {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_RECIPIENT_USERS} user_ids per call"
             )));
+        }
+        if let Some(cluster) = &self.deps.cluster {
+            let users = remote::presence(cluster, &self.deps, req.user_ids).await;
+            return Ok(Response::new(PresenceReply { users }));
         }
         let users = req
             .user_ids

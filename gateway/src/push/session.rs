@@ -130,6 +130,7 @@ fn register(info: &SessionInfo, deps: &Arc<PushDeps>, conn_id: u64, handle: &Ses
         };
         super::control::close_connection(deps, &old, ending);
     }
+    super::remote::registered(deps, &info.identity.user_id, conn_id, &info.device);
 }
 
 /// Runs one session until it closes: reads, the outbox pump and the timers share this loop (a
@@ -220,6 +221,8 @@ pub async fn run<S>(
         .registry
         .unregister(&info.identity.user_id, conn_id);
     let requested = *close_rx.borrow();
+    let drained = matches!(requested, Some((close::GOING_AWAY, _)));
+    super::remote::closed(&deps, &info.identity.user_id, conn_id, drained);
     if let Some((code, reason)) = requested {
         deps.hub
             .metrics
@@ -277,6 +280,21 @@ fn on_message(
             deps.hub.send(handle, frame);
         }
         (Verdict::Close, _) => handle.close_with(close::POLICY, "frame flood"),
+    }
+}
+
+/// Longest reconnect delay a drain close suggests; each session gets a random one up to it, so
+/// the clients of a restarting node come back spread out instead of as one storm.
+const RECONNECT_JITTER_MS: u64 = 3000;
+
+/// The close frame's reason: a drain's carries `reconnect_after_ms=<jittered delay>`, which
+/// clients honour (the web client does).
+fn close_reason(code: u16, reason: &str) -> String {
+    if code == close::GOING_AWAY {
+        let delay = 250 + rand::random::<u64>() % RECONNECT_JITTER_MS;
+        format!("{reason}; reconnect_after_ms={delay}")
+    } else {
+        reason.to_owned()
     }
 }
 
@@ -403,7 +421,7 @@ async fn farewell<S>(
     };
     let frame = CloseFrame {
         code: CloseCode::from(code),
-        reason: reason.into(),
+        reason: close_reason(code, reason).into(),
     };
     let slow = code == close::SLOW_CONSUMER;
     let patience = Duration::from_millis(if slow { 100 } else { 1000 });

@@ -93,6 +93,7 @@ fn deps(cfg: PushConfig, stuck: SocketAddr, routes_file: &PathBuf) -> Arc<PushDe
         hub: Hub::new(&cfg, 1000, metrics.clone()),
         config: cfg,
         routes: Arc::new(routes),
+        cluster: None,
         pipeline: Pipeline {
             guard,
             dispatcher: Arc::new(Dispatcher::new(metrics)),
@@ -316,10 +317,14 @@ async fn shutdown_drains_with_1001_inside_the_window() {
     let mut h = start(config(), 3600, 64 << 10).await;
     h.shutdown.send(true).unwrap();
     let (close, _, at) = h.close_frame().await;
-    assert_eq!(
-        close,
-        Some((close::GOING_AWAY, "gateway shutting down".into()))
-    );
+    let (code, reason) = close.unwrap();
+    assert_eq!(code, close::GOING_AWAY);
+    // The reconnect hint: a jittered delay, so a node's clients do not come back at once.
+    let delay: u64 = reason
+        .strip_prefix("gateway shutting down; reconnect_after_ms=")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no reconnect hint in {reason:?}"));
+    assert!((250..3250).contains(&delay), "{delay}");
     assert!(at <= Duration::from_secs(2), "{at:?}");
 }
 

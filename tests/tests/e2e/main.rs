@@ -7,6 +7,7 @@ mod bridge;
 mod browser;
 mod check;
 mod client_ip;
+mod cluster;
 mod diagnostics;
 mod failover;
 mod grpc_clients;

@@ -1,0 +1,451 @@
+//! Cluster mode (DESIGN §9): many gateway nodes as one, through Redis.
+//! - [`config`]: `cluster:` in gateway.yaml, validated;
+//! - [`keys`]: what Redis holds and its names (the registry, node liveness, revocations);
+//! - [`wire`]: the versioned node-to-node messages;
+//! - [`link`]: the Redis connections, every command bounded by a timeout;
+//! - [`node`]: the background task: heartbeat, the subscription and its probe.
+//!
+//! This module knows Redis, not sessions: the push plugin calls it to register connections and
+//! route pushes, and applies what arrives from other nodes (`push::remote`).
+
+pub mod config;
+pub mod keys;
+pub mod link;
+pub mod node;
+pub mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use im_proto::im::gateway::v1::node_message;
+use redis::Script;
+use tokio::sync::Semaphore;
+
+use crate::clock::unix_ms;
+use crate::metrics::Metrics;
+pub use config::ClusterConfig;
+use keys::{Entry, Keys, NodeRun, USER_KEY_TTL_MS};
+use link::{Link, LinkError};
+
+/// What one node's view of the cluster holds; shared by sessions, PushService and the
+/// background task.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub run: NodeRun,
+    pub keys: Keys,
+    link: Link,
+    /// Other live node runs and the unix ms their liveness lapses at, from the last heartbeat.
+    live: RwLock<HashMap<NodeRun, u64>>,
+    /// Runs this node saw die (their liveness lapsed): their entries may be removed. A run merely missing from the view (Redis restarted, a
+    /// heartbeat not read yet) is never grounds for removing anything.
+    dead: RwLock<HashSet<NodeRun>>,
+    health: Health,
+    sends: Semaphore,
+    register: Script,
+    metrics: Arc<Metrics>,
+}
+
+/// What `/readyz` and the metrics say about Redis.
+#[derive(Default)]
+struct Health {
+    redis_up: AtomicBool,
+    subscribed: AtomicBool,
+    /// Unix ms the last probe came back through the subscription.
+    last_probe_ms: AtomicU64,
+}
+
+/// The multi-device rule, applied in Redis to the user's connections on every node: the fields
+/// it removes are returned, so their nodes can be told to close them. Atomic per user, so of two
+/// logins racing on two nodes the later in Redis's order wins.
+const REGISTER_LUA: &str = r"
+local displaced = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local field, value = all[i], all[i + 1]
+  local tab = string.find(value, '\t', 1, true)
+  if tab then
+    local device, platform = string.sub(value, 1, tab - 1), string.sub(value, tab + 1)
+    local out = ARGV[4] == 'one' or device == ARGV[2]
+      or (ARGV[4] == 'one_per_platform' and platform == ARGV[3])
+    if out and field ~= ARGV[1] then
+      displaced[#displaced + 1] = field
+      redis.call('HDEL', KEYS[1], field)
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\t' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return displaced
+";
+
+/// Dead runs remembered for cleaning up their registry entries (forgotten wholesale past it).
+const MAX_DEAD_RUNS: usize = 4096;
+
+/// Why a cluster operation did not happen (the caller counts it and carries on locally).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("too many cross-node sends in flight")]
+    Busy,
+}
+
+/// Where the policy is applied in Redis, by the names the Lua script knows.
+pub fn policy_name(policy: crate::policy::MultiDevicePolicy) -> &'static str {
+    use crate::policy::MultiDevicePolicy::*;
+    match policy {
+        Allow => "allow",
+        OnePerPlatform => "one_per_platform",
+        One => "one",
+    }
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, metrics: Arc<Metrics>) -> Result<Self, LinkError> {
+        let run = NodeRun {
+            node: config.resolved_node_id(),
+            epoch: unix_ms(),
+        };
+        let link = Link::new(&config)?;
+        Ok(Self {
+            keys: Keys::new(&config.prefix),
+            sends: Semaphore::new(config.max_inflight_sends),
+            config,
+            run,
+            link,
+            live: RwLock::default(),
+            dead: RwLock::default(),
+            health: Health::default(),
+            register: Script::new(REGISTER_LUA),
+            metrics,
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.run.node
+    }
+
+    /// Ready for cross-node work: Redis answers and the subscription delivers.
+    pub fn healthy(&self) -> bool {
+        self.health.redis_up.load(Ordering::Relaxed)
+            && self.health.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// `/readyz`'s view: what is wrong, if anything.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": self.run.node,
+            "redis": if self.health.redis_up.load(Ordering::Relaxed) { "up" } else { "down" },
+            "subscription": if self.health.subscribed.load(Ordering::Relaxed) { "live" } else { "stale" },
+            "live_nodes": self.live_nodes().len() + 1,
+        })
+    }
+
+    /// Counts a failed Redis operation by its name.
+    fn fail(&self, op: &str, e: LinkError) -> ClusterError {
+        self.metrics.cluster_errors.with_label_values(&[op]).inc();
+        tracing::debug!(op, error = %e, "cluster operation failed");
+        ClusterError::Link(e)
+    }
+
+    /// Other nodes alive now (liveness lapses on its own between heartbeats).
+    pub fn live_nodes(&self) -> Vec<NodeRun> {
+        let now = unix_ms();
+        let live = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        live.iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(run, _)| run.clone())
+            .collect()
+    }
+
+    fn is_live(&self, run: &NodeRun, now: u64) -> bool {
+        *run == self.run
+            || self
+                .live
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(run)
+                .is_some_and(|until| *until > now)
+    }
+
+    /// Registers a connection of this node and applies the multi-device policy cluster-wide:
+    /// the live connections it displaced on other nodes.
+    pub async fn register(
+        &self,
+        user: &str,
+        conn_id: u64,
+        device_id: &str,
+        platform: &str,
+        policy: crate::policy::MultiDevicePolicy,
+    ) -> Result<Vec<Entry>, ClusterError> {
+        let mut inv = self.register.key(self.keys.user(user));
+        inv.arg(Entry::field(&self.run, conn_id))
+            .arg(keys::clean(device_id))
+            .arg(keys::clean(platform))
+            .arg(policy_name(policy))
+            .arg(USER_KEY_TTL_MS);
+        let displaced: Vec<String> = self
+            .link
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+            .map_err(|e| self.fail("register", e))?;
+        let now = unix_ms();
+        Ok(displaced
+            .iter()
+            .filter_map(|f| Entry::parse(f, "\t"))
+            .filter(|e| e.run != self.run && self.is_live(&e.run, now))
+            .collect())
+    }
+
+    /// Re-adds connections this node still holds (after Redis came back, or lost our entries),
+    /// in one pipeline, without applying the policy again: they already won their slot.
+    pub async fn reregister(
+        &self,
+        conns: &[(String, u64, String, String)],
+    ) -> Result<(), ClusterError> {
+        for chunk in conns.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (user, conn_id, device_id, platform) in chunk {
+                let key = self.keys.user(user);
+                pipe.hset(
+                    &key,
+                    Entry::field(&self.run, *conn_id),
+                    Entry::value(device_id, platform),
+                )
+                .ignore()
+                .pexpire(&key, USER_KEY_TTL_MS as i64)
+                .ignore();
+            }
+            self.link
+                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await
+                .map_err(|e| self.fail("reregister", e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a connection of this node (on close).
+    pub async fn unregister(&self, user: &str, conn_id: u64) -> Result<(), ClusterError> {
+        let (key, field) = (self.keys.user(user), Entry::field(&self.run, conn_id));
+        self.link
+            .run(|mut c| async move {
+                redis::cmd("HDEL")
+                    .arg(key)
+                    .arg(field)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|e| self.fail("unregister", e))?;
+        Ok(())
+    }
+
+    /// The live connections of `users` on every node, in one pipelined round trip. Entries of
+    /// dead node runs are left out (and removed in the background).
+    pub async fn locate(&self, users: &[String]) -> Result<Vec<Vec<Entry>>, ClusterError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.hgetall(self.keys.user(user));
+        }
+        let raw: Vec<Vec<(String, String)>> = self
+            .link
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
+            .map_err(|e| self.fail("locate", e))?;
+        let now = unix_ms();
+        let mut stale = redis::pipe();
+        let mut any_stale = false;
+        let located = raw
+            .into_iter()
+            .zip(users)
+            .map(|(fields, user)| {
+                fields
+                    .into_iter()
+                    .filter_map(|(f, v)| {
+                        let entry = Entry::parse(&f, &v);
+                        match entry {
+                            Some(e) if self.is_live(&e.run, now) => Some(e),
+                            // A dead run's entry, or junk: drop it from the registry.
+                            _ if self.lapsed(entry.as_ref()) => {
+                                stale.hdel(self.keys.user(user), f).ignore();
+                                any_stale = true;
+                                None
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        if any_stale {
+            let link = self.link.clone();
+            tokio::spawn(async move {
+                let _ = link
+                    .run(|mut c| async move { stale.query_async::<()>(&mut c).await })
+                    .await;
+            });
+        }
+        Ok(located)
+    }
+
+    /// An entry to remove: malformed, or of a run this node saw die.
+    fn lapsed(&self, entry: Option<&Entry>) -> bool {
+        match entry {
+            None => true,
+            Some(e) => self
+                .dead
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&e.run),
+        }
+    }
+
+    /// The other nodes' liveness from a heartbeat. A run stays live until the time it last
+    /// renewed to, even if a heartbeat does not list it (Redis restarted empty and it has not
+    /// renewed yet): at most `node_ttl` for a killed node, `presence_grace` for a drained one,
+    /// also when the node is already back as a new run. Runs whose time passed are dead: their
+    /// entries stop counting and may be removed.
+    fn update_live(&self, mut others: HashMap<NodeRun, u64>) {
+        let now = unix_ms();
+        let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+        let mut dead = self.dead.write().unwrap_or_else(PoisonError::into_inner);
+        if dead.len() > MAX_DEAD_RUNS {
+            dead.clear();
+        }
+        for (run, until) in live.drain() {
+            if until > now {
+                let renewed = others.entry(run).or_insert(until);
+                *renewed = (*renewed).max(until);
+            } else if !others.contains_key(&run) {
+                dead.insert(run);
+            }
+        }
+        for run in others.keys() {
+            dead.remove(run);
+        }
+        *live = others;
+    }
+
+    /// Sends one message to `node`'s channel; fails fast (counted) when Redis is away or too many
+    /// sends are in flight, never queues without bound.
+    pub async fn send(
+        &self,
+        node: &str,
+        traceparent: Option<&str>,
+        body: node_message::Body,
+    ) -> Result<(), ClusterError> {
+        let kind = body_kind(&body);
+        let channel = self.keys.node_channel(node);
+        self.publish(
+            channel,
+            wire::encode(&self.run.node, traceparent, body),
+            kind,
+        )
+        .await
+    }
+
+    /// Denies `sid` on every node: persisted (new nodes load it) and announced.
+    pub async fn revoke(&self, sid: &str, until: u64) -> Result<(), ClusterError> {
+        let key = self.keys.revoked();
+        let (member, score) = (sid.to_owned(), until);
+        self.link
+            .run(|mut c| async move {
+                redis::pipe()
+                    .zadd(&key, member, score)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(crate::clock::unix_now())
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|e| self.fail("revoke", e))?;
+        let body = node_message::Body::Revoke(im_proto::im::gateway::v1::NodeRevoke {
+            sid: sid.to_owned(),
+            until,
+        });
+        let channel = self.keys.revocations_channel();
+        self.publish(channel, wire::encode(&self.run.node, None, body), "revoke")
+            .await
+    }
+
+    /// Session ids denied cluster-wide and still in force, with their end (at start).
+    pub async fn revoked(&self) -> Result<Vec<(String, u64)>, ClusterError> {
+        let key = self.keys.revoked();
+        let now = crate::clock::unix_now();
+        self.link
+            .run(|mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(now)
+                    .arg("+inf")
+                    .arg("BYSCORE")
+                    .arg("WITHSCORES")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|e| self.fail("revoked", e))
+            .map(|pairs: Vec<(String, f64)>| {
+                pairs
+                    .into_iter()
+                    .map(|(sid, until)| (sid, until as u64))
+                    .collect()
+            })
+    }
+
+    async fn publish(
+        &self,
+        channel: String,
+        bytes: Vec<u8>,
+        kind: &str,
+    ) -> Result<(), ClusterError> {
+        let Ok(_permit) = self.sends.try_acquire() else {
+            self.metrics
+                .cluster_dropped
+                .with_label_values(&["busy"])
+                .inc();
+            return Err(ClusterError::Busy);
+        };
+        let sent = self
+            .link
+            .run(|mut c| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(bytes)
+                    .query_async::<i64>(&mut c)
+                    .await
+            })
+            .await;
+        match sent {
+            Ok(_) => {
+                self.metrics
+                    .cluster_messages
+                    .with_label_values(&["out", kind])
+                    .inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .cluster_dropped
+                    .with_label_values(&["redis"])
+                    .inc();
+                Err(self.fail("publish", e))
+            }
+        }
+    }
+}
+
+/// The metric label of a message body.
+pub fn body_kind(body: &node_message::Body) -> &'static str {
+    match body {
+        node_message::Body::Deliver(_) => "deliver",
+        node_message::Body::Kick(_) => "kick",
+        node_message::Body::Revoke(_) => "revoke",
+        node_message::Body::Probe(_) => "probe",
+    }
+}

@@ -1,0 +1,264 @@
+//! The node's background task: connect to Redis (retrying with backoff), renew liveness every
+//! heartbeat and refresh the view of the other nodes, keep the subscription to this node's
+//! channel (and the revocations channel) and prove it with a probe to itself, and hand what
+//! arrives to the push plugin. A subscription that stops delivering probes is declared stale
+//! (`/readyz` degraded, counted) and rebuilt, whatever the connection claims.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use im_proto::im::gateway::v1::{node_message, NodeMessage, NodeProbe};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::keys::NodeRun;
+use super::{wire, Cluster, ClusterError};
+use crate::clock::unix_ms;
+
+/// What the node task hands the push plugin.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message from another node (or a revocation from any node).
+    Message(Box<NodeMessage>, node_message::Body),
+    /// Redis came back or lost this node's state: re-register local sessions, reload revocations.
+    Resync,
+}
+
+/// Messages read from the subscription and not yet applied; beyond it they are dropped (counted).
+const INBOX: usize = 4096;
+
+pub fn inbox() -> (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>) {
+    mpsc::channel(INBOX)
+}
+
+pub struct NodeService {
+    pub cluster: Arc<Cluster>,
+    pub inbox: mpsc::Sender<Inbound>,
+}
+
+#[async_trait]
+impl BackgroundService for NodeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            () = run(self.cluster.clone(), self.inbox.clone()) => {}
+            _ = shutdown.changed() => {}
+        }
+        leave(&self.cluster).await;
+    }
+}
+
+/// An announced leave: this node's sessions close over the drain window and their users
+/// reconnect elsewhere; the node's liveness is extended to `presence_grace` from now (and no
+/// longer renewed) and the sessions the drain closes keep their entries (`remote::closed`), so
+/// nobody who comes back within the grace is reported offline in between.
+async fn leave(cluster: &Cluster) {
+    let until = unix_ms() + cluster.config.presence_grace.0.as_millis() as u64;
+    let (key, member) = (cluster.keys.nodes(), cluster.run.member());
+    let _ = cluster
+        .link
+        .run(|mut c| async move {
+            redis::cmd("ZADD")
+                .arg(key)
+                .arg(until)
+                .arg(member)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
+    tracing::info!(node = %cluster.run.node, grace = ?cluster.config.presence_grace.0, "left the cluster");
+}
+
+async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
+    let mut backoff = Duration::from_millis(100);
+    while let Err(e) = cluster.link.connect().await {
+        tracing::warn!(error = %e, retry_in = ?backoff, "cluster: cannot reach Redis");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    tracing::info!(node = %cluster.run.node, epoch = cluster.run.epoch, "cluster: connected to Redis");
+    let (tx, mut rx) = mpsc::channel(INBOX);
+    let mut subscription = None;
+    let mut heartbeat = tokio::time::interval(cluster.config.heartbeat.0);
+    let mut probe = tokio::time::interval(cluster.config.probe_interval.0);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut synced = false;
+    // When the oldest probe not yet seen back was sent.
+    let mut pending: Option<u64> = None;
+    let window = cluster.config.probe_interval.0.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                match beat(&cluster).await {
+                    Ok(new_member) => {
+                        // First contact, Redis back after an outage, or Redis lost our entry.
+                        if !synced || new_member {
+                            synced = inbox.send(Inbound::Resync).await.is_ok();
+                        }
+                        if subscription.is_none() {
+                            subscription = subscribe(&cluster, tx.clone()).await;
+                            if subscription.is_some() {
+                                pending = send_probe(&cluster).await.then(unix_ms);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if cluster.health.redis_up.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "cluster: Redis unreachable; cross-node delivery fails fast until it is back");
+                        }
+                        synced = false;
+                    }
+                }
+            }
+            _ = probe.tick() => {
+                let now = unix_ms();
+                let last = cluster.health.last_probe_ms.load(Ordering::Relaxed);
+                if pending.is_some_and(|since| last >= since) {
+                    pending = None;
+                }
+                // A probe comes back in milliseconds: one unanswered for an interval means the
+                // subscription is dead, whatever the connection says.
+                if pending.is_some_and(|since| now.saturating_sub(since) >= window) {
+                    if cluster.health.subscribed.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("cluster: the subscription stopped delivering; rebuilding it");
+                    }
+                    cluster.metrics.cluster_subscription_stale.inc();
+                    subscription = subscribe(&cluster, tx.clone()).await;
+                    pending = None;
+                }
+                if subscription.is_some() && send_probe(&cluster).await && pending.is_none() {
+                    pending = Some(now);
+                }
+            }
+            Some(info) = rx.recv() => receive(&cluster, &inbox, info),
+        }
+    }
+}
+
+/// Publishes a probe to this node's own channel; whether Redis took it.
+async fn send_probe(cluster: &Cluster) -> bool {
+    let body = node_message::Body::Probe(NodeProbe { nonce: unix_ms() });
+    cluster.send(&cluster.run.node, None, body).await.is_ok()
+}
+
+/// Renews this node's liveness and reads the others'; whether our member was new to Redis.
+async fn beat(cluster: &Cluster) -> Result<bool, ClusterError> {
+    let now = unix_ms();
+    let ttl = cluster.config.node_ttl.0.as_millis() as u64;
+    let (key, member) = (cluster.keys.nodes(), cluster.run.member());
+    let (added, live): (i64, Vec<(String, f64)>) = cluster
+        .link
+        .run(|mut c| async move {
+            redis::pipe()
+                .zadd(&key, member, now + ttl)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now.saturating_sub(60_000))
+                .ignore()
+                .cmd("ZRANGE")
+                .arg(&key)
+                .arg(now)
+                .arg("+inf")
+                .arg("BYSCORE")
+                .arg("WITHSCORES")
+                .query_async(&mut c)
+                .await
+        })
+        .await
+        .map_err(|e| cluster.fail("heartbeat", e))?;
+    let others: HashMap<NodeRun, u64> = live
+        .into_iter()
+        .filter_map(|(m, until)| Some((NodeRun::parse_member(&m)?, until as u64)))
+        .filter(|(run, _)| *run != cluster.run)
+        .collect();
+    cluster.metrics.cluster_nodes.set(others.len() as i64 + 1);
+    cluster.update_live(others);
+    if !cluster.health.redis_up.swap(true, Ordering::Relaxed) {
+        tracing::info!("cluster: Redis reachable");
+    }
+    Ok(added > 0)
+}
+
+async fn subscribe(
+    cluster: &Arc<Cluster>,
+    tx: mpsc::Sender<PushInfo>,
+) -> Option<redis::aio::ConnectionManager> {
+    let channels = [
+        cluster.keys.node_channel(&cluster.run.node),
+        cluster.keys.revocations_channel(),
+    ];
+    let metrics = cluster.metrics.clone();
+    match cluster
+        .link
+        .subscribe(&channels, tx, move || {
+            metrics.cluster_dropped.with_label_values(&["inbox"]).inc()
+        })
+        .await
+    {
+        Ok(manager) => {
+            tracing::info!(channels = ?channels, "cluster: subscribed");
+            Some(manager)
+        }
+        Err(e) => {
+            cluster.fail("subscribe", e);
+            None
+        }
+    }
+}
+
+/// One push message from the subscription.
+fn receive(cluster: &Cluster, inbox: &mpsc::Sender<Inbound>, info: PushInfo) {
+    if !matches!(info.kind, PushKind::Message | PushKind::SMessage) {
+        return;
+    }
+    let Some(Value::BulkString(bytes)) = info.data.get(1) else {
+        return;
+    };
+    match wire::decode(bytes) {
+        Ok((_, node_message::Body::Probe(_))) => {
+            cluster
+                .health
+                .last_probe_ms
+                .store(unix_ms(), Ordering::Relaxed);
+            if !cluster.health.subscribed.swap(true, Ordering::Relaxed) {
+                tracing::info!("cluster: subscription delivers");
+            }
+        }
+        Ok((msg, body)) => {
+            let kind = super::body_kind(&body);
+            cluster
+                .metrics
+                .cluster_messages
+                .with_label_values(&["in", kind])
+                .inc();
+            if msg.sent_ms > 0 {
+                let lag = unix_ms().saturating_sub(msg.sent_ms) as f64 / 1000.0;
+                cluster.metrics.cluster_lag.observe(lag);
+            }
+            if inbox
+                .try_send(Inbound::Message(Box::new(msg), body))
+                .is_err()
+            {
+                cluster
+                    .metrics
+                    .cluster_dropped
+                    .with_label_values(&["inbox"])
+                    .inc();
+            }
+        }
+        Err(skip) => {
+            cluster
+                .metrics
+                .cluster_skipped
+                .with_label_values(&[skip.label()])
+                .inc();
+            tracing::debug!(?skip, "cluster: message skipped");
+        }
+    }
+}

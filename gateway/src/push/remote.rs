@@ -1,0 +1,296 @@
+//! Cluster mode on the push side (DESIGN §9): registering this node's sessions in Redis,
+//! routing pushes, kicks and presence to the nodes that hold the users, and applying what other
+//! nodes send here. Without `cluster:` none of this runs. Redis trouble never stops local work:
+//! each function falls back to this node's sessions and the failure is counted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use im_proto::im::gateway::v1::{
+    node_message, DevicePresence, NodeDeliver, NodeKick, Push, PushReply, UserPresence,
+};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use super::control::{self, Ending};
+use super::fanout::{fan_out_each, Targets};
+use super::registry::{Device, SessionRegistry};
+use super::PushDeps;
+use crate::cluster::keys::Entry;
+use crate::cluster::node::Inbound;
+use crate::cluster::Cluster;
+
+const DISPLACED: &str = "signed in on another device";
+
+/// After a session registered here: adds it to the cluster registry and closes what the
+/// multi-device policy displaced on other nodes (the later registration in Redis's order wins).
+pub fn registered(deps: &Arc<PushDeps>, user: &str, conn_id: u64, device: &Device) {
+    let Some(cluster) = deps.cluster.clone() else {
+        return;
+    };
+    let (user, device) = (user.to_owned(), device.clone());
+    let policy = deps.config.multi_device;
+    tokio::spawn(async move {
+        let displaced = cluster
+            .register(&user, conn_id, &device.device_id, &device.platform, policy)
+            .await;
+        let Ok(displaced) = displaced else {
+            return; // counted; the resync after Redis returns registers it
+        };
+        for (node, conn_ids) in by_node(displaced) {
+            let body = node_message::Body::Kick(NodeKick {
+                user_id: user.clone(),
+                conn_ids,
+                reason: DISPLACED.into(),
+                by_device_id: device.device_id.clone(),
+                ..NodeKick::default()
+            });
+            let _ = cluster.send(&node, None, body).await;
+        }
+    });
+}
+
+/// After a session of this node closed. A session closed by the node's drain keeps its entry:
+/// its user counts as online until the presence grace ends or they register elsewhere.
+pub fn closed(deps: &PushDeps, user: &str, conn_id: u64, drained: bool) {
+    if drained {
+        return;
+    }
+    if let Some(cluster) = deps.cluster.clone() {
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            let _ = cluster.unregister(&user, conn_id).await;
+        });
+    }
+}
+
+fn by_node(entries: Vec<Entry>) -> HashMap<String, Vec<u64>> {
+    let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in entries {
+        out.entry(e.run.node).or_default().push(e.conn_id);
+    }
+    out
+}
+
+/// A push to `users` wherever they are: this node's sessions directly, every other node holding
+/// some of them by one batched message. The counts cover the whole cluster: a remote connection
+/// counts as delivered when its node was sent the push.
+pub async fn push(
+    cluster: &Cluster,
+    deps: &PushDeps,
+    push: &Push,
+    users: &[String],
+    targets: &Targets<'_>,
+    traceparent: Option<&str>,
+) -> Result<PushReply, String> {
+    let located = cluster.locate(users).await;
+    let table = deps.routes.load();
+    let mut online = vec![false; users.len()];
+    let mut reply = fan_out_each(
+        &deps.hub,
+        push,
+        users,
+        targets,
+        &table.descriptors,
+        |i, on| online[i] = on,
+    )?;
+    let Ok(located) = located else {
+        // Redis away: this node's sessions got it; the rest is counted as offline.
+        reply.users_online = online.iter().filter(|o| **o).count() as u32;
+        reply.users_offline = users.len() as u32 - reply.users_online;
+        return Ok(reply);
+    };
+    let mut batches: HashMap<String, (Vec<String>, u32)> = HashMap::new();
+    for (i, entries) in located.iter().enumerate() {
+        for e in entries.iter().filter(|e| e.run != cluster.run) {
+            let device = Device {
+                device_id: e.device_id.clone(),
+                platform: e.platform.clone(),
+            };
+            if !targets.admits(&device) {
+                continue;
+            }
+            let batch = batches.entry(e.run.node.clone()).or_default();
+            if batch.0.last() != Some(&users[i]) {
+                batch.0.push(users[i].clone());
+            }
+            batch.1 += 1;
+            online[i] = true;
+        }
+    }
+    for (node, (user_ids, conns)) in batches {
+        let body = node_message::Body::Deliver(NodeDeliver {
+            push: Some(push.clone()),
+            user_ids,
+            platforms: targets.platforms.to_vec(),
+            exclude_device_ids: targets.exclude_device_ids.to_vec(),
+        });
+        if cluster.send(&node, traceparent, body).await.is_ok() {
+            reply.delivered += conns;
+        }
+    }
+    reply.users_online = online.iter().filter(|o| **o).count() as u32;
+    reply.users_offline = users.len() as u32 - reply.users_online;
+    Ok(reply)
+}
+
+/// Every node's devices of `users`; this node's alone when Redis is away.
+pub async fn presence(cluster: &Cluster, deps: &PushDeps, users: Vec<String>) -> Vec<UserPresence> {
+    let located = cluster.locate(&users).await.ok();
+    users
+        .into_iter()
+        .enumerate()
+        .map(|(i, user_id)| {
+            let mut devices: Vec<DevicePresence> = match &located {
+                Some(located) => located[i]
+                    .iter()
+                    .map(|e| DevicePresence {
+                        device_id: e.device_id.clone(),
+                        platform: e.platform.clone(),
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            // This node's own sessions count even before their registration reached Redis.
+            for c in deps.hub.registry.connections(&user_id) {
+                if !devices.iter().any(|d| d.device_id == c.device.device_id) {
+                    devices.push(DevicePresence {
+                        device_id: c.device.device_id,
+                        platform: c.device.platform,
+                    });
+                }
+            }
+            UserPresence { user_id, devices }
+        })
+        .collect()
+}
+
+/// Asks every other node holding `user` (on `device_id`, or any device) to kick those
+/// connections; how many connections they were told to close.
+pub async fn kick(cluster: &Cluster, user: &str, device_id: &str, reason: &str) -> u32 {
+    let Ok(located) = cluster.locate(&[user.to_owned()]).await else {
+        return 0;
+    };
+    let mut per_node: HashMap<String, u32> = HashMap::new();
+    for e in located.into_iter().flatten() {
+        if e.run != cluster.run && (device_id.is_empty() || e.device_id == device_id) {
+            *per_node.entry(e.run.node).or_default() += 1;
+        }
+    }
+    let mut closed = 0;
+    for (node, n) in per_node {
+        let body = node_message::Body::Kick(NodeKick {
+            user_id: user.to_owned(),
+            conn_ids: Vec::new(),
+            device_id: device_id.to_owned(),
+            reason: reason.to_owned(),
+            by_device_id: String::new(),
+            revoke: true,
+        });
+        if cluster.send(&node, None, body).await.is_ok() {
+            closed += n;
+        }
+    }
+    closed
+}
+
+/// Applies what other nodes send this one, until shutdown.
+pub struct RemoteService {
+    pub deps: Arc<PushDeps>,
+    pub inbox: Mutex<Option<mpsc::Receiver<Inbound>>>,
+}
+
+#[async_trait]
+impl BackgroundService for RemoteService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut inbox) = self
+            .inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(msg) => apply(&self.deps, msg).await,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+async fn apply(deps: &PushDeps, inbound: Inbound) {
+    let Some(cluster) = &deps.cluster else {
+        return;
+    };
+    match inbound {
+        Inbound::Resync => resync(cluster, deps).await,
+        Inbound::Message(msg, body) => match body {
+            node_message::Body::Deliver(d) => {
+                let Some(push) = d.push else { return };
+                let targets = Targets {
+                    platforms: &d.platforms,
+                    exclude_device_ids: &d.exclude_device_ids,
+                };
+                let table = deps.routes.load();
+                if let Err(e) = fan_out_each(
+                    &deps.hub,
+                    &push,
+                    &d.user_ids,
+                    &targets,
+                    &table.descriptors,
+                    |_, _| {},
+                ) {
+                    tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
+                }
+            }
+            node_message::Body::Kick(k) if k.conn_ids.is_empty() => {
+                control::kick_user(deps, &k.user_id, &k.device_id, &k.reason);
+            }
+            node_message::Body::Kick(k) => {
+                let ending = Ending::Kicked {
+                    reason: &k.reason,
+                    by_device_id: &k.by_device_id,
+                };
+                for conn in deps.hub.registry.connections(&k.user_id) {
+                    if k.conn_ids.contains(&conn.conn_id) {
+                        control::close_connection(deps, &conn, ending);
+                    }
+                }
+            }
+            node_message::Body::Revoke(r) if msg.from_node != cluster.run.node => {
+                control::end_session_here(deps, &r.sid, r.until, Ending::Revoked);
+            }
+            node_message::Body::Revoke(_) | node_message::Body::Probe(_) => {}
+        },
+    }
+}
+
+/// Redis is (back) in reach: this node's sessions go (back) into the registry, and the
+/// revocations other nodes made meanwhile are applied here.
+async fn resync(cluster: &Cluster, deps: &PushDeps) {
+    let mut conns = Vec::new();
+    deps.hub.registry.for_each_user(|user, c| {
+        conns.push((
+            user.to_owned(),
+            c.conn_id,
+            c.device.device_id.clone(),
+            c.device.platform.clone(),
+        ))
+    });
+    if cluster.reregister(&conns).await.is_ok() {
+        tracing::info!(sessions = conns.len(), "cluster: sessions registered");
+    }
+    if let Ok(revoked) = cluster.revoked().await {
+        let denylist = deps.pipeline.guard.auth.revocation();
+        for (sid, until) in &revoked {
+            denylist.revoke(sid, *until);
+        }
+    }
+}

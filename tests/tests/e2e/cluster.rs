@@ -1,0 +1,467 @@
+//! Cluster mode (DESIGN §9): several real gateways sharing a real `redis-server` the test starts,
+//! real WebSocket clients, PushService called on one node for users on others. Redis's own
+//! command counters check that a push costs one publish per target node.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use im_gateway::cluster::ClusterConfig;
+use im_gateway::units::HumanDuration;
+use im_proto::im::gateway::v1::{
+    server_frame, KickRequest, PresenceRequest, PushRequest, RevokeRequest, SessionKicked,
+};
+use im_tests::redis_server::RedisServer;
+use im_tests::{
+    echo_routes, free_port, loopback, wait_for, EchoBackend, ScratchDir, TestGateway,
+    INTERNAL_TOKEN, TEST_SECRET,
+};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::push::{
+    authed, connect, connect_addr, echo_push, next, push_client, server_frame, token, Ws,
+};
+
+/// A cluster node: heartbeats fast enough for tests; `probe` as given.
+async fn node(
+    redis: &RedisServer,
+    backend: &EchoBackend,
+    id: &str,
+    probe: Duration,
+) -> TestGateway {
+    let cluster = ClusterConfig {
+        redis_url: redis.url(),
+        node_id: Some(id.into()),
+        prefix: "test:".into(),
+        heartbeat: HumanDuration(Duration::from_millis(300)),
+        node_ttl: HumanDuration(Duration::from_millis(1500)),
+        probe_interval: HumanDuration(probe),
+        ..ClusterConfig::default()
+    };
+    TestGateway::start_with(&echo_routes(&[backend.addr], ""), |cfg| {
+        cfg.cluster = Some(cluster)
+    })
+    .await
+}
+
+/// Waits until `gw` (any node) sees `devices` devices of `user` across the cluster.
+async fn wait_devices(gw: &TestGateway, user: &str, devices: usize) {
+    wait_for(
+        &format!("{devices} devices of {user} in the cluster"),
+        Duration::from_secs(15),
+        || async {
+            let reply = push_client(gw)
+                .await
+                .presence(authed(PresenceRequest {
+                    user_ids: vec![user.into()],
+                }))
+                .await
+                .ok()?
+                .into_inner();
+            (reply.users[0].devices.len() == devices).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn login(gw: &TestGateway, user: &str, sid: &str, device: &str, platform: &str) -> Ws {
+    connect(gw, &format!("token={}", token(user, sid, device, platform)))
+        .await
+        .expect("handshake accepted")
+}
+
+fn push_payload(msg: Message) -> Vec<u8> {
+    let server_frame::Body::Push(p) = server_frame(msg) else {
+        panic!("push expected")
+    };
+    p.payload
+}
+
+/// Nothing but pings arrives on `ws` for a while.
+async fn quiet(ws: &mut Ws) {
+    let got = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(got.is_err(), "unexpected message: {got:?}");
+}
+
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match next(ws).await {
+            Message::Close(Some(frame)) => return u16::from(frame.code),
+            Message::Close(None) => return 1005,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_on_one_node_reaches_devices_on_the_others_with_one_publish_per_node() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    // Probes every minute: none falls inside the measured window.
+    let probe = Duration::from_secs(60);
+    let a = node(&redis, &backend, "a", probe).await;
+    let b = node(&redis, &backend, "b", probe).await;
+    let c = node(&redis, &backend, "c", probe).await;
+    let mut phone = login(&b, "u1", "s-1", "phone", "ios").await;
+    let mut laptop = login(&c, "u1", "s-2", "laptop", "web").await;
+    let mut other = login(&a, "u2", "s-3", "tablet", "android").await;
+    wait_devices(&a, "u1", 2).await;
+
+    let before = redis.calls("publish");
+    let reply = push_client(&a)
+        .await
+        .push(authed(echo_push(&["u1", "u2", "nobody"], b"hello")))
+        .await
+        .unwrap()
+        .into_inner();
+    let publishes = redis.calls("publish") - before;
+    assert_eq!(
+        (reply.delivered, reply.users_online, reply.users_offline),
+        (3, 2, 1)
+    );
+    assert_eq!(
+        publishes, 2,
+        "one publish per target node (b, c), none to a or per user"
+    );
+    for ws in [&mut phone, &mut laptop, &mut other] {
+        let payload = push_payload(next(ws).await);
+        assert!(!payload.is_empty());
+        quiet(ws).await;
+    }
+
+    // Platform filters apply on the receiving node too.
+    let reply = push_client(&a)
+        .await
+        .push(authed(PushRequest {
+            platforms: vec!["web".into()],
+            ..echo_push(&["u1"], b"web only")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.delivered, reply.users_online), (1, 1));
+    push_payload(next(&mut laptop).await);
+    quiet(&mut phone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_kicks_and_revocations_are_cluster_wide() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+
+    // one_per_platform (the default): a second ios login on b closes the first, on a.
+    let mut first = login(&a, "u1", "s-1", "phone-1", "ios").await;
+    wait_devices(&b, "u1", 1).await;
+    let mut second = login(&b, "u1", "s-2", "phone-2", "ios").await;
+    let server_frame::Body::Push(p) = server_frame(next(&mut first).await) else {
+        panic!("session_kicked expected")
+    };
+    assert_eq!(p.kind, "session_kicked");
+    assert_eq!(
+        SessionKicked::decode(p.payload.as_slice())
+            .unwrap()
+            .by_device_id,
+        "phone-2"
+    );
+    assert_eq!(close_code(&mut first).await, 4002);
+    wait_devices(&a, "u1", 1).await;
+
+    // Revoke on a: the socket on b closes with 4001, and the sid is refused on both nodes.
+    push_client(&a)
+        .await
+        .revoke(authed(RevokeRequest {
+            sid: "s-2".into(),
+            exp: 0,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut second).await, 4001);
+    for gw in [&a, &b] {
+        let refused = connect(
+            gw,
+            &format!("token={}", token("u1", "s-2", "phone-2", "ios")),
+        )
+        .await;
+        assert_eq!(refused.err(), Some(401));
+    }
+
+    // Kick on b of a user connected to a.
+    let mut other = login(&a, "u2", "s-3", "laptop", "web").await;
+    wait_devices(&b, "u2", 1).await;
+    let kicked = push_client(&b)
+        .await
+        .kick(authed(KickRequest {
+            user_id: "u2".into(),
+            device_id: String::new(),
+            reason: "admin".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kicked.closed, 1);
+    assert_eq!(close_code(&mut other).await, 4002);
+}
+
+async fn cross_node_push_arrives(from: &TestGateway, ws: &mut Ws, user: &str) -> bool {
+    let reply = push_client(from)
+        .await
+        .push(authed(echo_push(&[user], b"x")))
+        .await;
+    if !matches!(&reply, Ok(r) if r.get_ref().delivered == 1) {
+        return false;
+    }
+    tokio::time::timeout(Duration::from_millis(500), next(ws))
+        .await
+        .is_ok()
+}
+
+/// Retries a cross-node push until it arrives; how long that took.
+async fn until_cross_node_push(from: &TestGateway, ws: &mut Ws, user: &str) -> Duration {
+    let started = std::time::Instant::now();
+    while !cross_node_push_arrives(from, ws, user).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "cross-node delivery did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+async fn readyz_status(gw: &TestGateway) -> String {
+    gw.admin_json("/readyz").await["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_keeps_local_pushes_and_cross_node_delivery_resumes() {
+    let mut redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let mut on_a = login(&a, "u1", "s-1", "phone", "ios").await;
+    let mut on_b = login(&b, "u2", "s-2", "phone", "ios").await;
+    wait_devices(&a, "u2", 1).await;
+    assert!(cross_node_push_arrives(&a, &mut on_b, "u2").await);
+
+    redis.kill();
+    wait_for("a degraded", Duration::from_secs(10), || async {
+        (readyz_status(&a).await == "degraded").then_some(())
+    })
+    .await;
+    // Local delivery does not need Redis, and answers fast.
+    let started = std::time::Instant::now();
+    let reply = push_client(&a)
+        .await
+        .push(authed(echo_push(&["u1", "u2"], b"local")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(started.elapsed() < Duration::from_secs(3), "fails fast");
+    assert_eq!(reply.delivered, 1, "u1 on a; u2 (on b) cannot be reached");
+    push_payload(next(&mut on_a).await);
+
+    // Redis back, empty: the nodes register their sessions again and cross-node pushes resume.
+    redis.restart();
+    let took = until_cross_node_push(&a, &mut on_b, "u2").await;
+    assert!(
+        took < Duration::from_secs(5),
+        "resumed within 5 s: {took:?}"
+    );
+    wait_for("a ready again", Duration::from_secs(10), || async {
+        (readyz_status(&a).await == "ok").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_is_repaired() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let mut on_b = login(&b, "u2", "s-2", "phone", "ios").await;
+    wait_devices(&a, "u2", 1).await;
+    wait_for("b subscribed", Duration::from_secs(10), || async {
+        (readyz_status(&b).await == "ok").then_some(())
+    })
+    .await;
+
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.trim().parse::<u32>().unwrap_or(0) >= 2,
+        "killed: {killed}"
+    );
+    let took = until_cross_node_push(&a, &mut on_b, "u2").await;
+    assert!(
+        took < Duration::from_secs(10),
+        "repaired within 10 s: {took:?}"
+    );
+    wait_for("b ready", Duration::from_secs(10), || async {
+        (readyz_status(&b).await == "ok").then_some(())
+    })
+    .await;
+}
+
+/// A cluster node as a real `im-gateway` process with the shipped cluster defaults; its push
+/// listener's address. Killed when the child is.
+async fn node_process(
+    redis: &RedisServer,
+    backend: &EchoBackend,
+    dir: &ScratchDir,
+    id: &str,
+    prefix: &str,
+) -> (std::process::Child, std::net::SocketAddr) {
+    std::fs::write(dir.path("routes.yaml"), echo_routes(&[backend.addr], "")).unwrap();
+    std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
+    std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
+    let [edge, admin, push, internal] = [0; 4].map(|_| loopback(free_port()));
+    std::fs::write(
+        dir.path("gateway.yaml"),
+        format!(
+            "listen: {{edge: \"{edge}\", admin: \"{admin}\", push: \"{push}\", internal: \"{internal}\"}}\n\
+             threads: 1\nroutes: routes.yaml\n\
+             auth: {{hs256_secret_file: hs256.key}}\n\
+             push: {{internal_token_file: internal.token, drain_window: 500ms}}\n\
+             shutdown: {{grace_period: 1s, graceful_timeout: 3s}}\n\
+             cluster: {{redis_url: \"{}\", node_id: {id}, prefix: \"{prefix}\"}}\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway_process"))
+        .args(["run", "--config"])
+        .arg(dir.path("gateway.yaml"))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn gateway");
+    wait_for(
+        "gateway process listening",
+        Duration::from_secs(30),
+        || async move { tokio::net::TcpStream::connect(push).await.ok().map(drop) },
+    )
+    .await;
+    (child, push)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_users_are_offline_within_the_shipped_node_ttl() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    // Both nodes on the shipped defaults: heartbeat 2 s, node TTL 6 s.
+    let a = TestGateway::start_with(&echo_routes(&[backend.addr], ""), |cfg| {
+        cfg.cluster = Some(ClusterConfig {
+            redis_url: redis.url(),
+            node_id: Some("a".into()),
+            prefix: "kill:".into(),
+            ..ClusterConfig::default()
+        })
+    })
+    .await;
+    let dir = ScratchDir::new("cluster-kill");
+    let (mut b, b_push) = node_process(&redis, &backend, &dir, "b", "kill:").await;
+    let q = format!("token={}", token("u1", "s-1", "phone", "ios"));
+    let _ws = connect_addr(b_push, &q).await.expect("session on b");
+    wait_devices(&a, "u1", 1).await;
+
+    b.kill().unwrap(); // SIGKILL: no announced leave, no unregistration
+    let killed = std::time::Instant::now();
+    b.wait().unwrap();
+    wait_devices(&a, "u1", 0).await;
+    let offline_after = killed.elapsed();
+    eprintln!("killed node's user offline after {offline_after:?}");
+    assert!(
+        offline_after <= Duration::from_millis(6_500),
+        "offline within the 6 s node TTL: {offline_after:?}"
+    );
+    let reply = push_client(&a)
+        .await
+        .push(authed(echo_push(&["u1"], b"anyone?")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.delivered, reply.users_offline), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let dir = ScratchDir::new("cluster-drain");
+    // b on the shipped cluster defaults (presence_grace 10 s); SIGTERM drains it.
+    let (mut b, b_push) = node_process(&redis, &backend, &dir, "b", "test:").await;
+    let query = format!("token={}", token("u1", "s-1", "phone", "ios"));
+    let mut ws = connect_addr(b_push, &query).await.expect("session on b");
+    wait_devices(&a, "u1", 1).await;
+
+    // Presence asked on a every 50 ms for the whole move from b to a.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, internal) = (stop.clone(), a.internal);
+        tokio::spawn(async move {
+            let mut client =
+                im_proto::im::gateway::v1::push_service_client::PushServiceClient::connect(
+                    format!("http://{internal}"),
+                )
+                .await
+                .unwrap();
+            let mut offline = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = client
+                    .presence(authed(PresenceRequest {
+                        user_ids: vec!["u1".into()],
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if reply.users[0].devices.is_empty() {
+                    offline += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            offline
+        })
+    };
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let Message::Close(Some(frame)) = next(&mut ws).await else {
+        panic!("close expected")
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    let delay: u64 = frame
+        .reason
+        .split("reconnect_after_ms=")
+        .nth(1)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no reconnect hint in {:?}", frame.reason));
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let _ws = connect(&a, &query).await.expect("session on a");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        watcher.await.unwrap(),
+        0,
+        "u1 was reported offline while moving"
+    );
+    assert!(
+        b.wait().unwrap().success(),
+        "b exits cleanly after its drain"
+    );
+}
