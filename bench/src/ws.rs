@@ -53,6 +53,9 @@ pub struct WsArgs {
     /// `cmd` of the request each connection sends once.
     #[arg(long, default_value_t = 9001)]
     pub cmd: u32,
+    /// ws-push: passes of one push per user (more passes: a longer, steadier phase (a)).
+    #[arg(long, default_value_t = 1)]
+    pub user_repeats: u64,
     /// ws-push: pushes to the whole group, one after another.
     #[arg(long, default_value_t = 10)]
     pub group_repeats: usize,
@@ -430,8 +433,11 @@ pub async fn push(a: WsArgs) -> Result<Value, String> {
 
     // (a) one push per user, 32 calls in flight.
     let done = phase("users");
-    let target = stats.pushes.load(Ordering::Relaxed) + n;
-    let requests = users.iter().map(|u| push_request(vec![u.clone()], &token));
+    let repeats = a.user_repeats.max(1);
+    let target = stats.pushes.load(Ordering::Relaxed) + n * repeats;
+    let requests = (0..repeats)
+        .flat_map(|_| users.iter())
+        .map(|u| push_request(vec![u.clone()], &token));
     fire(&client, requests, 32).await;
     wait_until(
         &stats.pushes,

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub ws_handshake_rejections: IntCounterVec,
     /// Frames answered RESOURCE_EXHAUSTED by the per-connection frame rate limit.
     pub ws_frames_limited: IntCounter,
+    /// Cluster-wide limits decided by this node's share because Redis did not answer.
+    pub ratelimit_cluster_fallbacks: IntCounter,
     /// Cluster mode: failed Redis operations by operation.
     pub cluster_errors: IntCounterVec,
     /// Cluster mode: node-to-node messages by direction (`in`, `out`) and kind.
@@ -223,6 +225,10 @@ impl Metrics {
             "Cluster mode: inbound node-to-node messages skipped, by reason",
             &["reason"],
         );
+        let ratelimit_cluster_fallbacks = counter(
+            "ratelimit_cluster_fallbacks_total",
+            "Cluster-wide rate-limit decisions taken by this node's share because Redis did not answer",
+        );
         let cluster_subscription_stale = counter(
             "cluster_subscription_stale_total",
             "Cluster mode: times the Redis subscription stopped delivering probes and was rebuilt",
@@ -244,6 +250,7 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cluster_errors.clone()),
+            Box::new(ratelimit_cluster_fallbacks.clone()),
             Box::new(cluster_messages.clone()),
             Box::new(cluster_dropped.clone()),
             Box::new(cluster_skipped.clone()),
@@ -304,6 +311,7 @@ impl Metrics {
             ws_closes,
             ws_handshake_rejections,
             ws_frames_limited,
+            ratelimit_cluster_fallbacks,
             cluster_errors,
             cluster_messages,
             cluster_dropped,

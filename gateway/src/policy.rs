@@ -22,6 +22,21 @@ pub struct RateLimitSpec {
     pub key: RateLimitKey,
     pub per_second: f64,
     pub burst: u32,
+    /// Where the bucket lives: on each node (default), or one for the whole cluster in Redis.
+    #[serde(default)]
+    pub scope: LimitScope,
+}
+
+/// `scope` of a rate limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Each gateway node counts on its own (N nodes admit up to N times the limit).
+    #[default]
+    Node,
+    /// One bucket per key for the whole cluster, in Redis (cluster mode only). While Redis is
+    /// unreachable each node enforces its share: the limit divided by the live nodes it knew.
+    Cluster,
 }
 
 /// What a rate limit counts by: the client IP, the user, or the user on this one route.

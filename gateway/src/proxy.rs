@@ -89,7 +89,7 @@ impl RequestCtx {
 
 impl EdgeProxy {
     /// Admits the request through the shared pipeline; the rate-limit headers go out either way.
-    fn admit(
+    async fn admit(
         &self,
         session: &Session,
         route: &str,
@@ -109,7 +109,8 @@ impl EdgeProxy {
         };
         let result = self
             .pipeline
-            .admit(route, admission, creds, client_ip, meta);
+            .admit(route, admission, creds, client_ip, meta)
+            .await;
         let limit = match &result {
             Ok(c) => c.limit,
             Err(e) => e.limit,
@@ -307,7 +308,10 @@ impl ProxyHttp for EdgeProxy {
                     .await?;
                 return Ok(true);
             }
-            return match self.admit(session, &route.name, &route.admission, client_ip, ctx) {
+            return match self
+                .admit(session, &route.name, &route.admission, client_ip, ctx)
+                .await
+            {
                 Ok(()) => Ok(false),
                 Err(e) => {
                     self.write_grpc_status(session, ctx, e.code, &e.message)
@@ -320,7 +324,10 @@ impl ProxyHttp for EdgeProxy {
             Ok(route) => {
                 let route = route.clone();
                 ctx.route = Some(Route::Unary(route.clone()));
-                match self.admit(session, &route.name, &route.admission, client_ip, ctx) {
+                match self
+                    .admit(session, &route.name, &route.admission, client_ip, ctx)
+                    .await
+                {
                     Ok(()) => self.serve_bridge(session, ctx, &route).await?,
                     Err(e) => {
                         let reply = Reply::failed(&e, &ctx.request_id);

@@ -27,6 +27,7 @@ use crate::cluster::Cluster;
 use crate::config::{GatewayConfig, TlsFiles};
 use crate::dispatch::Dispatcher;
 use crate::filters::auth::{AuthConfigError, Authenticator};
+use crate::filters::cluster_limit::ClusterLimits;
 use crate::filters::ratelimit::LimiterRegistry;
 use crate::filters::revocation::MemoryRevocation;
 use crate::filters::secret;
@@ -91,11 +92,18 @@ impl Gateway {
                 .map_err(BuildError::Revocations)?,
             None => MemoryRevocation::new(config.auth.max_revoked),
         });
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(Cluster::new(c.clone(), metrics.clone())?)),
+            None => None,
+        };
         let guard = Arc::new(Guard {
             auth: Authenticator::new(&config.auth, revocation)?,
             client_ip: config.client_ip.clone(),
             cors: config.cors.clone(),
             metrics: metrics.clone(),
+            cluster_limits: cluster.as_ref().map(|c| {
+                ClusterLimits::new(c.clone(), metrics.clone(), config.rate_limit.max_keys)
+            }),
         });
         let source = RouteSource {
             routes: routes_path.clone(),
@@ -116,10 +124,6 @@ impl Gateway {
         let admin_access =
             AdminAccess::new(&config.admin, config.listen.admin).map_err(BuildError::Admin)?;
         let dispatcher = Arc::new(Dispatcher::new(metrics.clone()));
-        let cluster = match &config.cluster {
-            Some(c) => Some(Arc::new(Cluster::new(c.clone(), metrics.clone())?)),
-            None => None,
-        };
         let cluster_inbox = cluster.as_ref().map(|_| crate::cluster::node::inbox());
         let push = Arc::new(PushDeps {
             config: config.push.clone(),

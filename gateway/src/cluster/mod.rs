@@ -43,6 +43,7 @@ pub struct Cluster {
     health: Health,
     sends: Semaphore,
     register: Script,
+    bucket: Script,
     metrics: Arc<Metrics>,
 }
 
@@ -53,6 +54,8 @@ struct Health {
     subscribed: AtomicBool,
     /// Unix ms the last probe came back through the subscription.
     last_probe_ms: AtomicU64,
+    /// Live nodes (this one included) at the last heartbeat that reached Redis.
+    last_known_nodes: std::sync::atomic::AtomicUsize,
 }
 
 /// The multi-device rule, applied in Redis to the user's connections on every node: the fields
@@ -77,6 +80,26 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\t' .. ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return displaced
+";
+
+/// A token bucket in Redis, taken atomically: concurrent nodes never admit more than it holds.
+/// Redis's own clock, so the nodes' clocks do not matter. Returns `{allowed, tokens left * 1000}`.
+const BUCKET_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(b[1]), tonumber(b[2])
+if not tokens then tokens, ts = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+return {allowed, math.floor(tokens * 1000)}
 ";
 
 /// Dead runs remembered for cleaning up their registry entries (forgotten wholesale past it).
@@ -118,6 +141,7 @@ impl Cluster {
             dead: RwLock::default(),
             health: Health::default(),
             register: Script::new(REGISTER_LUA),
+            bucket: Script::new(BUCKET_LUA),
             metrics,
         })
     }
@@ -147,6 +171,32 @@ impl Cluster {
         self.metrics.cluster_errors.with_label_values(&[op]).inc();
         tracing::debug!(op, error = %e, "cluster operation failed");
         ClusterError::Link(e)
+    }
+
+    /// Nodes alive at the last heartbeat that reached Redis, this one included: how many share
+    /// a cluster-wide limit while Redis is away (their liveness cannot be renewed meanwhile).
+    pub fn node_count(&self) -> usize {
+        self.health.last_known_nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Takes one token from the cluster-wide bucket `bucket` (`per_second` refill, `burst`
+    /// capacity): whether it was there, and the tokens left.
+    pub async fn take_token(
+        &self,
+        bucket: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<(bool, f64), ClusterError> {
+        let mut inv = self
+            .bucket
+            .key(format!("{}rl:{{{bucket}}}", self.config.prefix));
+        inv.arg(per_second / 1000.0).arg(burst);
+        let (allowed, milli_tokens): (i64, i64) = self
+            .link
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+            .map_err(|e| self.fail("rate_limit", e))?;
+        Ok((allowed == 1, milli_tokens as f64 / 1000.0))
     }
 
     /// Other nodes alive now (liveness lapses on its own between heartbeats).
@@ -324,6 +374,9 @@ impl Cluster {
         for run in others.keys() {
             dead.remove(run);
         }
+        self.health
+            .last_known_nodes
+            .store(others.len() + 1, Ordering::Relaxed);
         *live = others;
     }
 

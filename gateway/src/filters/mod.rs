@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client_ip;
+pub mod cluster_limit;
 pub mod cors;
 pub mod ratelimit;
 pub mod request_id;
@@ -17,9 +18,10 @@ use std::sync::Arc;
 use tonic::Code;
 
 use crate::metrics::Metrics;
-use crate::policy::{AuthMode, RateLimitKey};
+use crate::policy::{AuthMode, LimitScope, RateLimitKey};
 use auth::{AuthFailure, Authenticator, Identity};
 use client_ip::ClientIpConfig;
+use cluster_limit::ClusterLimits;
 use cors::CorsConfig;
 use ratelimit::{Decision, RouteLimit};
 
@@ -99,12 +101,15 @@ pub struct Guard {
     pub client_ip: ClientIpConfig,
     pub cors: CorsConfig,
     pub metrics: Arc<Metrics>,
+    /// Cluster mode: where `scope: cluster` limits are decided; `None` on a single node (such
+    /// limits then count per node).
+    pub cluster_limits: Option<ClusterLimits>,
 }
 
 impl Guard {
     /// Authenticates, authorizes and rate-limits one call of the route `route` (its name labels
     /// the metrics).
-    pub fn admit(
+    pub async fn admit(
         &self,
         route: &str,
         admission: &Admission,
@@ -147,17 +152,22 @@ impl Guard {
             }
         }
         if let Some(limit) = &admission.limit {
-            let key = match (limit.key, &admitted.identity, &admitted.api_client) {
+            let key = match (limit.spec.key, &admitted.identity, &admitted.api_client) {
                 (RateLimitKey::Ip, _, _) | (_, None, None) => {
                     format!("ip:{}", self.client_ip.bucket(client_ip))
                 }
                 (_, Some(id), _) => format!("u:{}", id.user_id),
                 (_, None, Some(client)) => format!("k:{client}"),
             };
-            let decision = limit.limiter.check(&key);
+            let decision = match (&self.cluster_limits, limit.spec.scope) {
+                (Some(cluster), LimitScope::Cluster) => {
+                    cluster.check(&limit.id, &limit.spec, &key).await
+                }
+                _ => limit.limiter.check(&key),
+            };
             admitted.limit = Some(decision);
             if !decision.allowed {
-                let kind = match limit.key {
+                let kind = match limit.spec.key {
                     RateLimitKey::Ip => "ip",
                     RateLimitKey::User => "user",
                     RateLimitKey::RouteUser => "route_user",

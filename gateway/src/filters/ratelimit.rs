@@ -17,7 +17,7 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use lru::LruCache;
 
-use crate::policy::{RateLimitKey, RateLimitSpec};
+use crate::policy::{LimitScope, RateLimitKey, RateLimitSpec};
 
 const SHARDS: usize = 16;
 
@@ -200,6 +200,7 @@ pub struct LimiterId {
     pub key: RateLimitKey,
     pub per_second_bits: u64,
     pub burst: u32,
+    pub scope: LimitScope,
 }
 
 impl LimiterId {
@@ -209,6 +210,7 @@ impl LimiterId {
             key: spec.key,
             per_second_bits: spec.per_second.to_bits(),
             burst: spec.burst,
+            scope: spec.scope,
         }
     }
 }
@@ -217,7 +219,7 @@ impl LimiterId {
 /// the same settings.
 pub struct RouteLimit {
     pub limiter: Arc<KeyedLimiter>,
-    pub key: RateLimitKey,
+    pub spec: RateLimitSpec,
     pub id: LimiterId,
 }
 
@@ -285,6 +287,7 @@ mod tests {
             key: RateLimitKey::Ip,
             per_second,
             burst,
+            scope: LimitScope::Node,
         }
     }
 

@@ -146,7 +146,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Admits one call of `route` (any kind: pass-through proxying uses the same admission and
     /// context) and builds its [`Call`].
-    pub fn admit(
+    pub async fn admit(
         &self,
         route: &str,
         admission: &Admission,
@@ -154,7 +154,7 @@ impl Pipeline {
         client_ip: IpAddr,
         meta: CallMeta,
     ) -> Result<Call, CallError> {
-        let admitted = self.guard.admit(route, admission, creds, client_ip)?;
+        let admitted = self.guard.admit(route, admission, creds, client_ip).await?;
         let ctx = CallContext::new(
             meta.request_id,
             meta.traceparent,

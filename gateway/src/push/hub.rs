@@ -242,6 +242,7 @@ impl Hub {
             key: RateLimitKey::Ip,
             per_second: config.handshake_rate.per_second,
             burst: config.handshake_rate.burst,
+            scope: Default::default(),
         };
         Self {
             registry: MemoryRegistry::new(config.multi_device, MAX_DEVICES_PER_USER),

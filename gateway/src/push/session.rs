@@ -357,9 +357,10 @@ async fn call(
         traceparent: req.traceparent.clone().or_else(|| info.traceparent.clone()),
     };
     let route = &req.route;
-    let mut call =
-        deps.pipeline
-            .admit(&route.name, &route.admission, creds, info.client_ip, meta)?;
+    let mut call = deps
+        .pipeline
+        .admit(&route.name, &route.admission, creds, info.client_ip, meta)
+        .await?;
     // The socket's device and platform (the handshake may name them).
     call.ctx.device_id = Some(info.device.device_id.clone());
     call.ctx.platform = Some(info.device.platform.clone());

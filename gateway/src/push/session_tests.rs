@@ -88,6 +88,7 @@ fn deps(cfg: PushConfig, stuck: SocketAddr, routes_file: &PathBuf) -> Arc<PushDe
         client_ip: Default::default(),
         cors: Default::default(),
         metrics: metrics.clone(),
+        cluster_limits: None,
     });
     Arc::new(PushDeps {
         hub: Hub::new(&cfg, 1000, metrics.clone()),

@@ -143,7 +143,7 @@ impl RouteContext<'_> {
                 let id = LimiterId::of(&spec.name, rl);
                 RouteLimit {
                     limiter: self.registries.limiters.limiter(id.clone(), rl),
-                    key: rl.key,
+                    spec: rl.clone(),
                     id,
                 }
             });

@@ -29,6 +29,15 @@ async fn node(
     id: &str,
     probe: Duration,
 ) -> TestGateway {
+    node_with_routes(redis, &echo_routes(&[backend.addr], ""), id, probe).await
+}
+
+async fn node_with_routes(
+    redis: &RedisServer,
+    routes: &str,
+    id: &str,
+    probe: Duration,
+) -> TestGateway {
     let cluster = ClusterConfig {
         redis_url: redis.url(),
         node_id: Some(id.into()),
@@ -38,10 +47,7 @@ async fn node(
         probe_interval: HumanDuration(probe),
         ..ClusterConfig::default()
     };
-    TestGateway::start_with(&echo_routes(&[backend.addr], ""), |cfg| {
-        cfg.cluster = Some(cluster)
-    })
-    .await
+    TestGateway::start_with(routes, |cfg| cfg.cluster = Some(cluster)).await
 }
 
 /// Waits until `gw` (any node) sees `devices` devices of `user` across the cluster.
@@ -464,4 +470,84 @@ async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
         b.wait().unwrap().success(),
         "b exits cleanly after its drain"
     );
+}
+
+async fn live_nodes(gw: &TestGateway) -> Option<u64> {
+    gw.admin_json("/readyz").await["cluster"]["live_nodes"].as_u64()
+}
+
+/// `n` concurrent calls of a limited route as `user`; how many passed.
+async fn hammer(gw: &TestGateway, user: &str, n: usize) -> usize {
+    let token = format!("Bearer {}", im_tests::user_token(user));
+    let calls = (0..n).map(|_| {
+        let token = token.clone();
+        async move {
+            gw.post(
+                "/service/limited",
+                r#"{"text":"x"}"#,
+                &[("authorization", &token)],
+            )
+            .await
+            .0
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    statuses.iter().filter(|s| **s == 200).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_limits_hold_across_nodes_and_split_while_redis_is_away() {
+    let mut redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let routes = echo_routes(&[backend.addr], "").replace(
+        "routes:\n",
+        "routes:\n  - name: limited\n    http: { method: POST, path: /service/limited }\n    \
+         upstream: echo\n    grpc: im.echo.v1.EchoService/Echo\n    \
+         rate_limit: { key: user, per_second: 0.2, burst: 10, scope: cluster }\n",
+    );
+    let a = node_with_routes(&redis, &routes, "a", Duration::from_secs(1)).await;
+    let b = node_with_routes(&redis, &routes, "b", Duration::from_secs(1)).await;
+    wait_for(
+        "both nodes see two nodes",
+        Duration::from_secs(10),
+        || async {
+            let seen_by_a = live_nodes(&a).await;
+            (seen_by_a == Some(2) && live_nodes(&b).await == Some(2)).then_some(())
+        },
+    )
+    .await;
+
+    // Both nodes at once, 25 calls each: one bucket of 10 (refill 0.2/s) for the cluster.
+    let started = std::time::Instant::now();
+    let (on_a, on_b) = tokio::join!(hammer(&a, "u1", 25), hammer(&b, "u1", 25));
+    let refill = (started.elapsed().as_secs_f64() * 0.2).ceil() as usize;
+    assert!(on_a + on_b >= 10, "the burst is usable: {on_a} + {on_b}");
+    assert!(
+        on_a + on_b <= 10 + refill,
+        "never more than the limit together: {on_a} + {on_b}"
+    );
+
+    // Redis away: each node admits its share, 10 / 2 live nodes = 5 (a fresh user).
+    redis.kill();
+    let (on_a, on_b) = tokio::join!(hammer(&a, "u2", 15), hammer(&b, "u2", 15));
+    assert!(
+        (5..=6).contains(&on_a) && (5..=6).contains(&on_b),
+        "shares: {on_a}, {on_b}"
+    );
+    for gw in [&a, &b] {
+        let metrics = gw.metrics().await;
+        let fallbacks: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("im_gateway_ratelimit_cluster_fallbacks_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert_eq!(
+            fallbacks, 15.0,
+            "every decision during the outage was a share"
+        );
+    }
 }
