@@ -59,6 +59,16 @@ pub struct Args {
     /// and logout.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub push_addr: String,
+    /// CA certificate (PEM) of the gateways' internal listeners: PushService over TLS
+    /// (`push.internal_tls` on the gateway); the addresses then use https.
+    #[arg(long)]
+    pub push_ca: Option<PathBuf>,
+    /// This backend's client certificate and key (PEM) for gateways that require mTLS
+    /// (`push.internal_tls.client_ca`).
+    #[arg(long, requires = "push_key", requires = "push_ca")]
+    pub push_cert: Option<PathBuf>,
+    #[arg(long, requires = "push_cert")]
+    pub push_key: Option<PathBuf>,
     /// File holding the internal PushService token (the gateway's `push.internal_token_file`).
     #[arg(long, default_value = "data/internal.token")]
     pub internal_token_file: PathBuf,
@@ -145,9 +155,30 @@ impl Args {
                 "--internal-token-file",
             )?);
             cfg.push_addr = Some(self.push_addr);
+            cfg.push_tls = push_tls(self.push_ca, self.push_cert, self.push_key)?;
         }
         Ok(cfg)
     }
+}
+
+/// The PushService TLS files, read.
+fn push_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<crate::notify::PushTls>, String> {
+    let read = |flag: &str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| format!("{flag}: cannot read {}: {e}", p.display()))
+    };
+    let Some(ca) = ca else { return Ok(None) };
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((read("--push-cert", &c)?, read("--push-key", &k)?)),
+        _ => None,
+    };
+    Ok(Some(crate::notify::PushTls {
+        ca_pem: read("--push-ca", &ca)?,
+        identity,
+    }))
 }
 
 pub fn main() -> ExitCode {

@@ -67,6 +67,8 @@ pub struct BackendConfig {
     /// The gateway's internal PushService address and token, for notifications and logout.
     pub push_addr: Option<String>,
     pub internal_token: Option<String>,
+    /// TLS to the gateways' PushService (`--push-ca`, and `--push-cert`/`--push-key` for mTLS).
+    pub push_tls: Option<notify::PushTls>,
     pub sms: sms::SharedSms,
     /// Least time between two verification codes to one phone.
     pub code_interval: Duration,
@@ -105,6 +107,7 @@ impl BackendConfig {
             max_session: Duration::from_secs(30 * 24 * 3600),
             push_addr: None,
             internal_token: None,
+            push_tls: None,
             sms: Arc::new(sms::LogSms),
             code_interval: Duration::from_secs(60),
             codes_per_day: 10,
@@ -145,7 +148,11 @@ pub async fn serve(
         db.with_writer(|c| phones.normalize_stored(c))
             .map_err(|e| format!("{}: normalizing stored phones: {e}", cfg.database.display()))?;
     }
-    let notifier = notify::Notifier::new(cfg.push_addr.as_deref(), cfg.internal_token.as_deref())?;
+    let notifier = notify::Notifier::new(
+        cfg.push_addr.as_deref(),
+        cfg.internal_token.as_deref(),
+        cfg.push_tls.as_ref(),
+    )?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(im_proto::DESCRIPTOR_SET)

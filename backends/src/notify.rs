@@ -13,7 +13,7 @@ use im_proto::im::gateway::v1::push_service_client::PushServiceClient;
 use im_proto::im::gateway::v1::{PushRequest, RevokeRequest};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::ApiError;
 
@@ -73,14 +73,19 @@ impl Notifier {
     /// `addr`: the gateways' internal listeners, comma-separated (`127.0.0.1:9090`, or
     /// `gw1:9090,gw2:9090` for a cluster); `token`: the internal token. Connects lazily, so the gateway may start after the backends. Call it inside a
     /// Tokio runtime: the sending task starts here.
-    pub fn new(addr: Option<&str>, token: Option<&str>) -> Result<Self, String> {
-        Self::with_queue(addr, token, QUEUE)
+    pub fn new(
+        addr: Option<&str>,
+        token: Option<&str>,
+        tls: Option<&PushTls>,
+    ) -> Result<Self, String> {
+        Self::with_queue(addr, token, tls, QUEUE)
     }
 
     /// [`new`](Self::new) with a queue of `capacity` notifications.
     pub fn with_queue(
         addr: Option<&str>,
         token: Option<&str>,
+        tls: Option<&PushTls>,
         capacity: usize,
     ) -> Result<Self, String> {
         let Some(addr) = addr else {
@@ -88,7 +93,7 @@ impl Notifier {
         };
         let token =
             token.ok_or("--push-addr needs --internal-token-file (the gateway checks it)")?;
-        let gateways = Gateways::new(addr)?;
+        let gateways = Gateways::new(addr, tls)?;
         let authorization = AsciiMetadataValue::try_from(format!("Bearer {}", token.trim()))
             .map_err(|_| "internal token: not printable ASCII".to_owned())?;
         let (queue, pending) = mpsc::channel(capacity.max(1));
@@ -225,23 +230,47 @@ struct Gateways {
     current: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// TLS to the gateways' internal listeners (`push.internal_tls` there): the CA their
+/// certificates chain to, and this backend's certificate and key when they require mTLS.
+#[derive(Debug, Clone)]
+pub struct PushTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl PushTls {
+    fn client_config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
 impl Gateways {
-    fn new(list: &str) -> Result<Self, String> {
+    fn new(list: &str, tls: Option<&PushTls>) -> Result<Self, String> {
         let clients = list
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
             .map(|addr| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
                 let uri = if addr.contains("://") {
                     addr.to_owned()
                 } else {
-                    format!("http://{addr}")
+                    format!("{scheme}://{addr}")
                 };
-                let channel = Endpoint::from_shared(uri)
+                let mut endpoint = Endpoint::from_shared(uri)
                     .map_err(|e| format!("--push-addr `{addr}`: {e}"))?
                     .connect_timeout(Duration::from_secs(1))
-                    .timeout(CALL_TIMEOUT)
-                    .connect_lazy();
+                    .timeout(CALL_TIMEOUT);
+                if let Some(tls) = tls {
+                    endpoint = endpoint
+                        .tls_config(tls.client_config())
+                        .map_err(|e| format!("--push-ca / --push-cert: {e}"))?;
+                }
+                let channel = endpoint.connect_lazy();
                 Ok(PushServiceClient::new(channel))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -316,7 +345,7 @@ mod tests {
     async fn a_full_queue_drops_and_counts_instead_of_growing() {
         // Nothing listens on port 9 of loopback; the sending task cannot run before the loop
         // ends (one thread), so exactly `capacity` notifications are queued.
-        let n = Notifier::with_queue(Some("127.0.0.1:9"), Some("t"), 3).unwrap();
+        let n = Notifier::with_queue(Some("127.0.0.1:9"), Some("t"), None, 3).unwrap();
         let payload = im_proto::im::friend::v1::FriendRemoveNotify::default();
         for _ in 0..10 {
             n.push(vec!["u".into()], Kind::FriendRemove, &payload, None);
@@ -339,7 +368,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let gateways = Gateways::new(&format!("127.0.0.1:9, {up}")).unwrap();
+        let gateways = Gateways::new(&format!("127.0.0.1:9, {up}"), None).unwrap();
         let calls = std::sync::atomic::AtomicUsize::new(0);
         let result = gateways
             .call(|mut c| {
@@ -358,7 +387,7 @@ mod tests {
             })
             .await;
         assert_eq!(calls.load(Ordering::Relaxed), 1);
-        assert!(Gateways::new(" , ").is_err());
+        assert!(Gateways::new(" , ", None).is_err());
     }
 
     struct NoPush;

@@ -58,6 +58,8 @@ pub enum BuildError {
     #[error("push.internal_token_file: {0}")]
     InternalToken(String),
     #[error("{0}")]
+    InternalTls(String),
+    #[error("{0}")]
     Admin(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::link::LinkError),
@@ -73,6 +75,8 @@ pub struct Gateway {
     pub push: Arc<PushDeps>,
     /// SHA-256 of the PushService token, read at build; `None` refuses every call.
     internal_token: Option<[u8; 32]>,
+    /// The internal listener's TLS, loaded at build.
+    internal_tls: Option<tonic::transport::ServerTlsConfig>,
     /// Who may call the admin listener, decided at build (after command-line overrides).
     admin_access: AdminAccess,
     routes_path: PathBuf,
@@ -121,6 +125,13 @@ impl Gateway {
             .map(secret::read_token_file)
             .transpose()
             .map_err(BuildError::InternalToken)?;
+        let internal_tls = config
+            .push
+            .internal_tls
+            .as_ref()
+            .map(crate::push::service::internal_tls)
+            .transpose()
+            .map_err(BuildError::InternalTls)?;
         let admin_access =
             AdminAccess::new(&config.admin, config.listen.admin).map_err(BuildError::Admin)?;
         let dispatcher = Arc::new(Dispatcher::new(metrics.clone()));
@@ -143,6 +154,7 @@ impl Gateway {
             guard,
             push,
             internal_token,
+            internal_tls,
             admin_access,
             routes_path,
             cluster_inbox,
@@ -252,6 +264,7 @@ impl Gateway {
             internal: Some(InternalGrpc {
                 deps: self.push.clone(),
                 addr: cfg.listen.internal,
+                tls: self.internal_tls.clone(),
                 token_sha256: self.internal_token,
             }),
         };

@@ -69,7 +69,7 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// WebSocket push listener (`/ws`).
     pub push: SocketAddr,
-    /// Internal gRPC: PushService for backends. Loopback only (no TLS here yet).
+    /// Internal gRPC: PushService for backends. Loopback only, unless `push.internal_tls` is set.
     pub internal: SocketAddr,
 }
 
@@ -203,6 +203,11 @@ impl GatewayConfig {
         // Every file the config names is relative to the config file.
         let tls = cfg.tls.as_mut().map(|t| [&mut t.cert, &mut t.key]);
         let keys = cfg.auth.public_keys.iter_mut().map(|k| &mut k.file);
+        let internal_tls = cfg
+            .push
+            .internal_tls
+            .as_mut()
+            .map(|t| [Some(&mut t.cert), Some(&mut t.key), t.client_ca.as_mut()]);
         let files = [
             &mut cfg.routes,
             &mut cfg.descriptors,
@@ -215,6 +220,7 @@ impl GatewayConfig {
             .into_iter()
             .flatten()
             .chain(tls.into_iter().flatten())
+            .chain(internal_tls.into_iter().flatten().flatten())
             .chain(keys)
         {
             if p.is_relative() {
@@ -258,10 +264,10 @@ impl GatewayConfig {
                 return Err(invalid(field, &message));
             }
         }
-        if !self.listen.internal.ip().is_loopback() {
+        if !self.listen.internal.ip().is_loopback() && self.push.internal_tls.is_none() {
             return Err(invalid(
                 "listen.internal",
-                "PushService has no TLS yet: bind it to loopback (e.g. 127.0.0.1:9090)",
+                "beyond loopback PushService needs TLS: set push.internal_tls { cert, key, client_ca } or bind to 127.0.0.1",
             ));
         }
         if self.push.max_inflight == 0

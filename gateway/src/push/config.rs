@@ -14,6 +14,9 @@ pub struct PushConfig {
     /// File holding the token backends present to PushService (`authorization: Bearer …`).
     /// Without it every PushService call is refused.
     pub internal_token_file: Option<PathBuf>,
+    /// TLS on the internal PushService listener; with it the listener may bind beyond loopback
+    /// (nodes on other hosts, DESIGN §8).
+    pub internal_tls: Option<InternalTls>,
     pub multi_device: MultiDevicePolicy,
     pub handshake_timeout: HumanDuration,
     pub ping_interval: HumanDuration,
@@ -57,6 +60,16 @@ pub struct Rate {
     pub burst: u32,
 }
 
+/// `push.internal_tls`: the listener's certificate and key (PEM); with `client_ca`, callers
+/// must present a certificate that CA signed (mTLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 impl Rate {
     pub fn is_valid(&self) -> bool {
         self.per_second.is_finite() && self.per_second > 0.0 && self.burst >= 1
@@ -67,6 +80,7 @@ impl Default for PushConfig {
     fn default() -> Self {
         Self {
             internal_token_file: None,
+            internal_tls: None,
             multi_device: MultiDevicePolicy::default(),
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
             ping_interval: HumanDuration(Duration::from_secs(25)),

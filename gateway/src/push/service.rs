@@ -3,6 +3,7 @@
 //! in use and shared by every recipient.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,8 +14,10 @@ use im_proto::im::gateway::v1::{
 };
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
+use super::config::InternalTls;
 use super::control;
 use super::fanout::{fan_out, Targets};
 use super::registry::SessionRegistry;
@@ -156,10 +159,43 @@ impl PushService for PushSvc {
     }
 }
 
+/// `push.internal_tls` loaded and checked: the listener's identity and, for mTLS, the CA that
+/// callers' certificates must chain to. Errors name the field and the file.
+pub fn internal_tls(cfg: &InternalTls) -> Result<ServerTlsConfig, String> {
+    let read = |field: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            format!(
+                "push.internal_tls.{field}: cannot read {}: {e}",
+                path.display()
+            )
+        })
+    };
+    let identity = Identity::from_pem(read("cert", &cfg.cert)?, read("key", &cfg.key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &cfg.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read("client_ca", ca)?));
+    }
+    tonic::transport::Server::builder()
+        .tls_config(tls.clone())
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            format!(
+                "push.internal_tls: {} / {} are not a PEM certificate chain and its key{cause}",
+                cfg.cert.display(),
+                cfg.key.display()
+            )
+        })?;
+    Ok(tls)
+}
+
 /// Runs PushService (and `grpc.health.v1`) on the internal listener until shutdown.
 pub struct InternalGrpc {
     pub deps: Arc<PushDeps>,
     pub addr: SocketAddr,
+    /// TLS (and mTLS) of the listener, from [`internal_tls`]; plaintext (loopback) without.
+    pub tls: Option<ServerTlsConfig>,
     /// SHA-256 of the internal token; `None` refuses every call.
     pub token_sha256: Option<[u8; 32]>,
 }
@@ -203,8 +239,18 @@ impl BackgroundService for InternalGrpc {
             move |req| authorized(expected, &req).map(|()| req),
         );
         let (_, health) = tonic_health::server::health_reporter();
-        tracing::info!(addr = %self.addr, "PushService listening");
-        let served = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = match builder.tls_config(tls.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "internal listener TLS did not load");
+                    return;
+                }
+            };
+        }
+        tracing::info!(addr = %self.addr, tls = self.tls.is_some(), "PushService listening");
+        let served = builder
             .add_service(health)
             .add_service(svc)
             .serve_with_incoming_shutdown(

@@ -20,6 +20,7 @@ mod passthrough;
 mod push;
 mod push_budget;
 mod push_limits;
+mod push_tls;
 mod ratelimit;
 mod reload;
 mod revocation;
