@@ -40,6 +40,8 @@ impl CapturedSms {
 
 pub struct ImSystem {
     pub gw: TestGateway,
+    /// Further gateway nodes (cluster mode), sharing the backends with `gw`.
+    pub nodes: Vec<TestGateway>,
     pub backend: SocketAddr,
     pub sms: Arc<CapturedSms>,
     pub data: ScratchDir,
@@ -78,12 +80,50 @@ impl ImSystem {
         tweak: impl FnOnce(&mut BackendConfig),
         tweak_gateway: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
+        let mut tweak_gateway = Some(tweak_gateway);
+        Self::start_nodes(relaxed, 1, tweak, |_, c| {
+            if let Some(t) = tweak_gateway.take() {
+                t(c)
+            }
+        })
+        .await
+    }
+
+    /// The backends behind `nodes` gateways of one cluster (cluster mode on the Redis at
+    /// `redis_url`); the backends know every node's PushService.
+    pub async fn start_cluster(redis_url: &str, nodes: usize) -> Self {
+        Self::start_nodes(
+            true,
+            nodes,
+            |_| {},
+            |i, c| {
+                c.cluster = Some(im_gateway::cluster::ClusterConfig {
+                    redis_url: redis_url.to_owned(),
+                    node_id: Some(format!("node-{i}")),
+                    prefix: "im-test:".into(),
+                    heartbeat: im_gateway::units::HumanDuration(Duration::from_millis(300)),
+                    node_ttl: im_gateway::units::HumanDuration(Duration::from_millis(1500)),
+                    ..Default::default()
+                })
+            },
+        )
+        .await
+    }
+
+    async fn start_nodes(
+        relaxed: bool,
+        nodes: usize,
+        tweak: impl FnOnce(&mut BackendConfig),
+        mut tweak_gateway: impl FnMut(usize, &mut GatewayConfig),
+    ) -> Self {
         let data = ScratchDir::new("im");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backends");
         let backend = listener.local_addr().expect("backend address");
-        let internal = crate::loopback(crate::free_port());
+        let internals: Vec<SocketAddr> = (0..nodes.max(1))
+            .map(|_| crate::loopback(crate::free_port()))
+            .collect();
         let sms = Arc::new(CapturedSms::default());
         let mut cfg = BackendConfig::new(
             im_backends::ALL_SERVICES.map(String::from).to_vec(),
@@ -91,7 +131,8 @@ impl ImSystem {
         );
         cfg.jwt_secret = Some(TEST_SECRET.to_owned());
         cfg.internal_token = Some(INTERNAL_TOKEN.to_owned());
-        cfg.push_addr = Some(internal.to_string());
+        let list: Vec<String> = internals.iter().map(SocketAddr::to_string).collect();
+        cfg.push_addr = Some(list.join(","));
         cfg.sms = sms.clone();
         cfg.code_interval = Duration::from_secs(1);
         tweak(&mut cfg);
@@ -105,23 +146,29 @@ impl ImSystem {
                 panic!("backends failed: {e}");
             }
         });
-        let gw = TestGateway::start_with(&shipped_routes(backend, relaxed), |c| {
-            c.listen.internal = internal;
-            tweak_gateway(c);
-        })
-        .await;
-        for upstream in ["user", "friend", "message", "file"] {
-            crate::wait_for(
-                "backends healthy at the gateway",
-                Duration::from_secs(20),
-                || async {
-                    (gw.endpoint_health(upstream, backend).await == "healthy").then_some(())
-                },
-            )
+        let mut gateways = Vec::new();
+        for (i, internal) in internals.into_iter().enumerate() {
+            let gw = TestGateway::start_with(&shipped_routes(backend, relaxed), |c| {
+                c.listen.internal = internal;
+                tweak_gateway(i, c);
+            })
             .await;
+            for upstream in ["user", "friend", "message", "file"] {
+                crate::wait_for(
+                    "backends healthy at the gateway",
+                    Duration::from_secs(20),
+                    || async {
+                        (gw.endpoint_health(upstream, backend).await == "healthy").then_some(())
+                    },
+                )
+                .await;
+            }
+            gateways.push(gw);
         }
+        let gw = gateways.remove(0);
         Self {
             gw,
+            nodes: gateways,
             backend,
             sms,
             data,
@@ -129,9 +176,10 @@ impl ImSystem {
         }
     }
 
-    pub fn client(&self) -> ImClient {
+    /// A client of the gateway node `gw` (this system's `gw` or one of its `nodes`).
+    pub fn client_of(&self, gw: &TestGateway) -> ImClient {
         ImClient {
-            base: format!("http://{}", self.gw.edge),
+            base: format!("http://{}", gw.edge),
             http: reqwest::Client::new(),
             token: None,
             user_id: String::new(),
@@ -139,9 +187,9 @@ impl ImSystem {
         }
     }
 
-    /// Registers `nickname` and logs in on `device_id` (platform `web`).
-    pub async fn user(&self, nickname: &str, device_id: &str) -> ImClient {
-        let mut c = self.client();
+    /// Registers `nickname` and logs in through `gw` on `device_id` (platform `web`).
+    pub async fn user_of(&self, gw: &TestGateway, nickname: &str, device_id: &str) -> ImClient {
+        let mut c = self.client_of(gw);
         c.ok(
             "user/username_register",
             json!({"nickname": nickname, "password": "password1"}),
@@ -149,6 +197,15 @@ impl ImSystem {
         .await;
         c.login(nickname, "password1", device_id).await;
         c
+    }
+
+    pub fn client(&self) -> ImClient {
+        self.client_of(&self.gw)
+    }
+
+    /// Registers `nickname` and logs in on `device_id` (platform `web`).
+    pub async fn user(&self, nickname: &str, device_id: &str) -> ImClient {
+        self.user_of(&self.gw, nickname, device_id).await
     }
 
     /// Requests a verification code for `phone` (as typed) once the per-phone interval (1 s

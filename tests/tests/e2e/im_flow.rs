@@ -367,3 +367,37 @@ pub(crate) fn base64_encode(data: &[u8]) -> String {
     }
     out
 }
+
+/// Opens `client`'s WebSocket on the node `gw` and waits until that node has registered it.
+async fn online_at(gw: &im_tests::TestGateway, client: &ImClient) -> Ws {
+    let ws = connect(gw, &client.ws_query())
+        .await
+        .expect("handshake accepted");
+    wait_online(gw, &[client.user_id.as_str()]).await;
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_chat_flow_works_with_alice_and_bob_on_two_nodes() {
+    let redis = im_tests::redis_server::RedisServer::start();
+    let sys = ImSystem::start_cluster(&redis.url(), 2).await;
+    let (a, b) = (&sys.gw, &sys.nodes[0]);
+    let alice = sys.user_of(a, "alice", "alice-web").await;
+    let bob = sys.user_of(b, "bob", "bob-phone").await;
+    let mut alice_ws = online_at(a, &alice).await;
+    let mut bob_ws = online_at(b, &bob).await;
+    // Each node sees the other's user (the backends may call either node).
+    wait_online(a, &[bob.user_id.as_str()]).await;
+    wait_online(b, &[alice.user_id.as_str()]).await;
+
+    // Apply and agree across nodes: every notification reaches the other node's socket.
+    let session = befriend(&alice, &mut alice_ws, &bob, &mut bob_ws).await;
+    let sent = send_text(&alice, &session, "a-1", "hi bob, from node a").await;
+    let n = push(&mut bob_ws, "chat_message_notify").await;
+    assert_eq!(n["message_info"]["seq"], sent["seq"]);
+    assert_eq!(n["message_info"]["message"]["text"], "hi bob, from node a");
+    let sent = send_text(&bob, &session, "b-1", "hi alice, from node b").await;
+    let n = push(&mut alice_ws, "chat_message_notify").await;
+    assert_eq!(n["message_info"]["seq"], sent["seq"]);
+    assert_eq!(n["message_info"]["sender"]["user_id"], bob.user_id);
+}
