@@ -29,7 +29,8 @@ if (os.cpu_count() or 1) < 2:
     PROXY_CPU = []
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+# IM_BENCH_BIN: binaries built elsewhere (e.g. CARGO_TARGET_DIR=/x -> /x/release).
+BIN = os.environ.get("IM_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -21,7 +21,7 @@ import svg  # noqa: E402
 BEGIN, END = "<!-- ws:begin -->", "<!-- ws:end -->"
 
 
-def start_gateway(tmp, backend_port, binary=os.path.join(BIN, "im-gateway")):
+def start_gateway(tmp, backend_port, binary=os.path.join(BIN, "im-gateway"), extra_yaml=""):
     ports = {k: free_port() for k in ("edge", "admin", "push", "internal")}
     with open(os.path.join(tmp, "routes.yaml"), "w") as f:
         f.write(f"""upstreams:
@@ -45,7 +45,7 @@ push:
   max_connections_per_ip: 100000
   handshake_rate: {{ per_second: 100000, burst: 100000 }}
   drain_window: 0s
-""")
+{extra_yaml}""")
     proc = subprocess.Popen(PROXY_CPU + [binary, "run", "--config", os.path.join(tmp, "gateway.yaml")],
                             env=dict(os.environ, RUST_LOG="warn"))
     for p in ports.values():

@@ -53,6 +53,10 @@ pub struct WsArgs {
     /// `cmd` of the request each connection sends once.
     #[arg(long, default_value_t = 9001)]
     pub cmd: u32,
+    /// ws-push: wait this long after connecting before pushing (cluster mode: registrations
+    /// reach Redis).
+    #[arg(long, default_value_t = 0)]
+    pub settle_ms: u64,
     /// ws-push: passes of one push per user (more passes: a longer, steadier phase (a)).
     #[arg(long, default_value_t = 1)]
     pub user_repeats: u64,
@@ -404,6 +408,7 @@ pub async fn conns(a: WsArgs) -> Result<Value, String> {
 pub async fn push(a: WsArgs) -> Result<Value, String> {
     let stats = Arc::new(Stats::default());
     connect_all(&a, &stats).await?;
+    tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
     let (client, token) = push_client(&a).await?;
     let users: Vec<String> = (0..a.conns).map(|i| format!("u{i}")).collect();
     let n = a.conns as u64;

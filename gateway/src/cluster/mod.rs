@@ -37,6 +37,10 @@ pub struct Cluster {
     link: Link,
     /// Other live node runs and the unix ms their liveness lapses at, from the last heartbeat.
     live: RwLock<HashMap<NodeRun, u64>>,
+    /// Unregistrations that failed, retried at the next heartbeat that reaches Redis (bounded:
+    /// past the cap the entries expire with the user key instead).
+    // A std Mutex: held to push or to take the list, never across `.await`.
+    retry_unregister: std::sync::Mutex<Vec<(String, u64)>>,
     /// Runs this node saw die (their liveness lapsed): their entries may be removed. A run merely missing from the view (Redis restarted, a
     /// heartbeat not read yet) is never grounds for removing anything.
     dead: RwLock<HashSet<NodeRun>>,
@@ -56,6 +60,8 @@ struct Health {
     last_probe_ms: AtomicU64,
     /// Live nodes (this one included) at the last heartbeat that reached Redis.
     last_known_nodes: std::sync::atomic::AtomicUsize,
+    /// A registration failed: the next heartbeat that reaches Redis re-registers every session.
+    resync_wanted: AtomicBool,
 }
 
 /// The multi-device rule, applied in Redis to the user's connections on every node: the fields
@@ -102,6 +108,9 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return {allowed, math.floor(tokens * 1000)}
 ";
 
+/// Failed unregistrations kept for a retry.
+const MAX_RETRIED_UNREGISTERS: usize = 100_000;
+
 /// Dead runs remembered for cleaning up their registry entries (forgotten wholesale past it).
 const MAX_DEAD_RUNS: usize = 4096;
 
@@ -138,6 +147,7 @@ impl Cluster {
             run,
             link,
             live: RwLock::default(),
+            retry_unregister: std::sync::Mutex::default(),
             dead: RwLock::default(),
             health: Health::default(),
             register: Script::new(REGISTER_LUA),
@@ -239,7 +249,10 @@ impl Cluster {
             .link
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await
-            .map_err(|e| self.fail("register", e))?;
+            .map_err(|e| {
+                self.health.resync_wanted.store(true, Ordering::Relaxed);
+                self.fail("register", e)
+            })?;
         let now = unix_ms();
         Ok(displaced
             .iter()
@@ -275,10 +288,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Removes a connection of this node (on close).
+    /// Removes a connection of this node (on close); retried later when Redis does not answer.
     pub async fn unregister(&self, user: &str, conn_id: u64) -> Result<(), ClusterError> {
         let (key, field) = (self.keys.user(user), Entry::field(&self.run, conn_id));
-        self.link
+        let done = self
+            .link
             .run(|mut c| async move {
                 redis::cmd("HDEL")
                     .arg(key)
@@ -286,9 +300,54 @@ impl Cluster {
                     .query_async::<()>(&mut c)
                     .await
             })
-            .await
-            .map_err(|e| self.fail("unregister", e))?;
+            .await;
+        if let Err(e) = done {
+            let mut retry = self
+                .retry_unregister
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if retry.len() < MAX_RETRIED_UNREGISTERS {
+                retry.push((user.to_owned(), conn_id));
+            }
+            return Err(self.fail("unregister", e));
+        }
         Ok(())
+    }
+
+    /// Whether a registration failed since the last call (the node task then resyncs).
+    pub fn take_resync_wanted(&self) -> bool {
+        self.health.resync_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Retries the unregistrations that failed, in pipelines.
+    pub async fn retry_unregisters(&self) {
+        let retry = std::mem::take(
+            &mut *self
+                .retry_unregister
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (i, chunk) in retry.chunks(1000).enumerate() {
+            let mut pipe = redis::pipe();
+            for (user, conn_id) in chunk {
+                pipe.hdel(self.keys.user(user), Entry::field(&self.run, *conn_id))
+                    .ignore();
+            }
+            let done = self
+                .link
+                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await;
+            if let Err(e) = done {
+                self.fail("unregister", e);
+                let mut left = self
+                    .retry_unregister
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                left.extend(retry[i * 1000..].iter().cloned());
+                left.truncate(MAX_RETRIED_UNREGISTERS);
+                return;
+            }
+        }
     }
 
     /// The live connections of `users` on every node, in one pipelined round trip. Entries of

@@ -96,10 +96,13 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
             _ = heartbeat.tick() => {
                 match beat(&cluster).await {
                     Ok(new_member) => {
-                        // First contact, Redis back after an outage, or Redis lost our entry.
-                        if !synced || new_member {
+                        // First contact, Redis back after an outage, Redis lost our entry, or a
+                        // registration that did not get through.
+                        let wanted = cluster.take_resync_wanted();
+                        if !synced || new_member || wanted {
                             synced = inbox.send(Inbound::Resync).await.is_ok();
                         }
+                        cluster.retry_unregisters().await;
                         if subscription.is_none() {
                             subscription = subscribe(&cluster, tx.clone()).await;
                             if subscription.is_some() {
