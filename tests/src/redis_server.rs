@@ -64,6 +64,23 @@ impl RedisServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `redis-cli -x …`: `stdin` (raw bytes) becomes the last argument.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin).expect("write to redis-cli");
+        }
+        let out = child.wait_with_output().expect("redis-cli ends");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// How many times Redis has run `command` (lower case), from `INFO commandstats`.
     pub fn calls(&self, command: &str) -> u64 {
         let stats = self.cli(&["INFO", "commandstats"]);

@@ -551,3 +551,51 @@ async fn cluster_wide_limits_hold_across_nodes_and_split_while_redis_is_away() {
         );
     }
 }
+
+/// A counter of `gw`'s metrics (0 when absent).
+async fn metric(gw: &TestGateway, line_prefix: &str) -> f64 {
+    gw.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_messages_of_a_newer_format_or_garbage_are_skipped_and_counted() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let mut on_b = login(&b, "u2", "s-2", "phone", "ios").await;
+    wait_devices(&a, "u2", 1).await;
+
+    // A NodeMessage { version: 99, probe: { nonce: 1 } } from a future release, then junk.
+    let newer = im_proto::im::gateway::v1::NodeMessage {
+        version: 99,
+        body: Some(im_proto::im::gateway::v1::node_message::Body::Probe(
+            im_proto::im::gateway::v1::NodeProbe { nonce: 1 },
+        )),
+        ..Default::default()
+    };
+    let published = redis.cli_with_stdin(&["PUBLISH", "test:node:b"], &newer.encode_to_vec());
+    assert_eq!(published.trim(), "1", "b is subscribed");
+    redis.cli_with_stdin(&["PUBLISH", "test:node:b"], b"\xff\xffnot protobuf");
+    wait_for("both counted", Duration::from_secs(5), || async {
+        let newer = metric(
+            &b,
+            "im_gateway_cluster_messages_skipped_total{reason=\"newer_format\"} ",
+        )
+        .await;
+        let junk = metric(
+            &b,
+            "im_gateway_cluster_messages_skipped_total{reason=\"malformed\"} ",
+        )
+        .await;
+        (newer == 1.0 && junk == 1.0).then_some(())
+    })
+    .await;
+    // And b goes on delivering what a sends it.
+    assert!(cross_node_push_arrives(&a, &mut on_b, "u2").await);
+}
