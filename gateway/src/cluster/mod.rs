@@ -490,16 +490,7 @@ impl Cluster {
         let key = self.keys.revoked();
         let now = crate::clock::unix_now();
         self.link
-            .run(|mut c| async move {
-                redis::cmd("ZRANGE")
-                    .arg(&key)
-                    .arg(now)
-                    .arg("+inf")
-                    .arg("BYSCORE")
-                    .arg("WITHSCORES")
-                    .query_async(&mut c)
-                    .await
-            })
+            .run(|mut c| async move { scored_from(&key, now).query_async(&mut c).await })
             .await
             .map_err(|e| self.fail("revoked", e))
             .map(|pairs: Vec<(String, f64)>| {
@@ -550,6 +541,17 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `ZRANGE key from +inf BYSCORE WITHSCORES`: the members scored `from` or later, with scores.
+pub fn scored_from(key: &str, from: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("ZRANGE");
+    cmd.arg(key)
+        .arg(from)
+        .arg("+inf")
+        .arg("BYSCORE")
+        .arg("WITHSCORES");
+    cmd
 }
 
 /// The metric label of a message body.

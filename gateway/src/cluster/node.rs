@@ -164,12 +164,7 @@ async fn beat(cluster: &Cluster) -> Result<bool, ClusterError> {
                 .arg("-inf")
                 .arg(now.saturating_sub(60_000))
                 .ignore()
-                .cmd("ZRANGE")
-                .arg(&key)
-                .arg(now)
-                .arg("+inf")
-                .arg("BYSCORE")
-                .arg("WITHSCORES")
+                .add_command(super::scored_from(&key, now))
                 .query_async(&mut c)
                 .await
         })

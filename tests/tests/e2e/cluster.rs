@@ -50,6 +50,15 @@ async fn node_with_routes(
     TestGateway::start_with(routes, |cfg| cfg.cluster = Some(cluster)).await
 }
 
+/// A Redis, an echo backend and nodes `a` and `b` probing every second.
+async fn two_nodes() -> (RedisServer, EchoBackend, TestGateway, TestGateway) {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    (redis, backend, a, b)
+}
+
 /// Waits until `gw` (any node) sees `devices` devices of `user` across the cluster.
 async fn wait_devices(gw: &TestGateway, user: &str, devices: usize) {
     wait_for(
@@ -160,10 +169,7 @@ async fn a_push_on_one_node_reaches_devices_on_the_others_with_one_publish_per_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_kicks_and_revocations_are_cluster_wide() {
-    let redis = RedisServer::start();
-    let backend = EchoBackend::start().await;
-    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
-    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let (_redis, _backend, a, b) = two_nodes().await;
 
     // one_per_platform (the default): a second ios login on b closes the first, on a.
     let mut first = login(&a, "u1", "s-1", "phone-1", "ios").await;
@@ -253,10 +259,7 @@ async fn readyz_status(gw: &TestGateway) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_keeps_local_pushes_and_cross_node_delivery_resumes() {
-    let mut redis = RedisServer::start();
-    let backend = EchoBackend::start().await;
-    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
-    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let (mut redis, _backend, a, b) = two_nodes().await;
     let mut on_a = login(&a, "u1", "s-1", "phone", "ios").await;
     let mut on_b = login(&b, "u2", "s-2", "phone", "ios").await;
     wait_devices(&a, "u2", 1).await;
@@ -294,10 +297,7 @@ async fn redis_down_keeps_local_pushes_and_cross_node_delivery_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscription_is_repaired() {
-    let redis = RedisServer::start();
-    let backend = EchoBackend::start().await;
-    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
-    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let (redis, _backend, a, b) = two_nodes().await;
     let mut on_b = login(&b, "u2", "s-2", "phone", "ios").await;
     wait_devices(&a, "u2", 1).await;
     wait_for("b subscribed", Duration::from_secs(10), || async {
@@ -564,10 +564,7 @@ async fn metric(gw: &TestGateway, line_prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_messages_of_a_newer_format_or_garbage_are_skipped_and_counted() {
-    let redis = RedisServer::start();
-    let backend = EchoBackend::start().await;
-    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
-    let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
+    let (redis, _backend, a, b) = two_nodes().await;
     let mut on_b = login(&b, "u2", "s-2", "phone", "ios").await;
     wait_devices(&a, "u2", 1).await;
 
