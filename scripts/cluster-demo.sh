@@ -6,10 +6,10 @@
 # Usage: [BIN=target/debug] scripts/cluster-demo.sh [demo-dir]   (default: data/cluster-demo; keys kept there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=${1:-data/cluster-demo}
-mkdir -p "$dir"
+mkdir -p "${1:-data/cluster-demo}"
+dir=$(cd "${1:-data/cluster-demo}" && pwd)
 command -v redis-server >/dev/null || scripts/bootstrap.sh
-# BIN=target/debug uses binaries built already (e.g. by the tests) instead of a release build.
+# BIN=target/debug uses binaries built already (`cargo build -p im-gateway -p im-backends`).
 bin=${BIN:-target/release}
 [ -n "${BIN:-}" ] || cargo build --release -q -p im-gateway -p im-backends
 umask 077
@@ -32,8 +32,8 @@ for i in 0 1; do
   cat >"$dir/gateway-$n.yaml" <<YAML
 listen: { edge: 127.0.0.1:${edge[$i]}, push: 127.0.0.1:${push[$i]}, admin: 127.0.0.1:${admin[$i]}, internal: 127.0.0.1:${internal[$i]} }
 routes: $PWD/routes.yaml
-auth: { hs256_secret_file: $PWD/$dir/jwt.key }
-push: { internal_token_file: $PWD/$dir/internal.token }
+auth: { hs256_secret_file: $dir/jwt.key }
+push: { internal_token_file: $dir/internal.token }
 cluster: { redis_url: "redis://127.0.0.1:$redis_port", node_id: node-$n, prefix: "demo:" }
 YAML
 done
