@@ -596,3 +596,42 @@ async fn node_messages_of_a_newer_format_or_garbage_are_skipped_and_counted() {
     // And b goes on delivering what a sends it.
     assert!(cross_node_push_arrives(&a, &mut on_b, "u2").await);
 }
+
+/// How `ws` ends within 2 s: its close code, `None` while it stays open (or ends without one).
+async fn end_of(ws: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_racing_for_one_slot_on_two_nodes_leave_exactly_one() {
+    let (_redis, _backend, a, b) = two_nodes().await;
+    for round in 0..5 {
+        let user = format!("racer-{round}");
+        let (sid_a, sid_b) = (format!("sa-{round}"), format!("sb-{round}"));
+        // Same user, same platform (one_per_platform), different devices, at the same moment.
+        let (mut on_a, mut on_b) = tokio::join!(
+            login(&a, &user, &sid_a, "phone-a", "ios"),
+            login(&b, &user, &sid_b, "phone-b", "ios"),
+        );
+        let (a_end, b_end) = tokio::join!(end_of(&mut on_a), end_of(&mut on_b));
+        let kicked = [a_end, b_end].iter().filter(|c| **c == Some(4002)).count();
+        assert_eq!(
+            (kicked, a_end.is_none() || b_end.is_none()),
+            (1, true),
+            "round {round}: exactly one login survives ({a_end:?}, {b_end:?})"
+        );
+        wait_devices(&a, &user, 1).await;
+        wait_devices(&b, &user, 1).await;
+    }
+}
