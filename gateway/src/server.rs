@@ -395,11 +395,17 @@ impl RunningGateway {
 
     /// Stops the server and waits for its thread.
     pub fn stop(mut self) {
-        self.shutdown();
+        self.shutdown(ShutdownSignal::FastShutdown);
     }
 
-    fn shutdown(&mut self) {
-        let _ = self.stop.try_send(ShutdownSignal::FastShutdown);
+    /// Stops the server as SIGTERM does (sessions drain with 1001 and a reconnect hint, a
+    /// cluster node announces its leave) and waits for its thread.
+    pub fn drain(mut self) {
+        self.shutdown(ShutdownSignal::GracefulTerminate);
+    }
+
+    fn shutdown(&mut self, signal: ShutdownSignal) {
+        let _ = self.stop.try_send(signal);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -408,6 +414,6 @@ impl RunningGateway {
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(ShutdownSignal::FastShutdown);
     }
 }

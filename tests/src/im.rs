@@ -97,6 +97,11 @@ impl ImSystem {
             nodes,
             |_| {},
             |i, c| {
+                // A drain as in production: sessions close over half a second inside a grace
+                // period the node's announced leave also fits in (at 0 s the runtime is cut
+                // before the leave reaches Redis).
+                c.shutdown.grace_period = im_gateway::units::HumanDuration(Duration::from_secs(1));
+                c.push.drain_window = im_gateway::units::HumanDuration(Duration::from_millis(500));
                 c.cluster = Some(im_gateway::cluster::ClusterConfig {
                     redis_url: redis_url.to_owned(),
                     node_id: Some(format!("node-{i}")),
@@ -253,6 +258,7 @@ impl Drop for ImSystem {
 }
 
 /// An app's view of the HTTP API: JSON in, JSON out, the bearer token once logged in.
+#[derive(Clone)]
 pub struct ImClient {
     pub base: String,
     pub http: reqwest::Client,

@@ -203,6 +203,8 @@ pub struct TestGateway {
     pub internal: SocketAddr,
     pub routes_path: PathBuf,
     pub running: Option<RunningGateway>,
+    /// What it was started with, for [`TestGateway::restart`].
+    config: GatewayConfig,
     _dir: ScratchDir,
 }
 
@@ -238,19 +240,28 @@ impl TestGateway {
         tweak(&mut cfg);
         let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
         let (push, internal) = (cfg.listen.push, cfg.listen.internal);
-        let gateway = Gateway::build(cfg, routes_path.clone()).expect("routes are valid");
-        let running = RunningGateway::start(gateway).expect("gateway starts");
-        let gw = Self {
+        let mut gw = Self {
             edge,
             admin,
             push,
             internal,
             routes_path,
-            running: Some(running),
+            running: None,
+            config: cfg,
             _dir: dir,
         };
+        gw.restart().await;
+        gw
+    }
+
+    /// Starts the gateway (again) with its config on its ports and waits until it is ready.
+    pub async fn restart(&mut self) {
+        let gateway = Gateway::build(self.config.clone(), self.routes_path.clone())
+            .expect("routes are valid");
+        self.running = Some(RunningGateway::start(gateway).expect("gateway starts"));
+        let (edge, push, internal) = (self.edge, self.push, self.internal);
         let client = reqwest::Client::new();
-        let url = gw.admin_url("/readyz");
+        let url = self.admin_url("/readyz");
         wait_for("gateway readiness", Duration::from_secs(20), || {
             let (client, url) = (client.clone(), url.clone());
             async move {
@@ -263,7 +274,15 @@ impl TestGateway {
             }
         })
         .await;
-        gw
+    }
+
+    /// Stops it as SIGTERM does (sessions drain with 1001) and waits until it has exited.
+    pub async fn drain(&mut self) {
+        if let Some(g) = self.running.take() {
+            tokio::task::spawn_blocking(move || g.drain())
+                .await
+                .expect("drain thread");
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -62,6 +62,8 @@ struct Health {
     last_known_nodes: std::sync::atomic::AtomicUsize,
     /// A registration failed: the next heartbeat that reaches Redis re-registers every session.
     resync_wanted: AtomicBool,
+    /// A heartbeat has read the other nodes' liveness at least once.
+    view_loaded: AtomicBool,
 }
 
 /// The multi-device rule, applied in Redis to the user's connections on every node: the fields
@@ -220,7 +222,10 @@ impl Cluster {
     }
 
     fn is_live(&self, run: &NodeRun, now: u64) -> bool {
+        // Before the first heartbeat this node knows no other run: it trusts the registry rather
+        // than report everyone elsewhere offline (a node just restarted in a rolling restart).
         *run == self.run
+            || !self.health.view_loaded.load(Ordering::Relaxed)
             || self
                 .live
                 .read()
@@ -437,6 +442,7 @@ impl Cluster {
             .last_known_nodes
             .store(others.len() + 1, Ordering::Relaxed);
         *live = others;
+        self.health.view_loaded.store(true, Ordering::Relaxed);
     }
 
     /// Sends one message to `node`'s channel; fails fast (counted) when Redis is away or too many

@@ -315,6 +315,13 @@ impl GatewayConfig {
                  shorten it or lengthen the grace period",
             ));
         }
+        if self.cluster.is_some() && self.shutdown.grace_period.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "shutdown.grace_period",
+                "cluster mode needs at least 1s: a draining node announces its leave (presence \
+                 grace) in it, before its runtime stops",
+            ));
+        }
         if self.rate_limit.max_keys < 16 {
             return Err(invalid("rate_limit.max_keys", "must be at least 16"));
         }

@@ -18,7 +18,7 @@ use super::control::{self, Ending};
 use super::fanout::{fan_out_each, Targets};
 use super::registry::{Device, SessionRegistry};
 use super::PushDeps;
-use crate::cluster::keys::Entry;
+use crate::cluster::keys::{Entry, NodeRun};
 use crate::cluster::node::Inbound;
 use crate::cluster::Cluster;
 
@@ -39,15 +39,16 @@ pub fn registered(deps: &Arc<PushDeps>, user: &str, conn_id: u64, device: &Devic
         let Ok(displaced) = displaced else {
             return; // counted; the resync after Redis returns registers it
         };
-        for (node, conn_ids) in by_node(displaced) {
+        for (run, conn_ids) in by_run(displaced) {
             let body = node_message::Body::Kick(NodeKick {
                 user_id: user.clone(),
                 conn_ids,
+                epoch: run.epoch,
                 reason: DISPLACED.into(),
                 by_device_id: device.device_id.clone(),
                 ..NodeKick::default()
             });
-            let _ = cluster.send(&node, None, body).await;
+            let _ = cluster.send(&run.node, None, body).await;
         }
     });
 }
@@ -66,10 +67,11 @@ pub fn closed(deps: &PushDeps, user: &str, conn_id: u64, drained: bool) {
     }
 }
 
-fn by_node(entries: Vec<Entry>) -> HashMap<String, Vec<u64>> {
-    let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+/// Connection ids by the node run that holds them.
+fn by_run(entries: Vec<Entry>) -> HashMap<NodeRun, Vec<u64>> {
+    let mut out: HashMap<NodeRun, Vec<u64>> = HashMap::new();
     for e in entries {
-        out.entry(e.run.node).or_default().push(e.conn_id);
+        out.entry(e.run).or_default().push(e.conn_id);
     }
     out
 }
@@ -184,6 +186,7 @@ pub async fn kick(cluster: &Cluster, user: &str, device_id: &str, reason: &str) 
         let body = node_message::Body::Kick(NodeKick {
             user_id: user.to_owned(),
             conn_ids: Vec::new(),
+            epoch: 0,
             device_id: device_id.to_owned(),
             reason: reason.to_owned(),
             by_device_id: String::new(),
@@ -253,6 +256,8 @@ async fn apply(deps: &PushDeps, inbound: Inbound) {
             node_message::Body::Kick(k) if k.conn_ids.is_empty() => {
                 control::kick_user(deps, &k.user_id, &k.device_id, &k.reason);
             }
+            // Connection ids of this node's previous run: not ours, whatever they collide with.
+            node_message::Body::Kick(k) if k.epoch != cluster.run.epoch => {}
             node_message::Body::Kick(k) => {
                 let ending = Ending::Kicked {
                     reason: &k.reason,

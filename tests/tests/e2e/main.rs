@@ -24,6 +24,7 @@ mod push_tls;
 mod ratelimit;
 mod reload;
 mod revocation;
+mod rolling;
 mod slowloris;
 mod tls;
 mod untrusted_bodies;
