@@ -3,7 +3,8 @@
 # Pingora's zlib-ng needs cmake; the TLS test uses openssl and curl; the browser test drives
 # Debian's Chromium with playwright-core from npm (no browser download), and a CJK font makes
 # Chinese text legible in its screenshots. The gRPC contract tests use clients the project did not
-# write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm.
+# write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm. Cluster
+# mode's tests need redis-server 7 (sharded pub/sub, RESP3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -11,6 +12,9 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+# Cluster-mode tests start their own redis-server (and read its counters with redis-cli).
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
