@@ -126,6 +126,29 @@ async fn presence(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
+/// A Presence call over TLS with python grpcio (gRPC C-core); its status code.
+async fn grpcio_presence(dir: &ScratchDir, addr: std::net::SocketAddr, with_cert: bool) -> i64 {
+    let clients = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc-clients");
+    let mut cmd = tokio::process::Command::new(format!("{clients}/.venv/bin/python"));
+    cmd.arg(format!("{clients}/call.py"))
+        .arg(addr.to_string())
+        .arg("/im.gateway.v1.PushService/Presence")
+        .arg("")
+        .arg(format!("authorization=Bearer {}", im_tests::INTERNAL_TOKEN))
+        .env("GRPC_CA", dir.path("ca.pem"));
+    if with_cert {
+        cmd.env("GRPC_CERT", dir.path("client.pem"))
+            .env("GRPC_KEY", dir.path("client.key"));
+    }
+    let out = cmd
+        .output()
+        .await
+        .expect("grpcio venv (scripts/bootstrap.sh makes it)");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("grpcio: {}", String::from_utf8_lossy(&out.stderr)));
+    line["code"].as_i64().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_service_over_mtls_refuses_callers_without_a_certificate() {
     let dir = ScratchDir::new("push-tls");
@@ -148,6 +171,9 @@ async fn push_service_over_mtls_refuses_callers_without_a_certificate() {
     let internal = sys.gw.internal;
 
     assert_eq!(presence(&dir, internal, true).await, Ok(()));
+    // The same with gRPC C-core: OK with the client certificate, UNAVAILABLE (14) without.
+    assert_eq!(grpcio_presence(&dir, internal, true).await, 0);
+    assert_eq!(grpcio_presence(&dir, internal, false).await, 14);
     let refused = presence(&dir, internal, false).await;
     assert!(
         refused.is_err(),
