@@ -15,12 +15,23 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = Self {
-            port: free_port(),
-            child: None,
-        };
-        server.restart();
-        server
+        // A port free a moment ago may be taken by a parallel test's server: then this one
+        // exits at once, and another port is tried.
+        for _ in 0..10 {
+            let mut server = Self {
+                port: free_port(),
+                child: None,
+            };
+            server.restart();
+            let alive = server
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if alive {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports")
     }
 
     pub fn url(&self) -> String {

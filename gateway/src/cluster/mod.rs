@@ -41,6 +41,9 @@ pub struct Cluster {
     /// past the cap the entries expire with the user key instead).
     // A std Mutex: held to push or to take the list, never across `.await`.
     retry_unregister: std::sync::Mutex<Vec<(String, u64)>>,
+    /// Connections whose registration script is in flight (a resync leaves them out).
+    // A std Mutex: held to insert, remove or copy, never across `.await`.
+    registering: std::sync::Mutex<HashSet<u64>>,
     /// Runs this node saw die (their liveness lapsed): their entries may be removed. A run merely missing from the view (Redis restarted, a
     /// heartbeat not read yet) is never grounds for removing anything.
     dead: RwLock<HashSet<NodeRun>>,
@@ -62,8 +65,8 @@ struct Health {
     last_known_nodes: std::sync::atomic::AtomicUsize,
     /// A registration failed: the next heartbeat that reaches Redis re-registers every session.
     resync_wanted: AtomicBool,
-    /// A heartbeat has read the other nodes' liveness at least once.
-    view_loaded: AtomicBool,
+    /// Unix ms a heartbeat last read the other nodes' liveness; 0 before the first.
+    view_ms: AtomicU64,
 }
 
 /// The multi-device rule, applied in Redis to the user's connections on every node: the fields
@@ -150,6 +153,7 @@ impl Cluster {
             link,
             live: RwLock::default(),
             retry_unregister: std::sync::Mutex::default(),
+            registering: std::sync::Mutex::default(),
             dead: RwLock::default(),
             health: Health::default(),
             register: Script::new(REGISTER_LUA),
@@ -222,16 +226,37 @@ impl Cluster {
     }
 
     fn is_live(&self, run: &NodeRun, now: u64) -> bool {
+        if *run == self.run {
+            return true;
+        }
         // Before the first heartbeat this node knows no other run: it trusts the registry rather
         // than report everyone elsewhere offline (a node just restarted in a rolling restart).
-        *run == self.run
-            || !self.health.view_loaded.load(Ordering::Relaxed)
-            || self
-                .live
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(run)
-                .is_some_and(|until| *until > now)
+        let Some(view_ms) = self.view_ms() else {
+            return true;
+        };
+        match self
+            .live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run)
+        {
+            Some(until) => *until > now,
+            // A run that started after this node last read the others (within a TTL of clock
+            // slack) is new, not dead: its users just connected; the next heartbeat knows it.
+            None => {
+                run.epoch + self.config.node_ttl.0.as_millis() as u64 > view_ms
+                    && !self
+                        .dead
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(run)
+            }
+        }
+    }
+
+    /// When a heartbeat last read the other nodes' liveness (unix ms); `None` before the first.
+    fn view_ms(&self) -> Option<u64> {
+        Some(self.health.view_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
     /// Registers a connection of this node and applies the multi-device policy cluster-wide:
@@ -250,14 +275,18 @@ impl Cluster {
             .arg(keys::clean(platform))
             .arg(policy_name(policy))
             .arg(USER_KEY_TTL_MS);
-        let displaced: Vec<String> = self
+        // While the script is in flight a resync leaves this connection out: re-adding it first
+        // would let the script see a race in a different order than Redis ran it.
+        self.registering_set().insert(conn_id);
+        let ran = self
             .link
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await
-            .map_err(|e| {
-                self.health.resync_wanted.store(true, Ordering::Relaxed);
-                self.fail("register", e)
-            })?;
+            .await;
+        self.registering_set().remove(&conn_id);
+        let displaced: Vec<String> = ran.map_err(|e| {
+            self.health.resync_wanted.store(true, Ordering::Relaxed);
+            self.fail("register", e)
+        })?;
         let now = unix_ms();
         Ok(displaced
             .iter()
@@ -272,6 +301,13 @@ impl Cluster {
         &self,
         conns: &[(String, u64, String, String)],
     ) -> Result<(), ClusterError> {
+        let conns: Vec<_> = {
+            let registering = self.registering_set();
+            conns
+                .iter()
+                .filter(|(_, id, _, _)| !registering.contains(id))
+                .collect()
+        };
         for chunk in conns.chunks(1000) {
             let mut pipe = redis::pipe();
             for (user, conn_id, device_id, platform) in chunk {
@@ -317,6 +353,12 @@ impl Cluster {
             return Err(self.fail("unregister", e));
         }
         Ok(())
+    }
+
+    fn registering_set(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.registering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a registration failed since the last call (the node task then resyncs).
@@ -442,7 +484,7 @@ impl Cluster {
             .last_known_nodes
             .store(others.len() + 1, Ordering::Relaxed);
         *live = others;
-        self.health.view_loaded.store(true, Ordering::Relaxed);
+        self.health.view_ms.store(now, Ordering::Relaxed);
     }
 
     /// Sends one message to `node`'s channel; fails fast (counted) when Redis is away or too many

@@ -459,7 +459,8 @@ async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
         .unwrap_or_else(|| panic!("no reconnect hint in {:?}", frame.reason));
     tokio::time::sleep(Duration::from_millis(delay)).await;
     let _ws = connect(&a, &query).await.expect("session on a");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Watched until the new session is in the registry (the old one's grace has not ended).
+    wait_devices(&a, "u1", 1).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(
         watcher.await.unwrap(),

@@ -246,6 +246,10 @@ async fn a_rolling_restart_of_both_nodes_loses_no_message_and_no_presence() {
             })
         })
         .collect();
+    // The restarts are paced by the clock on purpose (a scenario, not a wait for readiness): A
+    // drains a second into the conversation, B a second after A is back, while messages flow.
+    // Restarting B sooner than that loses pushes (issue #13's note: a push routed in the moment
+    // between a user's reconnect and its registration reaching Redis goes to the old node).
     tokio::time::sleep(Duration::from_secs(1)).await;
     sys.gw.drain().await;
     sys.gw.restart().await;
