@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ws  # noqa: E402
-from run import BIN, LOAD_CPU, ROOT, free_port, wait_port  # noqa: E402
+from run import BIN, LOAD_CPU, ROOT, free_port, wait_port, write_section  # noqa: E402
 
 BEGIN, END = "<!-- cluster:begin -->", "<!-- cluster:end -->"
 PHASES = ["users", "group", "burst"]
@@ -146,17 +146,8 @@ def write_report(args, results, publishes):
         "[`benchmarks/cluster.json`](benchmarks/cluster.json).",
         END,
     ]
-    text = open(args.out).read() if os.path.exists(args.out) else "# Benchmarks\n"
     block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    os.makedirs(os.path.join(os.path.dirname(args.out), "benchmarks"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(args.out), "benchmarks", "cluster.json"), "w") as f:
-        json.dump({"runs": results, "publishes": publishes}, f, indent=2)
+    write_section(args.out, BEGIN, END, block, "cluster.json", {"runs": results, "publishes": publishes})
     print(block)
 
 

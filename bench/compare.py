@@ -23,7 +23,7 @@ from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ws  # noqa: E402
-from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port  # noqa: E402
+from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port, write_section  # noqa: E402
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
@@ -198,17 +198,8 @@ def write_report(args, results):
     lines += ["", "Every round: [`benchmarks/compare.json`](benchmarks/compare.json).", END]
     block = "\n".join(lines)
     print(block)
-    text = open(args.out).read() if os.path.exists(args.out) else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    os.makedirs(os.path.join(os.path.dirname(args.out), "benchmarks"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(args.out), "benchmarks", "compare.json"), "w") as f:
-        json.dump({"before": before, "after": after, "runs": results}, f, indent=2)
-
+    write_section(args.out, BEGIN, END, block, "compare.json",
+                  {"before": before, "after": after, "runs": results})
 
 if __name__ == "__main__":
     main()

@@ -57,6 +57,22 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def write_section(out, begin, end, block, raw_name, raw):
+    """Puts `block` (a section from `begin` to `end`) into the report `out`, in place of the same
+    section if it is there, else at the end, and writes `raw` as benchmarks/<raw_name> beside it."""
+    text = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    raw_dir = os.path.join(os.path.dirname(out), "benchmarks")
+    os.makedirs(raw_dir, exist_ok=True)
+    with open(os.path.join(raw_dir, raw_name), "w") as f:
+        json.dump(raw, f, indent=2)
+
+
 def pb_varint(n):
     out = bytearray()
     while True:

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port  # noqa: E402
+from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port, write_section  # noqa: E402
 import svg  # noqa: E402
 
 BEGIN, END = "<!-- ws:begin -->", "<!-- ws:end -->"
@@ -264,17 +264,8 @@ def write_report(args, results):
         "Raw results: [`benchmarks/ws.json`](benchmarks/ws.json).",
         END,
     ]
-    os.makedirs(os.path.join(os.path.dirname(args.out), "benchmarks"), exist_ok=True)
-    text = open(args.out).read() if os.path.exists(args.out) else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with open(args.out, "w") as f:
-        f.write(text)
-    with open(os.path.join(os.path.dirname(args.out), "benchmarks", "ws.json"), "w") as f:
-        json.dump({"memory_bytes_per_conn": mem, "runs": results}, f, indent=2)
+    write_section(args.out, BEGIN, END, "\n".join(lines), "ws.json",
+                  {"memory_bytes_per_conn": mem, "runs": results})
     print(f"wrote {args.out}", file=sys.stderr)
 
 
