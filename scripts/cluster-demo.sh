@@ -24,9 +24,9 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$
 pids+=($!)
 "$bin/im-backends" --listen 127.0.0.1:50051 --database "$dir/im.db" --files-dir "$dir/files" \
   --jwt-secret-file "$dir/jwt.key" --internal-token-file "$dir/internal.token" \
-  --push-addr 127.0.0.1:9190,127.0.0.1:9290 >"$dir/backends.log" 2>&1 &
+  --push-addr 127.0.0.1:7171,127.0.0.1:7271 >"$dir/backends.log" 2>&1 &
 pids+=($!)
-edge=(8080 8090); push=(8081 8091); admin=(9911 9921); internal=(9190 9290)
+edge=(8080 8090); push=(8081 8091); admin=(9911 9921); internal=(7171 7271)
 for i in 0 1; do
   n=$((i + 1))
   cat >"$dir/gateway-$n.yaml" <<YAML

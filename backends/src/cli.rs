@@ -57,7 +57,7 @@ pub struct Args {
     /// The gateways' internal PushService addresses, comma-separated (any node of a cluster
     /// routes any call; the next is tried only when one cannot be reached), for notifications
     /// and logout.
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    #[arg(long, default_value = "127.0.0.1:7171")]
     pub push_addr: String,
     /// CA certificate (PEM) of the gateways' internal listeners: PushService over TLS
     /// (`push.internal_tls` on the gateway); the addresses then use https.

@@ -70,8 +70,8 @@ struct Target {
 }
 
 impl Notifier {
-    /// `addr`: the gateways' internal listeners, comma-separated (`127.0.0.1:9090`, or
-    /// `gw1:9090,gw2:9090` for a cluster); `token`: the internal token. Connects lazily, so the gateway may start after the backends. Call it inside a
+    /// `addr`: the gateways' internal listeners, comma-separated (`127.0.0.1:7171`, or
+    /// `gw1:7171,gw2:7171` for a cluster); `token`: the internal token. Connects lazily, so the gateway may start after the backends. Call it inside a
     /// Tokio runtime: the sending task starts here.
     pub fn new(
         addr: Option<&str>,

@@ -29,7 +29,7 @@ pub struct WsArgs {
     /// Push listener, e.g. ws://127.0.0.1:8081/ws
     #[arg(long)]
     pub url: String,
-    /// PushService, e.g. http://127.0.0.1:9090
+    /// PushService, e.g. http://127.0.0.1:7171
     #[arg(long)]
     pub push: String,
     /// The server process to measure (RSS, CPU).

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub cluster_skipped: IntCounterVec,
     /// Cluster mode: times the subscription stopped delivering its own probes and was rebuilt.
     pub cluster_subscription_stale: IntCounter,
+    /// Pushes for users who had left this node, by what became of them.
+    pub cluster_forwards: IntCounterVec,
     /// Cluster mode: live nodes, this one included, at the last heartbeat.
     pub cluster_nodes: IntGauge,
     /// Cluster mode: seconds from a node sending a message to this node reading it.
@@ -225,6 +227,11 @@ impl Metrics {
             "Cluster mode: inbound node-to-node messages skipped, by reason",
             &["reason"],
         );
+        let cluster_forwards = counter_vec(
+            "cluster_forwards_total",
+            "Cluster mode: pushes that reached this node after their user left it, by outcome (forwarded to the node they reconnected to, gave_up, busy)",
+            &["result"],
+        );
         let ratelimit_cluster_fallbacks = counter(
             "ratelimit_cluster_fallbacks_total",
             "Cluster-wide rate-limit decisions taken by this node's share because Redis did not answer",
@@ -255,6 +262,7 @@ impl Metrics {
             Box::new(cluster_dropped.clone()),
             Box::new(cluster_skipped.clone()),
             Box::new(cluster_subscription_stale.clone()),
+            Box::new(cluster_forwards.clone()),
             Box::new(cluster_nodes.clone()),
             Box::new(cluster_lag.clone()),
             Box::new(latency.clone()),
@@ -317,6 +325,7 @@ impl Metrics {
             cluster_dropped,
             cluster_skipped,
             cluster_subscription_stale,
+            cluster_forwards,
             cluster_nodes,
             cluster_lag,
         }

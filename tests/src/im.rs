@@ -139,7 +139,7 @@ impl ImSystem {
         let list: Vec<String> = internals.iter().map(SocketAddr::to_string).collect();
         cfg.push_addr = Some(list.join(","));
         cfg.sms = sms.clone();
-        cfg.code_interval = Duration::from_secs(1);
+        cfg.code_interval = Duration::from_secs(3);
         tweak(&mut cfg);
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -213,7 +213,7 @@ impl ImSystem {
         self.user_of(&self.gw, nickname, device_id).await
     }
 
-    /// Requests a verification code for `phone` (as typed) once the per-phone interval (1 s
+    /// Requests a verification code for `phone` (as typed) once the per-phone interval (3 s
     /// in tests) since the last one has passed; the code id and the code sent to `sent_to`
     /// (the normalized number).
     pub async fn next_code(&self, c: &ImClient, phone: &str, sent_to: &str) -> (String, String) {

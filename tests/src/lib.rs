@@ -105,6 +105,61 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A real gateway process (the test binary `gateway_process`, whose path integration tests get
+/// as `env!("CARGO_BIN_EXE_gateway_process")`), configured in `dir` with `routes`, the test keys,
+/// free loopback listeners and `tail` (more gateway.yaml: `push:`, `shutdown:`, `cluster:` …);
+/// returned once its push listener accepts. Signal it through `child`.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub push: SocketAddr,
+    pub internal: SocketAddr,
+}
+
+impl GatewayProcess {
+    pub async fn spawn(bin: &str, dir: &ScratchDir, routes: &str, tail: &str) -> Self {
+        std::fs::write(dir.path("routes.yaml"), routes).unwrap();
+        std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
+        std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
+        let [edge, admin, push, internal] = [0; 4].map(|_| loopback(free_port()));
+        std::fs::write(
+            dir.path("gateway.yaml"),
+            format!(
+                "listen: {{edge: \"{edge}\", admin: \"{admin}\", push: \"{push}\", internal: \"{internal}\"}}\n\
+                 threads: 1\nroutes: routes.yaml\n\
+                 auth: {{hs256_secret_file: hs256.key}}\n{tail}"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(dir.path("gateway.yaml"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn gateway");
+        wait_for(
+            "gateway process listening",
+            Duration::from_secs(30),
+            || async move { tokio::net::TcpStream::connect(push).await.ok().map(drop) },
+        )
+        .await;
+        Self {
+            child,
+            push,
+            internal,
+        }
+    }
+
+    /// SIGTERM: the graceful drain.
+    pub fn terminate(&self) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(term.success(), "SIGTERM delivered");
+    }
+}
+
 /// An echo backend served from this process, with a count of the calls it received.
 pub struct EchoBackend {
     pub addr: SocketAddr,

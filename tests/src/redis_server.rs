@@ -1,26 +1,39 @@
 //! A `redis-server` of the test's own on a free loopback port: no persistence, killed on drop,
-//! restartable on the same port (the Redis-outage tests). `redis-cli` reads its own counters
-//! (`INFO commandstats`), so tests check Redis's view, not ours.
+//! restartable on the same port (the Redis-outage tests); and a Redis Cluster of several such
+//! servers. `redis-cli` reads their own counters (`INFO commandstats`), so tests check Redis's
+//! view, not ours.
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::free_port;
+use crate::{free_port, ScratchDir};
 
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Arguments beyond the defaults (a cluster member's).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(Vec::new(), |_| true)
+    }
+
+    /// A server with `extra` arguments, on a free port that `port_ok` accepts.
+    fn start_with(extra: Vec<String>, port_ok: impl Fn(u16) -> bool) -> Self {
         // A port free a moment ago may be taken by a parallel test's server: then this one
         // exits at once, and another port is tried.
         for _ in 0..10 {
+            let mut port = free_port();
+            while !port_ok(port) {
+                port = free_port();
+            }
             let mut server = Self {
-                port: free_port(),
+                port,
                 child: None,
+                extra: extra.clone(),
             };
             server.restart();
             let alive = server
@@ -43,6 +56,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/bootstrap.sh installs it)");
@@ -108,5 +122,104 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `masters` servers (no replicas) on free ports, its slots spread evenly by
+/// `redis-cli --cluster create`; killed on drop.
+pub struct RedisCluster {
+    pub shards: Vec<RedisServer>,
+    _dir: ScratchDir,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> Self {
+        let dir = ScratchDir::new("redis-cluster");
+        // Each member also listens on its port + 10000 (the cluster bus).
+        let bus_free = |port: u16| {
+            port.checked_add(10_000)
+                .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok())
+        };
+        let shards: Vec<RedisServer> = (0..masters)
+            .map(|i| {
+                let conf = dir.path(&format!("nodes-{i}.conf"));
+                let extra = vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.display().to_string(),
+                    "--cluster-node-timeout".into(),
+                    "3000".into(),
+                    "--dir".into(),
+                    dir.0.display().to_string(),
+                ];
+                RedisServer::start_with(extra, bus_free)
+            })
+            .collect();
+        let addrs: Vec<String> = shards
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { shards, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .shards
+            .iter()
+            .all(|s| s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// The seed list for `cluster.redis_url`.
+    pub fn url(&self) -> String {
+        self.shards
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The shard (index into `shards`) that holds `key`, by Redis's own answer.
+    pub fn shard_of(&self, key: &str) -> usize {
+        let slot: u16 = self.shards[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number");
+        // `CLUSTER NODES`: `<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <state> <ranges>…`
+        let nodes = self.shards[0].cli(&["CLUSTER", "NODES"]);
+        let port = nodes
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let owns = fields.iter().skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                });
+                let addr = fields.get(1)?.split('@').next()?;
+                owns.then(|| addr.rsplit_once(':')?.1.parse::<u16>().ok())?
+            })
+            .expect("a shard owns the slot");
+        self.shards
+            .iter()
+            .position(|s| s.port == port)
+            .expect("the owner is one of ours")
     }
 }

@@ -10,8 +10,13 @@ use crate::units::HumanDuration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS); with `redis_cluster`, a
+    /// comma-separated list of seed nodes of the Redis Cluster (one is enough, more survive one
+    /// being down at start).
     pub redis_url: String,
+    /// The Redis is a Redis Cluster (7.0 or later): per-user keys are spread over its shards,
+    /// lookups go out one round trip per shard, node channels use sharded pub/sub.
+    pub redis_cluster: bool,
     /// This node's name in the registry and its channel; default: `<hostname>-<pid>-<random>`.
     pub node_id: Option<String>,
     /// Prefix of every key and channel, so several clusters can share one Redis.
@@ -38,6 +43,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            redis_cluster: false,
             node_id: None,
             prefix: "im:".into(),
             heartbeat: HumanDuration(Duration::from_secs(2)),
@@ -53,10 +59,19 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// The first field that cannot be used, with what to write instead.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let scheme_ok = ["redis://", "rediss://"]
-            .iter()
-            .any(|s| self.redis_url.starts_with(s));
-        if !scheme_ok || redis::Client::open(self.redis_url.as_str()).is_err() {
+        let urls = self.redis_urls();
+        if urls.len() > 1 && !self.redis_cluster {
+            return Err((
+                "cluster.redis_url",
+                "list several URLs only for a Redis Cluster (set cluster.redis_cluster: true)"
+                    .into(),
+            ));
+        }
+        let url_ok = |url: &str| {
+            ["redis://", "rediss://"].iter().any(|s| url.starts_with(s))
+                && redis::Client::open(url).is_ok()
+        };
+        if !urls.iter().all(|u| url_ok(u)) {
             return Err((
                 "cluster.redis_url",
                 "use redis://[user:password@]host:port[/db] or rediss://… for TLS".into(),
@@ -122,6 +137,11 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// The Redis URLs: one, or a Redis Cluster's seed nodes.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis_url.split(',').map(str::trim).collect()
+    }
+
     /// The configured node id, or one unique to this process.
     pub fn resolved_node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
@@ -174,6 +194,24 @@ mod tests {
             Ok(())
         );
         let field = |f: fn(&mut ClusterConfig)| with(f).unwrap_err().0;
+        assert_eq!(
+            with(|c| {
+                c.redis_cluster = true;
+                c.redis_url = "redis://a:7000, redis://b:7001".into();
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            field(|c| c.redis_url = "redis://a:7000,redis://b:7001".into()),
+            "cluster.redis_url"
+        );
+        assert_eq!(
+            field(|c| {
+                c.redis_cluster = true;
+                c.redis_url = "redis://a:7000,".into();
+            }),
+            "cluster.redis_url"
+        );
         assert_eq!(
             field(|c| c.redis_url = "http://x".into()),
             "cluster.redis_url"

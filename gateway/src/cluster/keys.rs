@@ -47,6 +47,17 @@ impl Keys {
     }
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first
+/// `{` and the next `}`, when not empty), else of the whole key, modulo 16384.
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key.find('{').and_then(|open| {
+        let close = key[open + 1..].find('}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % 16384
+}
+
 /// Tabs would split a registry value: they become spaces (ids with tabs are not worth an error).
 pub fn clean(id: &str) -> String {
     id.replace('\t', " ")
@@ -124,5 +135,19 @@ mod tests {
         assert_eq!(Entry::parse("junk", "d\tp"), None);
         assert_eq!(Entry::parse("n/1/x", "d\tp"), None);
         assert_eq!(Entry::parse("n/1/2", "no tab"), None);
+    }
+
+    #[test]
+    fn slots_are_redis_s() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(slot("somekey"), 11058);
+        assert_eq!(slot("foo{hash_tag}"), 2515);
+        assert_eq!(slot("bar{hash_tag}"), 2515);
+        assert_eq!(slot("im:u:{alice}"), slot("alice"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(
+            slot("a{}b"),
+            crc16::State::<crc16::XMODEM>::calculate(b"a{}b") % 16384
+        );
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use im_proto::im::gateway::v1::node_message;
-use redis::Script;
+use redis::{RedisError, Script, Value};
 use tokio::sync::Semaphore;
 
 use crate::clock::unix_ms;
@@ -49,9 +49,12 @@ pub struct Cluster {
     dead: RwLock<HashSet<NodeRun>>,
     health: Health,
     sends: Semaphore,
+    /// Pushes being forwarded to users who left this node (`push::remote`).
+    forwards: Arc<Semaphore>,
     register: Script,
     bucket: Script,
-    metrics: Arc<Metrics>,
+    lookup: Script,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What `/readyz` and the metrics say about Redis.
@@ -67,6 +70,8 @@ struct Health {
     resync_wanted: AtomicBool,
     /// Unix ms a heartbeat last read the other nodes' liveness; 0 before the first.
     view_ms: AtomicU64,
+    /// The node announced its leave (SIGTERM): no more heartbeats.
+    leaving: AtomicBool,
 }
 
 /// The multi-device rule, applied in Redis to the user's connections on every node: the fields
@@ -113,6 +118,26 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 return {allowed, math.floor(tokens * 1000)}
 ";
 
+/// The registry hashes of many users in one call: one round trip per shard, and one command in
+/// Redis's own counts. The keys come as ARGV, the first also as KEYS[1]: on a Redis Cluster declared
+/// keys must share one slot, while keys read from ARGV may be in any slot of the shard that runs
+/// the script, which the script declares (Redis 7; a key of another shard is an error, not a
+/// wrong answer); KEYS[1] lets the shard answer MOVED when the slots moved.
+fn lookup_lua(redis_cluster: bool) -> String {
+    let body = "local out = {}\n\
+        for i, key in ipairs(ARGV) do out[i] = redis.call('HGETALL', key) end\n\
+        return out\n";
+    if redis_cluster {
+        format!("#!lua flags=allow-cross-slot-keys,no-writes\n{body}")
+    } else {
+        body.to_owned()
+    }
+}
+
+/// Users looked up by one script call (a group push to more goes out as several calls, still in
+/// one round trip per shard).
+const LOOKUP_CHUNK: usize = 512;
+
 /// Failed unregistrations kept for a retry.
 const MAX_RETRIED_UNREGISTERS: usize = 100_000;
 
@@ -145,9 +170,11 @@ impl Cluster {
             epoch: unix_ms(),
         };
         let link = Link::new(&config)?;
+        let config_cluster = config.redis_cluster;
         Ok(Self {
             keys: Keys::new(&config.prefix),
             sends: Semaphore::new(config.max_inflight_sends),
+            forwards: Arc::new(Semaphore::new(config.max_inflight_sends)),
             config,
             run,
             link,
@@ -158,6 +185,7 @@ impl Cluster {
             health: Health::default(),
             register: Script::new(REGISTER_LUA),
             bucket: Script::new(BUCKET_LUA),
+            lookup: Script::new(&lookup_lua(config_cluster)),
             metrics,
         })
     }
@@ -213,6 +241,31 @@ impl Cluster {
             .await
             .map_err(|e| self.fail("rate_limit", e))?;
         Ok((allowed == 1, milli_tokens as f64 / 1000.0))
+    }
+
+    /// Loads the scripts and reads a Redis Cluster's shards: after connecting, and after Redis
+    /// came back (it may have forgotten the scripts). What fails here is retried on demand.
+    pub async fn prepare(&self) {
+        let script = self.lookup.clone();
+        let loaded = self
+            .link
+            .run(|mut c| async move { script.load_async(&mut c).await })
+            .await;
+        if let Err(e) = loaded.and(self.link.refresh_shards().await) {
+            self.fail("prepare", e);
+        }
+    }
+
+    /// Re-reads a Redis Cluster's shards (every heartbeat: resharding moves slots).
+    pub async fn refresh_shards(&self) {
+        if let Err(e) = self.link.refresh_shards().await {
+            self.fail("shards", e);
+        }
+    }
+
+    /// A place among the forwards in flight, if one is free.
+    pub fn forward_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.forwards.clone().try_acquire_owned().ok()
     }
 
     /// Other nodes alive now (liveness lapses on its own between heartbeats).
@@ -309,20 +362,20 @@ impl Cluster {
                 .collect()
         };
         for chunk in conns.chunks(1000) {
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::with_capacity(chunk.len() * 2);
             for (user, conn_id, device_id, platform) in chunk {
                 let key = self.keys.user(user);
-                pipe.hset(
-                    &key,
-                    Entry::field(&self.run, *conn_id),
-                    Entry::value(device_id, platform),
-                )
-                .ignore()
-                .pexpire(&key, USER_KEY_TTL_MS as i64)
-                .ignore();
+                let slot = keys::slot(&key);
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&key)
+                    .arg(Entry::field(&self.run, *conn_id))
+                    .arg(Entry::value(device_id, platform));
+                let mut pexpire = redis::cmd("PEXPIRE");
+                pexpire.arg(&key).arg(USER_KEY_TTL_MS);
+                cmds.extend([(slot, hset), (slot, pexpire)]);
             }
             self.link
-                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .run_keyed(cmds)
                 .await
                 .map_err(|e| self.fail("reregister", e))?;
         }
@@ -375,15 +428,11 @@ impl Cluster {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         for (i, chunk) in retry.chunks(1000).enumerate() {
-            let mut pipe = redis::pipe();
-            for (user, conn_id) in chunk {
-                pipe.hdel(self.keys.user(user), Entry::field(&self.run, *conn_id))
-                    .ignore();
-            }
-            let done = self
-                .link
-                .run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-                .await;
+            let cmds = chunk
+                .iter()
+                .map(|(user, conn_id)| self.hdel(user, &Entry::field(&self.run, *conn_id)))
+                .collect();
+            let done = self.link.run_keyed(cmds).await;
             if let Err(e) = done {
                 self.fail("unregister", e);
                 let mut left = self
@@ -397,21 +446,30 @@ impl Cluster {
         }
     }
 
-    /// The live connections of `users` on every node, in one pipelined round trip. Entries of
-    /// dead node runs are left out (and removed in the background).
+    /// `HDEL` of one field of `user`'s registry hash, with the key's slot.
+    fn hdel(&self, user: &str, field: &str) -> (u16, redis::Cmd) {
+        let key = self.keys.user(user);
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(&key).arg(field);
+        (keys::slot(&key), cmd)
+    }
+
+    /// The live connections of `users` on every node: one script call per shard, the shards at
+    /// once. Entries of dead node runs are left out (and removed in the background).
     pub async fn locate(&self, users: &[String]) -> Result<Vec<Vec<Entry>>, ClusterError> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.hgetall(self.keys.user(user));
+        let raw = match self.lookup_hashes(users).await {
+            // Redis restarted (or a shard failed over) and forgot the script, or a Redis
+            // Cluster's slots moved: once more after loading it and reading the shards again.
+            Err(LinkError::Redis(e)) if e.code() == Some("NOSCRIPT") || self.link.is_cluster() => {
+                tracing::debug!(error = %e, "cluster: lookup retried");
+                self.prepare().await;
+                self.lookup_hashes(users).await
+            }
+            other => other,
         }
-        let raw: Vec<Vec<(String, String)>> = self
-            .link
-            .run(|mut c| async move { pipe.query_async(&mut c).await })
-            .await
-            .map_err(|e| self.fail("locate", e))?;
+        .map_err(|e| self.fail("locate", e))?;
         let now = unix_ms();
-        let mut stale = redis::pipe();
-        let mut any_stale = false;
+        let mut stale = Vec::new();
         let located = raw
             .into_iter()
             .zip(users)
@@ -424,8 +482,7 @@ impl Cluster {
                             Some(e) if self.is_live(&e.run, now) => Some(e),
                             // A dead run's entry, or junk: drop it from the registry.
                             _ if self.lapsed(entry.as_ref()) => {
-                                stale.hdel(self.keys.user(user), f).ignore();
-                                any_stale = true;
+                                stale.push(self.hdel(user, &f));
                                 None
                             }
                             _ => None,
@@ -434,15 +491,56 @@ impl Cluster {
                     .collect()
             })
             .collect();
-        if any_stale {
+        if !stale.is_empty() {
             let link = self.link.clone();
             tokio::spawn(async move {
-                let _ = link
-                    .run(|mut c| async move { stale.query_async::<()>(&mut c).await })
-                    .await;
+                let _ = link.run_keyed(stale).await;
             });
         }
         Ok(located)
+    }
+
+    /// The registry hashes of `users` (field, value pairs), in their order.
+    async fn lookup_hashes(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<Vec<(String, String)>>, LinkError> {
+        let keys: Vec<String> = users.iter().map(|u| self.keys.user(u)).collect();
+        let slots: Vec<u16> = keys.iter().map(|k| keys::slot(k)).collect();
+        let groups = self.link.groups(&slots);
+        let calls = groups.iter().map(|(slot, items)| {
+            let mut pipe = redis::pipe();
+            for chunk in items.chunks(LOOKUP_CHUNK) {
+                let mut call = redis::cmd("EVALSHA");
+                call.arg(self.lookup.get_hash()).arg(1).arg(&keys[chunk[0]]);
+                for i in chunk {
+                    call.arg(&keys[*i]);
+                }
+                pipe.add_command(call);
+            }
+            self.link.run_group(*slot, pipe)
+        });
+        let replies = futures::future::join_all(calls).await;
+        let mut hashes = vec![Vec::new(); users.len()];
+        for ((_, items), replies) in groups.iter().zip(replies) {
+            for (chunk, reply) in items.chunks(LOOKUP_CHUNK).zip(replies?) {
+                let found = match reply {
+                    Value::Array(found) if found.len() == chunk.len() => found,
+                    Value::ServerError(e) => return Err(LinkError::Redis(e.into())),
+                    other => {
+                        return Err(LinkError::Redis(RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "registry lookup",
+                            format!("{other:?}"),
+                        ))))
+                    }
+                };
+                for (i, hash) in chunk.iter().zip(found) {
+                    hashes[*i] = field_pairs(hash);
+                }
+            }
+        }
+        Ok(hashes)
     }
 
     /// An entry to remove: malformed, or of a run this node saw die.
@@ -562,10 +660,16 @@ impl Cluster {
                 .inc();
             return Err(ClusterError::Busy);
         };
+        // Sharded pub/sub on a Redis Cluster: the message goes to the channel's shard only.
+        let publish = if self.link.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         let sent = self
             .link
             .run(|mut c| async move {
-                redis::cmd("PUBLISH")
+                redis::cmd(publish)
                     .arg(channel)
                     .arg(bytes)
                     .query_async::<i64>(&mut c)
@@ -588,6 +692,33 @@ impl Cluster {
                 Err(self.fail("publish", e))
             }
         }
+    }
+}
+
+/// A hash as a script returns it (a flat field, value array; a map over RESP3 elsewhere); what
+/// is not text is skipped.
+fn field_pairs(hash: Value) -> Vec<(String, String)> {
+    let text = |v: Value| match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    };
+    match hash {
+        Value::Array(flat) => {
+            let mut flat = flat.into_iter();
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            while let (Some(f), Some(v)) = (flat.next(), flat.next()) {
+                if let (Some(f), Some(v)) = (text(f), text(v)) {
+                    pairs.push((f, v));
+                }
+            }
+            pairs
+        }
+        Value::Map(map) => map
+            .into_iter()
+            .filter_map(|(f, v)| Some((text(f)?, text(v)?)))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

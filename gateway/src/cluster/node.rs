@@ -24,7 +24,7 @@ use crate::clock::unix_ms;
 #[derive(Debug)]
 pub enum Inbound {
     /// A message from another node (or a revocation from any node).
-    Message(Box<NodeMessage>, node_message::Body),
+    Message(Box<NodeMessage>, Box<node_message::Body>),
     /// Redis came back or lost this node's state: re-register local sessions, reload revocations.
     Resync,
 }
@@ -44,19 +44,26 @@ pub struct NodeService {
 #[async_trait]
 impl BackgroundService for NodeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let run = run(self.cluster.clone(), self.inbox.clone());
+        tokio::pin!(run);
         tokio::select! {
-            () = run(self.cluster.clone(), self.inbox.clone()) => {}
+            () = &mut run => return,
             _ = shutdown.changed() => {}
         }
         leave(&self.cluster).await;
+        // Still subscribed while the drain closes the sessions: a revocation or a kick for them
+        // still applies, and pushes for users who already left are forwarded to where they went.
+        // The process ends this when it exits.
+        run.await;
     }
 }
 
 /// An announced leave: this node's sessions close over the drain window and their users
 /// reconnect elsewhere; the node's liveness is extended to `presence_grace` from now (and no
-/// longer renewed) and the sessions the drain closes keep their entries (`remote::closed`), so
-/// nobody who comes back within the grace is reported offline in between.
+/// longer renewed: heartbeats stop) and the sessions the drain closes keep their entries
+/// (`remote::closed`), so nobody who comes back within the grace is reported offline in between.
 async fn leave(cluster: &Cluster) {
+    cluster.health.leaving.store(true, Ordering::Relaxed);
     let until = unix_ms() + cluster.config.presence_grace.0.as_millis() as u64;
     let (key, member) = (cluster.keys.nodes(), cluster.run.member());
     let _ = cluster
@@ -94,8 +101,16 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
+                if cluster.health.leaving.load(Ordering::Relaxed) {
+                    continue;
+                }
                 match beat(&cluster).await {
                     Ok(new_member) => {
+                        if !synced || new_member {
+                            cluster.prepare().await;
+                        } else {
+                            cluster.refresh_shards().await;
+                        }
                         // First contact, Redis back after an outage, Redis lost our entry, or a
                         // registration that did not get through.
                         let wanted = cluster.take_resync_wanted();
@@ -186,7 +201,7 @@ async fn beat(cluster: &Cluster) -> Result<bool, ClusterError> {
 async fn subscribe(
     cluster: &Arc<Cluster>,
     tx: mpsc::Sender<PushInfo>,
-) -> Option<redis::aio::ConnectionManager> {
+) -> Option<super::link::Subscription> {
     let channels = [
         cluster.keys.node_channel(&cluster.run.node),
         cluster.keys.revocations_channel(),
@@ -240,7 +255,7 @@ fn receive(cluster: &Cluster, inbox: &mpsc::Sender<Inbound>, info: PushInfo) {
                 cluster.metrics.cluster_lag.observe(lag);
             }
             if inbox
-                .try_send(Inbound::Message(Box::new(msg), body))
+                .try_send(Inbound::Message(Box::new(msg), Box::new(body)))
                 .is_err()
             {
                 cluster

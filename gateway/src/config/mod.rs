@@ -149,7 +149,7 @@ impl Default for Listen {
             edge: ([0, 0, 0, 0], 8080).into(),
             admin: ([127, 0, 0, 1], 9901).into(),
             push: ([0, 0, 0, 0], 8081).into(),
-            internal: ([127, 0, 0, 1], 9090).into(),
+            internal: ([127, 0, 0, 1], 7171).into(),
         }
     }
 }

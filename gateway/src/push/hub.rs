@@ -258,6 +258,11 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The id the next connection will get: every connection of this run so far has a lower one.
+    pub fn conn_watermark(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     /// Queues a frame for one session, counting a slow-consumer close.
     pub fn send(&self, handle: &SessionHandle, frame: Outbound) -> bool {
         match handle.send(frame) {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use im_proto::im::gateway::v1::{
@@ -80,7 +81,7 @@ fn by_run(entries: Vec<Entry>) -> HashMap<NodeRun, Vec<u64>> {
 /// some of them by one batched message. The counts cover the whole cluster: a remote connection
 /// counts as delivered when its node was sent the push.
 pub async fn push(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     deps: &PushDeps,
     push: &Push,
     users: &[String],
@@ -89,6 +90,7 @@ pub async fn push(
 ) -> Result<PushReply, String> {
     let located = cluster.locate(users).await;
     let table = deps.routes.load();
+    let watermark = deps.hub.conn_watermark();
     let mut online = vec![false; users.len()];
     let mut reply = fan_out_each(
         &deps.hub,
@@ -104,9 +106,71 @@ pub async fn push(
         reply.users_offline = users.len() as u32 - reply.users_online;
         return Ok(reply);
     };
+    // Registered here but gone: closed by this node's drain, moving elsewhere.
+    let missed: Vec<String> = located
+        .iter()
+        .zip(users)
+        .zip(&online)
+        .filter(|((entries, _), here)| !**here && entries.iter().any(|e| e.run == cluster.run))
+        .map(|((_, user), _)| user.clone())
+        .collect();
+    let batches = by_node(
+        cluster,
+        users,
+        &located,
+        targets,
+        |_| true,
+        |i| online[i] = true,
+    );
+    let template = NodeDeliver {
+        push: Some(push.clone()),
+        user_ids: Vec::new(),
+        platforms: targets.platforms.to_vec(),
+        exclude_device_ids: targets.exclude_device_ids.to_vec(),
+        sent_to_nodes: batches.keys().cloned().collect(),
+        forwarded: false,
+        origin_node: cluster.run.node.clone(),
+        origin_epoch: cluster.run.epoch,
+        origin_watermark: watermark,
+    };
+    for (node, (user_ids, conns)) in batches {
+        let body = node_message::Body::Deliver(NodeDeliver {
+            user_ids,
+            ..template.clone()
+        });
+        if cluster.send(&node, traceparent, body).await.is_ok() {
+            reply.delivered += conns;
+        }
+    }
+    if !missed.is_empty() {
+        forward(
+            cluster,
+            template,
+            missed,
+            traceparent.unwrap_or_default().to_owned(),
+        );
+    }
+    reply.users_online = online.iter().filter(|o| **o).count() as u32;
+    reply.users_offline = users.len() as u32 - reply.users_online;
+    Ok(reply)
+}
+
+/// The other nodes' connections of `users` that `targets` admits and `include` lets through,
+/// batched by node: the users (each once) and the connections. `found(i)` for each user with one.
+fn by_node(
+    cluster: &Cluster,
+    users: &[String],
+    located: &[Vec<Entry>],
+    targets: &Targets<'_>,
+    include: impl Fn(&Entry) -> bool,
+    mut found: impl FnMut(usize),
+) -> HashMap<String, (Vec<String>, u32)> {
     let mut batches: HashMap<String, (Vec<String>, u32)> = HashMap::new();
     for (i, entries) in located.iter().enumerate() {
-        for e in entries.iter().filter(|e| e.run != cluster.run) {
+        for e in entries
+            .iter()
+            .filter(|e| e.run != cluster.run && include(e))
+        {
             let device = Device {
                 device_id: e.device_id.clone(),
                 platform: e.platform.clone(),
@@ -119,23 +183,88 @@ pub async fn push(
                 batch.0.push(users[i].clone());
             }
             batch.1 += 1;
-            online[i] = true;
+            found(i);
         }
     }
-    for (node, (user_ids, conns)) in batches {
-        let body = node_message::Body::Deliver(NodeDeliver {
-            push: Some(push.clone()),
-            user_ids,
-            platforms: targets.platforms.to_vec(),
-            exclude_device_ids: targets.exclude_device_ids.to_vec(),
-        });
-        if cluster.send(&node, traceparent, body).await.is_ok() {
-            reply.delivered += conns;
+    batches
+}
+
+/// Whether a push already reached `e` (or it did not exist when the push was delivered): its node
+/// was sent the push, or it is the first node's connection from before its local delivery.
+fn reached(deliver: &NodeDeliver, e: &Entry) -> bool {
+    let origin = e.run.node == deliver.origin_node && e.run.epoch == deliver.origin_epoch;
+    deliver.sent_to_nodes.contains(&e.run.node) || (origin && e.conn_id < deliver.origin_watermark)
+}
+
+/// When a push for users who left a node is looked up again: by then a user who reconnected
+/// elsewhere has registered there (registration takes one Redis round trip).
+const FORWARD_AFTER: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1500),
+];
+
+/// A push for users registered on this node but with no session here any more: they left (a
+/// drain closed them, their network moved them) and reconnected elsewhere after the sender looked
+/// them up. Looks them up again and forwards the push once to the connections it has not reached;
+/// a user found nowhere new is given up (their client catches up by `after_seq`: the message was
+/// stored before it was pushed). Bounded: past `cluster.max_inflight_sends` forwards at once, the
+/// push is not forwarded (counted).
+fn forward(cluster: &Arc<Cluster>, deliver: NodeDeliver, missed: Vec<String>, traceparent: String) {
+    let Some(permit) = cluster.forward_permit() else {
+        let busy = cluster
+            .metrics
+            .cluster_forwards
+            .with_label_values(&["busy"]);
+        busy.inc_by(missed.len() as u64);
+        return;
+    };
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let targets = Targets {
+            platforms: &deliver.platforms,
+            exclude_device_ids: &deliver.exclude_device_ids,
+        };
+        let traceparent = Some(traceparent.as_str()).filter(|t| !t.is_empty());
+        let mut pending = missed;
+        for delay in FORWARD_AFTER {
+            tokio::time::sleep(delay).await;
+            let Ok(located) = cluster.locate(&pending).await else {
+                continue;
+            };
+            let mut found = vec![false; pending.len()];
+            let fresh = |e: &Entry| !reached(&deliver, e);
+            let batches = by_node(&cluster, &pending, &located, &targets, fresh, |i| {
+                found[i] = true
+            });
+            for (node, (user_ids, _)) in batches {
+                let forwarded = user_ids.len() as u64;
+                let body = node_message::Body::Deliver(NodeDeliver {
+                    user_ids,
+                    forwarded: true,
+                    ..deliver.clone()
+                });
+                if cluster.send(&node, traceparent, body).await.is_ok() {
+                    let ok = cluster
+                        .metrics
+                        .cluster_forwards
+                        .with_label_values(&["forwarded"]);
+                    ok.inc_by(forwarded);
+                }
+            }
+            let mut found = found.into_iter();
+            pending.retain(|_| !found.next().unwrap_or(false));
+            if pending.is_empty() {
+                return;
+            }
         }
-    }
-    reply.users_online = online.iter().filter(|o| **o).count() as u32;
-    reply.users_offline = users.len() as u32 - reply.users_online;
-    Ok(reply)
+        let gave_up = cluster
+            .metrics
+            .cluster_forwards
+            .with_label_values(&["gave_up"]);
+        gave_up.inc_by(pending.len() as u64);
+    });
 }
 
 /// Every node's devices of `users`; this node's alone when Redis is away.
@@ -207,7 +336,7 @@ pub struct RemoteService {
 
 #[async_trait]
 impl BackgroundService for RemoteService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(mut inbox) = self
             .inbox
             .lock()
@@ -216,14 +345,9 @@ impl BackgroundService for RemoteService {
         else {
             return;
         };
-        loop {
-            tokio::select! {
-                msg = inbox.recv() => match msg {
-                    Some(msg) => apply(&self.deps, msg).await,
-                    None => return,
-                },
-                _ = shutdown.changed() => return,
-            }
+        // Through the drain too (the node task keeps its subscription until the process exits).
+        while let Some(msg) = inbox.recv().await {
+            apply(&self.deps, msg).await;
         }
     }
 }
@@ -234,23 +358,35 @@ async fn apply(deps: &PushDeps, inbound: Inbound) {
     };
     match inbound {
         Inbound::Resync => resync(cluster, deps).await,
-        Inbound::Message(msg, body) => match body {
+        Inbound::Message(msg, body) => match *body {
             node_message::Body::Deliver(d) => {
-                let Some(push) = d.push else { return };
+                let Some(push) = &d.push else { return };
                 let targets = Targets {
                     platforms: &d.platforms,
                     exclude_device_ids: &d.exclude_device_ids,
                 };
                 let table = deps.routes.load();
-                if let Err(e) = fan_out_each(
+                let mut missed = Vec::new();
+                let delivered = fan_out_each(
                     &deps.hub,
-                    &push,
+                    push,
                     &d.user_ids,
                     &targets,
                     &table.descriptors,
-                    |_, _| {},
-                ) {
-                    tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
+                    |i, here| {
+                        if !here {
+                            missed.push(d.user_ids[i].clone());
+                        }
+                    },
+                );
+                match delivered {
+                    Err(e) => {
+                        tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
+                    }
+                    Ok(_) if !missed.is_empty() && !d.forwarded => {
+                        forward(cluster, d, missed, msg.traceparent);
+                    }
+                    Ok(_) => {}
                 }
             }
             node_message::Body::Kick(k) if k.conn_ids.is_empty() => {

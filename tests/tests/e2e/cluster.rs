@@ -10,11 +10,8 @@ use im_gateway::units::HumanDuration;
 use im_proto::im::gateway::v1::{
     server_frame, KickRequest, PresenceRequest, PushRequest, RevokeRequest, SessionKicked,
 };
-use im_tests::redis_server::RedisServer;
-use im_tests::{
-    echo_routes, free_port, loopback, wait_for, EchoBackend, ScratchDir, TestGateway,
-    INTERNAL_TOKEN, TEST_SECRET,
-};
+use im_tests::redis_server::{RedisCluster, RedisServer};
+use im_tests::{echo_routes, wait_for, EchoBackend, GatewayProcess, ScratchDir, TestGateway};
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -38,8 +35,21 @@ async fn node_with_routes(
     id: &str,
     probe: Duration,
 ) -> TestGateway {
+    node_on(&redis.url(), false, routes, id, probe).await
+}
+
+/// A node of the cluster whose Redis is at `redis_url` (a Redis Cluster's seeds when
+/// `redis_cluster`).
+async fn node_on(
+    redis_url: &str,
+    redis_cluster: bool,
+    routes: &str,
+    id: &str,
+    probe: Duration,
+) -> TestGateway {
     let cluster = ClusterConfig {
-        redis_url: redis.url(),
+        redis_url: redis_url.into(),
+        redis_cluster,
         node_id: Some(id.into()),
         prefix: "test:".into(),
         heartbeat: HumanDuration(Duration::from_millis(300)),
@@ -165,6 +175,80 @@ async fn a_push_on_one_node_reaches_devices_on_the_others_with_one_publish_per_n
     assert_eq!((reply.delivered, reply.users_online), (1, 1));
     push_payload(next(&mut laptop).await);
     quiet(&mut phone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_push_costs_one_lookup_per_shard_and_one_spublish_per_target_node() {
+    let redis = RedisCluster::start(3);
+    let backend = EchoBackend::start().await;
+    let routes = echo_routes(&[backend.addr], "");
+    let probe = Duration::from_secs(60);
+    let a = node_on(&redis.url(), true, &routes, "a", probe).await;
+    let b = node_on(&redis.url(), true, &routes, "b", probe).await;
+    let c = node_on(&redis.url(), true, &routes, "c", probe).await;
+    let users: Vec<String> = (0..12).map(|i| format!("user-{i}")).collect();
+    let mut sockets = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let gw = if i % 2 == 0 { &b } else { &c };
+        sockets.push(login(gw, user, &format!("s-{i}"), "phone", "ios").await);
+    }
+    for user in &users {
+        wait_devices(&a, user, 1).await;
+    }
+    let mut targets = users.clone();
+    targets.push("nobody".into());
+    let mut per_shard = [0usize; 3];
+    for user in &targets {
+        per_shard[redis.shard_of(&format!("test:u:{{{user}}}"))] += 1;
+    }
+    assert!(
+        per_shard.iter().all(|n| *n > 0),
+        "the users spread over every shard: {per_shard:?}"
+    );
+
+    let counts =
+        |command: &str| -> Vec<u64> { redis.shards.iter().map(|s| s.calls(command)).collect() };
+    let (lookups, publishes) = (counts("evalsha"), counts("spublish"));
+    let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let reply = push_client(&a)
+        .await
+        .push(authed(echo_push(&target_refs, b"hello")))
+        .await
+        .unwrap()
+        .into_inner();
+    let lookups: Vec<u64> = counts("evalsha")
+        .iter()
+        .zip(&lookups)
+        .map(|(after, before)| after - before)
+        .collect();
+    let publishes: u64 = counts("spublish").iter().sum::<u64>() - publishes.iter().sum::<u64>();
+    assert_eq!(
+        (reply.delivered, reply.users_online, reply.users_offline),
+        (12, 12, 1)
+    );
+    assert_eq!(
+        lookups,
+        vec![1, 1, 1],
+        "one lookup per shard for {} users spread {per_shard:?}",
+        targets.len()
+    );
+    assert_eq!(publishes, 2, "one sharded publish per target node (b, c)");
+    for shard in &redis.shards {
+        let errors = shard.cli(&["INFO", "errorstats"]);
+        assert!(
+            !errors.contains("MOVED") && !errors.contains("CROSSSLOT"),
+            "no misrouted command: {errors}"
+        );
+    }
+    for ws in &mut sockets {
+        push_payload(next(ws).await);
+        quiet(ws).await;
+    }
+
+    // The multi-device policy holds across nodes on the cluster too (the default is
+    // one_per_platform): a second ios login of user-0 on c kicks the one on b.
+    let _second = login(&c, "user-0", "s-new", "phone-2", "ios").await;
+    assert_eq!(close_code(&mut sockets[0]).await, 4002);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,46 +405,22 @@ async fn a_killed_subscription_is_repaired() {
     .await;
 }
 
-/// A cluster node as a real `im-gateway` process with the shipped cluster defaults; its push
-/// listener's address. Killed when the child is.
+/// A cluster node as a real `im-gateway` process with the shipped cluster defaults.
 async fn node_process(
     redis: &RedisServer,
     backend: &EchoBackend,
     dir: &ScratchDir,
     id: &str,
     prefix: &str,
-) -> (std::process::Child, std::net::SocketAddr) {
-    std::fs::write(dir.path("routes.yaml"), echo_routes(&[backend.addr], "")).unwrap();
-    std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
-    std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
-    let [edge, admin, push, internal] = [0; 4].map(|_| loopback(free_port()));
-    std::fs::write(
-        dir.path("gateway.yaml"),
-        format!(
-            "listen: {{edge: \"{edge}\", admin: \"{admin}\", push: \"{push}\", internal: \"{internal}\"}}\n\
-             threads: 1\nroutes: routes.yaml\n\
-             auth: {{hs256_secret_file: hs256.key}}\n\
-             push: {{internal_token_file: internal.token, drain_window: 500ms}}\n\
-             shutdown: {{grace_period: 1s, graceful_timeout: 3s}}\n\
-             cluster: {{redis_url: \"{}\", node_id: {id}, prefix: \"{prefix}\"}}\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway_process"))
-        .args(["run", "--config"])
-        .arg(dir.path("gateway.yaml"))
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn gateway");
-    wait_for(
-        "gateway process listening",
-        Duration::from_secs(30),
-        || async move { tokio::net::TcpStream::connect(push).await.ok().map(drop) },
-    )
-    .await;
-    (child, push)
+) -> GatewayProcess {
+    let tail = format!(
+        "push: {{internal_token_file: internal.token, drain_window: 500ms}}\n\
+         shutdown: {{grace_period: 1s, graceful_timeout: 3s}}\n\
+         cluster: {{redis_url: \"{}\", node_id: {id}, prefix: \"{prefix}\"}}\n",
+        redis.url()
+    );
+    let routes = echo_routes(&[backend.addr], "");
+    GatewayProcess::spawn(env!("CARGO_BIN_EXE_gateway_process"), dir, &routes, &tail).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,14 +438,15 @@ async fn a_killed_node_s_users_are_offline_within_the_shipped_node_ttl() {
     })
     .await;
     let dir = ScratchDir::new("cluster-kill");
-    let (mut b, b_push) = node_process(&redis, &backend, &dir, "b", "kill:").await;
+    let mut b = node_process(&redis, &backend, &dir, "b", "kill:").await;
+    let b_push = b.push;
     let q = format!("token={}", token("u1", "s-1", "phone", "ios"));
     let _ws = connect_addr(b_push, &q).await.expect("session on b");
     wait_devices(&a, "u1", 1).await;
 
-    b.kill().unwrap(); // SIGKILL: no announced leave, no unregistration
+    b.child.kill().unwrap(); // SIGKILL: no announced leave, no unregistration
     let killed = std::time::Instant::now();
-    b.wait().unwrap();
+    b.child.wait().unwrap();
     wait_devices(&a, "u1", 0).await;
     let offline_after = killed.elapsed();
     eprintln!("killed node's user offline after {offline_after:?}");
@@ -409,7 +470,8 @@ async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
     let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
     let dir = ScratchDir::new("cluster-drain");
     // b on the shipped cluster defaults (presence_grace 10 s); SIGTERM drains it.
-    let (mut b, b_push) = node_process(&redis, &backend, &dir, "b", "test:").await;
+    let mut b = node_process(&redis, &backend, &dir, "b", "test:").await;
+    let b_push = b.push;
     let query = format!("token={}", token("u1", "s-1", "phone", "ios"));
     let mut ws = connect_addr(b_push, &query).await.expect("session on b");
     wait_devices(&a, "u1", 1).await;
@@ -442,11 +504,7 @@ async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
             offline
         })
     };
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &b.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    b.terminate();
     let Message::Close(Some(frame)) = next(&mut ws).await else {
         panic!("close expected")
     };
@@ -468,9 +526,42 @@ async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
         "u1 was reported offline while moving"
     );
     assert!(
-        b.wait().unwrap().success(),
+        b.child.wait().unwrap().success(),
         "b exits cleanly after its drain"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_reaches_a_drained_node_after_its_user_left_is_forwarded_to_where_they_went() {
+    let redis = RedisServer::start();
+    let backend = EchoBackend::start().await;
+    let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
+    let dir = ScratchDir::new("cluster-forward");
+    let mut b = node_process(&redis, &backend, &dir, "b", "test:").await;
+    let b_push = b.push;
+    let query = format!("token={}", token("u1", "s-1", "phone", "ios"));
+    let mut ws = connect_addr(b_push, &query).await.expect("session on b");
+    wait_devices(&a, "u1", 1).await;
+
+    // b drains: u1's session closes, its entry stays for the presence grace.
+    b.terminate();
+    assert_eq!(close_code(&mut ws).await, 1001);
+    // The push finds u1 only on b (the new session below is not registered yet) ...
+    let reply = push_client(&a)
+        .await
+        .push(authed(echo_push(&["u1"], b"while moving")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.delivered, reply.users_online), (1, 1));
+    // ... and u1 comes back on a, the push's sender, right after it looked.
+    let mut back = connect(&a, &query).await.expect("session on a");
+    let payload = tokio::time::timeout(Duration::from_secs(5), next(&mut back))
+        .await
+        .expect("b forwarded the push to u1's new session on a");
+    assert!(!push_payload(payload).is_empty());
+    quiet(&mut back).await;
+    assert!(b.child.wait().unwrap().success());
 }
 
 async fn live_nodes(gw: &TestGateway) -> Option<u64> {

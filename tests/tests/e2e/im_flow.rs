@@ -335,7 +335,7 @@ async fn phone_registration_and_login_use_single_use_codes() {
         .call("user/get_phone_verify_code", json!({"phone": phone}))
         .await;
     assert_eq!(status, 429, "{v}");
-    // Once the interval (1 s in tests) has passed, the next request is granted.
+    // Once the interval (3 s in tests) has passed, the next request is granted.
     let (id, code) = sys.next_code(&c, phone, phone).await;
     let login = c
         .ok(

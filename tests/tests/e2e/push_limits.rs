@@ -10,8 +10,8 @@ use im_gateway::units::{ByteSize, HumanDuration};
 use im_proto::im::echo::v1::{EchoReply, EchoRequest};
 use im_proto::im::gateway::v1::{server_frame, ClientFrame, PresenceRequest};
 use im_tests::{
-    echo_routes, free_port, hs256_token, loopback, unix_now, wait_for, EchoBackend, ScratchDir,
-    TestGateway, INTERNAL_TOKEN, TEST_SECRET,
+    echo_routes, hs256_token, unix_now, wait_for, EchoBackend, GatewayProcess, ScratchDir,
+    TestGateway,
 };
 use prost::Message as _;
 use serde_json::json;
@@ -348,39 +348,15 @@ async fn metric(gw: &TestGateway, name: &str) -> u64 {
 async fn sigterm_closes_every_session_with_1001_and_exits_within_the_window() {
     let backend = EchoBackend::start().await;
     let dir = ScratchDir::new("drain");
-    std::fs::write(dir.path("routes.yaml"), echo_routes(&[backend.addr], "")).unwrap();
-    std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
-    std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
-    let (edge, admin, push, internal) = (
-        loopback(free_port()),
-        loopback(free_port()),
-        loopback(free_port()),
-        loopback(free_port()),
-    );
-    std::fs::write(
-        dir.path("gateway.yaml"),
-        format!(
-            "listen: {{edge: \"{edge}\", admin: \"{admin}\", push: \"{push}\", internal: \"{internal}\"}}\n\
-             threads: 1\nroutes: routes.yaml\n\
-             auth: {{hs256_secret_file: hs256.key}}\n\
-             push: {{internal_token_file: internal.token, drain_window: 1s}}\n\
-             shutdown: {{grace_period: 2s, graceful_timeout: 1s}}\n"
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway_process"))
-        .args(["run", "--config"])
-        .arg(dir.path("gateway.yaml"))
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn gateway");
-    wait_for(
-        "gateway process listening",
-        Duration::from_secs(30),
-        || async move { tokio::net::TcpStream::connect(push).await.ok().map(drop) },
+    let gw = GatewayProcess::spawn(
+        env!("CARGO_BIN_EXE_gateway_process"),
+        &dir,
+        &echo_routes(&[backend.addr], ""),
+        "push: {internal_token_file: internal.token, drain_window: 1s}\n\
+         shutdown: {grace_period: 2s, graceful_timeout: 1s}\n",
     )
     .await;
+    let push = gw.push;
     let mut sessions = Vec::new();
     for i in 0..20 {
         let user = format!("u{i}");
@@ -389,11 +365,8 @@ async fn sigterm_closes_every_session_with_1001_and_exits_within_the_window() {
     }
 
     let t = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    gw.terminate();
+    let mut child = gw.child;
     let mut when = Vec::new();
     for ws in &mut sessions {
         assert_eq!(close_code(ws).await, 1001);

@@ -34,7 +34,7 @@ async fn a_body_of_tiny_unknown_fields_is_not_materialized() {
     let dir = ScratchDir::new("unknown-fields");
     let routes = format!(
         r#"upstreams:
-  echo: {{ endpoints: ["{}"], max_message: 16MiB }}
+  echo: {{ endpoints: ["{}"], max_message: 16MiB, timeout: 30s }}
 routes:
   - {{ name: echo, http: {{ path: /echo }}, upstream: echo, grpc: im.echo.v1.EchoService/Echo,
        auth: none, max_body: 13MiB }}
