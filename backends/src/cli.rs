@@ -92,6 +92,33 @@ pub struct Args {
     /// SetHealth) for tests and benchmarks; never in a deployment reachable from the edge.
     #[arg(long)]
     pub diagnostics: bool,
+    /// OTLP/gRPC collector to export spans to (`http://127.0.0.1:4317`); without it, none are.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0 to 1.0 (a caller's sampled flag is followed).
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+    /// `service.name` of this process's spans.
+    #[arg(long, default_value = "im-backends")]
+    pub service_name: String,
+}
+
+impl Args {
+    /// The trace export the flags ask for.
+    fn trace_export(&self) -> Result<Option<im_telemetry::TraceExport>, String> {
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err("--trace-sample-ratio: use 0.0 to 1.0".into());
+        }
+        Ok(self
+            .otlp_endpoint
+            .as_ref()
+            .map(|endpoint| im_telemetry::TraceExport {
+                endpoint: endpoint.clone(),
+                sample_ratio: self.trace_sample_ratio,
+                service_name: self.service_name.clone(),
+                instance_id: format!("{}-{}", self.listen, std::process::id()),
+            }))
+    }
 }
 
 fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
@@ -183,9 +210,16 @@ fn push_tls(
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let telemetry = match args
+        .trace_export()
+        .and_then(|e| im_telemetry::init(e.as_ref()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("im-backends: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listen = args.listen;
     let cfg = match args.into_config() {
         Ok(c) => c,
@@ -198,7 +232,7 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -213,5 +247,8 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }

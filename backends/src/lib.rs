@@ -245,6 +245,7 @@ pub async fn serve(
     }
     tracing::info!(%addr, services = ?cfg.services, "im-backends serving");
     tonic::transport::Server::builder()
+        .trace_fn(call_span)
         .add_service(health_service)
         .add_service(reflection)
         .add_optional_service(user)
@@ -256,6 +257,27 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The span of one call (the handler's), its parent the caller's `traceparent` (the gateway's
+/// upstream attempt): with trace export on, one trace runs from the client to here.
+fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let method = request.uri().path();
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %method.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = %method,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        im_telemetry::traceparent::set_parent(&span, parent);
+    }
+    span
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -64,7 +64,8 @@ pub struct Notifier {
 struct Target {
     gateways: Gateways,
     authorization: AsciiMetadataValue,
-    queue: mpsc::Sender<PushRequest>,
+    /// Each with the `traceparent` of the call that caused it (the Push call continues its trace).
+    queue: mpsc::Sender<(PushRequest, Option<String>)>,
     /// Notifications dropped because the queue was full, since start.
     dropped: AtomicU64,
 }
@@ -145,7 +146,8 @@ impl Notifier {
             platforms: Vec::new(),
             exclude_device_ids: exclude_device.into_iter().collect(),
         };
-        if target.queue.try_send(req).is_err() {
+        let traceparent = im_telemetry::traceparent::current();
+        if target.queue.try_send((req, traceparent)).is_err() {
             let dropped_total = target.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 kind,
@@ -194,12 +196,12 @@ fn authed<T>(msg: T, authorization: &AsciiMetadataValue) -> tonic::Request<T> {
 
 /// Sends queued notifications, at most [`IN_FLIGHT`] at a time, until every sender is gone.
 async fn send_queued(
-    mut pending: mpsc::Receiver<PushRequest>,
+    mut pending: mpsc::Receiver<(PushRequest, Option<String>)>,
     gateways: Gateways,
     authorization: AsciiMetadataValue,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(req) = pending.recv().await {
+    while let Some((req, traceparent)) = pending.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -209,7 +211,11 @@ async fn send_queued(
             let kind = req.kind.clone();
             let pushed = gateways
                 .call(|mut client| {
-                    let request = authed(req.clone(), &authorization);
+                    let mut request = authed(req.clone(), &authorization);
+                    let parent = traceparent.as_deref().map(AsciiMetadataValue::try_from);
+                    if let Some(Ok(parent)) = parent {
+                        request.metadata_mut().insert("traceparent", parent);
+                    }
                     async move { client.push(request).await }
                 })
                 .await;

@@ -90,9 +90,17 @@ pub fn main() -> ExitCode {
             edge,
             admin,
         } => {
-            init_logging();
+            let early = im_telemetry::early();
             let mut cfg = match config.as_deref().map(GatewayConfig::load).transpose() {
                 Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("im-gateway: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            drop(early);
+            let telemetry = match init_telemetry(&mut cfg) {
+                Ok(t) => t,
                 Err(e) => {
                     eprintln!("im-gateway: {e}");
                     return ExitCode::FAILURE;
@@ -123,6 +131,7 @@ pub fn main() -> ExitCode {
                 Ok(server) => {
                     tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
                     server.run(RunArgs::default());
+                    telemetry.shutdown();
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -134,7 +143,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG`-style filter, `info` by default.
+/// Logging and, with `telemetry.otlp_endpoint`, trace export, for the process that runs this
+/// config. Settles the cluster node id first (when generated) so traces and the registry name
+/// the node alike.
+pub fn init_telemetry(cfg: &mut GatewayConfig) -> Result<im_telemetry::Telemetry, String> {
+    let instance = match &mut cfg.cluster {
+        Some(cluster) => {
+            let id = cluster.resolved_node_id();
+            cluster.node_id.get_or_insert(id).clone()
+        }
+        None => format!(
+            "{}-{}",
+            crate::cluster::config::hostname(),
+            std::process::id()
+        ),
+    };
+    im_telemetry::init(cfg.telemetry.export(instance).as_ref())
+}
+
+/// `RUST_LOG`-style filter, `info` by default (tests and tools; processes use [`init_telemetry`]).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

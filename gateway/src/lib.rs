@@ -77,6 +77,7 @@ pub mod proxy;
 pub mod push;
 pub mod routes;
 pub mod server;
+pub mod telemetry;
 pub mod units;
 pub mod upstream;
 pub mod web;

@@ -15,6 +15,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::bridge::{self, Reply};
 use crate::dispatch::IDENTITY_HEADERS;
@@ -324,16 +325,26 @@ impl ProxyHttp for EdgeProxy {
             Ok(route) => {
                 let route = route.clone();
                 ctx.route = Some(Route::Unary(route.clone()));
-                match self
-                    .admit(session, &route.name, &route.admission, client_ip, ctx)
-                    .await
-                {
-                    Ok(()) => self.serve_bridge(session, ctx, &route).await?,
-                    Err(e) => {
-                        let reply = Reply::failed(&e, &ctx.request_id);
-                        self.write_reply(session, ctx, reply).await?;
+                let span = crate::telemetry::call_span(
+                    &route.name,
+                    "http",
+                    &ctx.request_id,
+                    header(req, "traceparent"),
+                );
+                async {
+                    match self
+                        .admit(session, &route.name, &route.admission, client_ip, ctx)
+                        .await
+                    {
+                        Ok(()) => self.serve_bridge(session, ctx, &route).await,
+                        Err(e) => {
+                            let reply = Reply::failed(&e, &ctx.request_id);
+                            self.write_reply(session, ctx, reply).await
+                        }
                     }
                 }
+                .instrument(span)
+                .await?;
             }
             Err(miss) => {
                 if req.method == http::Method::GET {

@@ -94,7 +94,7 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    im_gateway::cli::init_logging();
+    let early = im_telemetry::early();
 
     if let Err(e) = std::fs::create_dir_all(&args.data) {
         eprintln!("im-launcher: cannot create {}: {e}", args.data.display());
@@ -114,6 +114,15 @@ fn main() -> ExitCode {
 
     let mut cfg = match args.config.as_deref().map(GatewayConfig::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("im-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(early);
+    // One process, one export: the gateway's and the backends' spans share `telemetry:`.
+    let telemetry = match im_gateway::cli::init_telemetry(&mut cfg) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("im-launcher: {e}");
             return ExitCode::FAILURE;
@@ -191,11 +200,13 @@ fn main() -> ExitCode {
     tracing::info!("stopping");
     gateway.stop();
     let _ = stop_backends.send(());
-    match runtime.block_on(backends) {
+    let code = match runtime.block_on(backends) {
         Ok(Err(e)) => {
             eprintln!("im-launcher: backends: {e}");
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 pub mod backend_memory;
 pub mod im;
+pub mod otlp;
 pub mod redis_server;
 
 /// The PushService token of every test gateway.
@@ -111,12 +112,24 @@ impl Drop for ScratchDir {
 /// returned once its push listener accepts. Signal it through `child`.
 pub struct GatewayProcess {
     pub child: Child,
+    pub edge: SocketAddr,
     pub push: SocketAddr,
     pub internal: SocketAddr,
 }
 
 impl GatewayProcess {
     pub async fn spawn(bin: &str, dir: &ScratchDir, routes: &str, tail: &str) -> Self {
+        Self::spawn_with_env(bin, dir, routes, tail, &[]).await
+    }
+
+    /// [`spawn`](Self::spawn) with more environment variables for the process.
+    pub async fn spawn_with_env(
+        bin: &str,
+        dir: &ScratchDir,
+        routes: &str,
+        tail: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         std::fs::write(dir.path("routes.yaml"), routes).unwrap();
         std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
         std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
@@ -134,6 +147,7 @@ impl GatewayProcess {
             .args(["run", "--config"])
             .arg(dir.path("gateway.yaml"))
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn gateway");
@@ -145,18 +159,26 @@ impl GatewayProcess {
         .await;
         Self {
             child,
+            edge,
             push,
             internal,
         }
     }
 
-    /// SIGTERM: the graceful drain.
+    /// SIGTERM: the graceful drain (`child.wait()` for its end).
     pub fn terminate(&self) {
         let term = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
         assert!(term.success(), "SIGTERM delivered");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

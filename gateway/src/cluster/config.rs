@@ -145,24 +145,29 @@ impl ClusterConfig {
     /// The configured node id, or one unique to this process.
     pub fn resolved_node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| {
-                    h.trim()
-                        .chars()
-                        .filter(|c| valid_char(*c))
-                        .take(40)
-                        .collect::<String>()
-                })
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "node".into());
             format!(
-                "{host}-{}-{:08x}",
+                "{}-{}-{:08x}",
+                hostname(),
                 std::process::id(),
                 rand::random::<u32>()
             )
         })
     }
+}
+
+/// This host's name as far as it is usable in a node id (`node` when it is not).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| valid_char(*c))
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
 }
 
 fn valid_char(c: char) -> bool {

@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub http: crate::http_guard::HttpConfig,
     /// Cluster mode through Redis; absent: a single node.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Traces exported over OTLP.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `admin` in gateway.yaml: the admin listener's protection. Without a token the listener must be
@@ -139,6 +141,7 @@ impl Default for GatewayConfig {
             admin: AdminConfig::default(),
             http: crate::http_guard::HttpConfig::default(),
             cluster: None,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -263,6 +266,9 @@ impl GatewayConfig {
             if let Err((field, message)) = cluster.validate() {
                 return Err(invalid(field, &message));
             }
+        }
+        if let Err((field, message)) = self.telemetry.validate() {
+            return Err(invalid(field, &message));
         }
         if !self.listen.internal.ip().is_loopback() && self.push.internal_tls.is_none() {
             return Err(invalid(

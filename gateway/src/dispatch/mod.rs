@@ -96,7 +96,8 @@ impl CallContext {
         }
     }
 
-    fn metadata(&self) -> MetadataMap {
+    /// The call's gRPC metadata; `traceparent`: the attempt's (see [`crate::telemetry::next_hop`]).
+    fn metadata(&self, traceparent: Option<&str>) -> MetadataMap {
         let mut md = MetadataMap::with_capacity(8);
         let mut insert = |key: &'static str, value: &str| {
             if let Ok(v) = AsciiMetadataValue::try_from(value) {
@@ -104,7 +105,7 @@ impl CallContext {
             }
         };
         insert("x-request-id", &self.request_id);
-        if let Some(t) = &self.traceparent {
+        if let Some(t) = traceparent {
             insert("traceparent", t);
         }
         self.for_each_identity_header(insert);
@@ -146,23 +147,8 @@ impl Dispatcher {
     }
 
     /// Calls the route's unary method with `body` (encoded request message) and returns the
-    /// encoded response message. One `dispatch` span per call (request or frame).
+    /// encoded response message; one `upstream` span per attempt, inside the caller's `call` span.
     pub async fn unary(
-        &self,
-        route: &UnaryRoute,
-        body: Bytes,
-        ctx: &CallContext,
-    ) -> Result<Bytes, DispatchError> {
-        let span = tracing::debug_span!(
-            "dispatch",
-            route = %route.name,
-            upstream = %route.upstream.name,
-            request_id = %ctx.request_id
-        );
-        self.unary_attempts(route, body, ctx).instrument(span).await
-    }
-
-    async fn unary_attempts(
         &self,
         route: &UnaryRoute,
         body: Bytes,
@@ -184,9 +170,24 @@ impl Dispatcher {
                     .inc();
             }
             let _inflight = endpoint.state.begin();
+            let span = tracing::info_span!(
+                "upstream",
+                otel.name = %path,
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.method = %path,
+                server.address = %endpoint.addr,
+                im.upstream = %upstream.name,
+                im.attempt = attempt,
+                otel.status_code = tracing::field::Empty,
+            );
             let result = self
                 .attempt(upstream, endpoint.addr, path.clone(), body.clone(), ctx)
+                .instrument(span.clone())
                 .await;
+            if result.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
             match result {
                 Ok(bytes) => return Ok(bytes),
                 Err((err, failure)) => {
@@ -245,7 +246,8 @@ impl Dispatcher {
             .max_decoding_message_size(upstream.max_message)
             .max_encoding_message_size(upstream.max_message);
         let mut request = tonic::Request::new(body);
-        *request.metadata_mut() = ctx.metadata();
+        let traceparent = crate::telemetry::next_hop(ctx.traceparent.as_deref());
+        *request.metadata_mut() = ctx.metadata(traceparent.as_deref());
         request.set_timeout(upstream.timeout);
         let call = async {
             grpc.ready()

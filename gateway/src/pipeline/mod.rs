@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::dispatch::{CallContext, DispatchError, Dispatcher};
 use crate::filters::ratelimit::Decision;
@@ -154,7 +155,11 @@ impl Pipeline {
         client_ip: IpAddr,
         meta: CallMeta,
     ) -> Result<Call, CallError> {
-        let admitted = self.guard.admit(route, admission, creds, client_ip).await?;
+        let admitted = self
+            .guard
+            .admit(route, admission, creds, client_ip)
+            .instrument(tracing::info_span!("admission", im.route = %route))
+            .await?;
         let ctx = CallContext::new(
             meta.request_id,
             meta.traceparent,

@@ -361,6 +361,19 @@ async fn apply(deps: &PushDeps, inbound: Inbound) {
         Inbound::Message(msg, body) => match *body {
             node_message::Body::Deliver(d) => {
                 let Some(push) = &d.push else { return };
+                // One span per node hop, a child of the Push call's.
+                let span = tracing::info_span!(
+                    "cluster.deliver",
+                    otel.kind = "consumer",
+                    im.from_node = %msg.from_node,
+                    im.push.users = d.user_ids.len(),
+                    im.push.delivered = tracing::field::Empty,
+                    im.forwarded = d.forwarded,
+                );
+                if !msg.traceparent.is_empty() {
+                    im_telemetry::traceparent::set_parent(&span, &msg.traceparent);
+                }
+                let _entered = span.enter();
                 let targets = Targets {
                     platforms: &d.platforms,
                     exclude_device_ids: &d.exclude_device_ids,
@@ -379,6 +392,9 @@ async fn apply(deps: &PushDeps, inbound: Inbound) {
                         }
                     },
                 );
+                if let Ok(reply) = &delivered {
+                    span.record("im.push.delivered", reply.delivered);
+                }
                 match delivered {
                     Err(e) => {
                         tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");

@@ -16,6 +16,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::config::InternalTls;
 use super::control;
@@ -73,6 +74,21 @@ impl PushService for PushSvc {
             platforms: &req.platforms,
             exclude_device_ids: &req.exclude_device_ids,
         };
+        // One span per call, however many recipients (never one per socket).
+        let span = tracing::info_span!(
+            "push",
+            otel.kind = "server",
+            im.push.kind = %push.kind,
+            im.push.users = req.user_ids.len(),
+            im.push.delivered = tracing::field::Empty,
+            im.push.online = tracing::field::Empty,
+            im.push.offline = tracing::field::Empty,
+        );
+        if let Some(parent) = &traceparent {
+            im_telemetry::traceparent::set_parent(&span, parent);
+        }
+        // The next hops (other nodes) are children of this call's span.
+        let hop = im_telemetry::traceparent::of(&span).or(traceparent);
         let reply = match &self.deps.cluster {
             Some(cluster) => {
                 remote::push(
@@ -81,8 +97,9 @@ impl PushService for PushSvc {
                     &push,
                     &req.user_ids,
                     &targets,
-                    traceparent.as_deref(),
+                    hop.as_deref(),
                 )
+                .instrument(span.clone())
                 .await
             }
             None => fan_out(
@@ -94,6 +111,9 @@ impl PushService for PushSvc {
             ),
         }
         .map_err(Status::invalid_argument)?;
+        span.record("im.push.delivered", reply.delivered);
+        span.record("im.push.online", reply.users_online);
+        span.record("im.push.offline", reply.users_offline);
         Ok(Response::new(reply))
     }
 

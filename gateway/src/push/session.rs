@@ -13,6 +13,7 @@ use tokio::time::Instant as TokioInstant;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use tracing::Instrument;
 
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -357,16 +358,26 @@ async fn call(
         traceparent: req.traceparent.clone().or_else(|| info.traceparent.clone()),
     };
     let route = &req.route;
-    let mut call = deps
-        .pipeline
-        .admit(&route.name, &route.admission, creds, info.client_ip, meta)
-        .await?;
-    // The socket's device and platform (the handshake may name them).
-    call.ctx.device_id = Some(info.device.device_id.clone());
-    call.ctx.platform = Some(info.device.platform.clone());
-    deps.pipeline
-        .dispatch(route, &call, req.payload.clone(), info.encoding)
-        .await
+    let span = crate::telemetry::call_span(
+        &route.name,
+        "websocket",
+        &meta.request_id,
+        meta.traceparent.as_deref(),
+    );
+    async {
+        let mut call = deps
+            .pipeline
+            .admit(&route.name, &route.admission, creds, info.client_ip, meta)
+            .await?;
+        // The socket's device and platform (the handshake may name them).
+        call.ctx.device_id = Some(info.device.device_id.clone());
+        call.ctx.platform = Some(info.device.platform.clone());
+        deps.pipeline
+            .dispatch(route, &call, req.payload.clone(), info.encoding)
+            .await
+    }
+    .instrument(span)
+    .await
 }
 
 /// Moves queued frames to the socket: everything queued is fed, then flushed once. Cancel-safe

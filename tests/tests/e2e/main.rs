@@ -26,5 +26,6 @@ mod reload;
 mod revocation;
 mod rolling;
 mod slowloris;
+mod telemetry;
 mod tls;
 mod untrusted_bodies;

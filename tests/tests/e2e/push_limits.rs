@@ -366,7 +366,7 @@ async fn sigterm_closes_every_session_with_1001_and_exits_within_the_window() {
 
     let t = Instant::now();
     gw.terminate();
-    let mut child = gw.child;
+    let mut gw = gw;
     let mut when = Vec::new();
     for ws in &mut sessions {
         assert_eq!(close_code(ws).await, 1001);
@@ -378,7 +378,7 @@ async fn sigterm_closes_every_session_with_1001_and_exits_within_the_window() {
         "closes are spread over the window: {when:?}"
     );
     let status = wait_for("gateway exits", Duration::from_secs(10), || {
-        let s = child.try_wait().unwrap();
+        let s = gw.child.try_wait().unwrap();
         async move { s }
     })
     .await;

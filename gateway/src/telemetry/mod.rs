@@ -1,0 +1,140 @@
+//! `telemetry:` in gateway.yaml (DESIGN §11) and the gateway's spans. The export itself is
+//! `im_telemetry`'s, shared with the backends.
+//!
+//! Spans, one per unit of work and never one per socket: `call` per HTTP request or cmd frame
+//! (server side, parent: the client's `traceparent`), `admission` inside it, `upstream` per
+//! attempt (client side; its context is the backend's `traceparent`), `push` per PushService
+//! call, and `cluster.deliver` per node hop, with recipient counts as attributes.
+
+use serde::Deserialize;
+
+/// `telemetry:` in gateway.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); absent: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (0.0 to 1.0); a client's own sampled flag is followed.
+    pub sample_ratio: f64,
+    /// `service.name` of the gateway's spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+            service_name: "im-gateway".into(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The first field that cannot be used, with what to write instead.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let uri_ok = endpoint.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
+            if !uri_ok {
+                return Err((
+                    "telemetry.otlp_endpoint",
+                    "use the collector's OTLP/gRPC address, e.g. http://127.0.0.1:4317".into(),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err((
+                "telemetry.sample_ratio",
+                "use 0.0 (only traces callers sampled) to 1.0 (every trace; the default)".into(),
+            ));
+        }
+        if self.service_name.trim().is_empty() {
+            return Err((
+                "telemetry.service_name",
+                "must not be empty (default im-gateway)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The export settings, when spans are exported; `instance_id` names this node.
+    pub fn export(&self, instance_id: String) -> Option<im_telemetry::TraceExport> {
+        Some(im_telemetry::TraceExport {
+            endpoint: self.otlp_endpoint.clone()?,
+            sample_ratio: self.sample_ratio,
+            service_name: self.service_name.clone(),
+            instance_id,
+        })
+    }
+}
+
+/// The span of one call (an HTTP request or a cmd frame) of `route`, its parent the client's
+/// `traceparent` when it sent one.
+pub fn call_span(
+    route: &str,
+    transport: &'static str,
+    request_id: &str,
+    traceparent: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "call",
+        otel.name = %route,
+        otel.kind = "server",
+        http.route = %route,
+        im.transport = transport,
+        im.request_id = %request_id,
+    );
+    if let Some(parent) = traceparent {
+        im_telemetry::traceparent::set_parent(&span, parent);
+    }
+    span
+}
+
+/// The `traceparent` for the next hop: the current span's when spans are exported, else the
+/// caller's unchanged.
+pub fn next_hop(caller: Option<&str>) -> Option<String> {
+    im_telemetry::traceparent::current().or_else(|| caller.map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_fields_are_checked() {
+        let with = |f: fn(&mut TelemetryConfig)| {
+            let mut c = TelemetryConfig::default();
+            f(&mut c);
+            c.validate().err().map(|e| e.0)
+        };
+        assert_eq!(with(|_| {}), None);
+        assert_eq!(
+            with(|c| c.otlp_endpoint = Some("http://collector:4317".into())),
+            None
+        );
+        assert_eq!(
+            with(|c| c.otlp_endpoint = Some("collector:4317".into())),
+            Some("telemetry.otlp_endpoint")
+        );
+        assert_eq!(
+            with(|c| c.sample_ratio = 1.5),
+            Some("telemetry.sample_ratio")
+        );
+        assert_eq!(
+            with(|c| c.service_name = " ".into()),
+            Some("telemetry.service_name")
+        );
+        assert!(TelemetryConfig::default().export("n".into()).is_none());
+    }
+
+    #[test]
+    fn without_export_the_caller_s_traceparent_goes_on_unchanged() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let span = call_span("r", "http", "rid", Some(tp));
+        let _entered = span.enter();
+        assert_eq!(next_hop(Some(tp)).as_deref(), Some(tp));
+        assert_eq!(next_hop(None), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Logging and trace export for every process of the system (DESIGN §11): the gateway, the
+//! backends and the launcher call [`init`] once, after their configuration is read.
+//!
+//! - Logs: `tracing`'s text format on stderr, filtered by `RUST_LOG` (default `info`).
+//! - Traces: with an OTLP endpoint, every `info` span of this workspace's crates becomes an
+//!   OpenTelemetry span exported over OTLP/gRPC in batches, with parent-based sampling (a
+//!   caller's sampled flag decides; a new trace is sampled at `sample_ratio`). The exporter lives
+//!   on a runtime of its own: the batch processor's thread needs one for tonic, and the gateway's
+//!   main thread (Pingora) has none. [`Telemetry::shutdown`] flushes what is still queued.
+//! - [`traceparent`]: W3C trace context in and out (HTTP headers, frame fields, gRPC metadata).
+
+pub mod traceparent;
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The crates whose spans are exported (others, e.g. h2's, stay logs only).
+const TRACED_CRATES: [&str; 4] = ["im_gateway", "im_backends", "im_launcher", "im_telemetry"];
+
+/// Where and how traces go.
+#[derive(Debug, Clone)]
+pub struct TraceExport {
+    /// OTLP/gRPC collector, `http://host:4317`.
+    pub endpoint: String,
+    /// Share of new traces sampled, 0.0 to 1.0 (a caller's own decision is followed).
+    pub sample_ratio: f64,
+    /// `service.name` of this process's spans.
+    pub service_name: String,
+    /// `service.instance.id`: the node, so one trace shows which gateway served each hop.
+    pub instance_id: String,
+}
+
+/// The running export (nothing when traces are off); flush it with [`Telemetry::shutdown`].
+pub struct Telemetry {
+    export: Option<(SdkTracerProvider, tokio::runtime::Runtime)>,
+}
+
+/// Logs before the configuration is read: text on stderr for this thread, until the guard drops.
+pub fn early() -> tracing::subscriber::DefaultGuard {
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .finish();
+    tracing::subscriber::set_default(subscriber)
+}
+
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Installs the process's logging and, with `export`, trace export. Once per process (a second
+/// call leaves the first in place); an exporter that cannot be built is an error naming it.
+pub fn init(export: Option<&TraceExport>) -> Result<Telemetry, String> {
+    let export = export.map(start_export).transpose()?;
+    let otel = export.as_ref().map(|(provider, _)| {
+        let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
+            t.with_target(*name, LevelFilter::INFO)
+        });
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("im"))
+            .with_filter(traced)
+    });
+    let logs = tracing_subscriber::fmt::layer().with_filter(env_filter());
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .try_init();
+    Ok(Telemetry { export })
+}
+
+fn start_export(cfg: &TraceExport) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otel-export")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("telemetry: cannot start the export runtime: {e}"))?;
+    // Built inside the runtime: the channel's I/O runs there, whichever thread exports.
+    let exporter = runtime
+        .block_on(async {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(cfg.endpoint.clone())
+                .with_timeout(Duration::from_secs(5))
+                .build()
+        })
+        .map_err(|e| format!("telemetry.otlp_endpoint {}: {e}", cfg.endpoint))?;
+    let resource = Resource::builder()
+        .with_service_name(cfg.service_name.clone())
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            cfg.instance_id.clone(),
+        ))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            cfg.sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build();
+    Ok((provider, runtime))
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.export.is_some()
+    }
+
+    /// Exports what is queued and stops (at shutdown: spans still queued would be lost).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some((provider, runtime)) = self.export.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("telemetry: flushing spans at shutdown failed: {e}");
+            }
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,295 @@
+//! OpenTelemetry traces across processes (DESIGN §11): a real gateway process and a real backends
+//! process export to an OTLP/gRPC receiver in this test; one trace id runs from the client's
+//! `traceparent` through the gateway's spans to the backend handler, and on to the PushService
+//! call the backend makes, each span a child of the one before.
+
+use std::time::Duration;
+
+use futures::SinkExt;
+use im_tests::im::{shipped_routes, ImClient};
+use im_tests::otlp::{OtlpReceiver, Span};
+use im_tests::{
+    free_port, loopback, wait_for, GatewayProcess, ScratchDir, INTERNAL_TOKEN, TEST_SECRET,
+};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::push::{connect_addr, next};
+
+/// A client-made `traceparent`: trace `trace`, parent span `parent`, sampled.
+fn traceparent(trace: &str, parent: &str) -> String {
+    format!("00-{trace}-{parent}-01")
+}
+
+async fn traced_call(c: &ImClient, path: &str, body: Value, tp: &str) -> Value {
+    let resp = c
+        .http
+        .post(format!("{}/service/{path}", c.base))
+        .header("content-type", "application/json")
+        .header("traceparent", tp)
+        .bearer_auth(c.token.as_deref().unwrap_or_default())
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(resp.status(), 200, "{path}");
+    serde_json::from_slice(&resp.bytes().await.expect("body")).expect("JSON reply")
+}
+
+/// Waits until the receiver holds every span of `names` in trace `trace`; the trace's spans.
+async fn trace_with(otlp: &OtlpReceiver, trace: &str, names: &[(&str, &str)]) -> Vec<Span> {
+    wait_for(
+        &format!("spans {names:?} of trace {trace}"),
+        Duration::from_secs(20),
+        || async {
+            let spans: Vec<Span> = otlp
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace)
+                .collect();
+            let all = names.iter().all(|(service, name)| {
+                spans
+                    .iter()
+                    .any(|s| s.service == *service && s.name == *name)
+            });
+            all.then_some(spans)
+        },
+    )
+    .await
+}
+
+/// The span of `service` named `name`, its parent asserted to be `parent`.
+fn child_of<'a>(spans: &'a [Span], service: &str, name: &str, parent: &str) -> &'a Span {
+    let span = spans
+        .iter()
+        .find(|s| s.service == service && s.name == name && s.parent_id == parent)
+        .unwrap_or_else(|| panic!("no {service} span {name} with parent {parent} in {spans:#?}"));
+    span
+}
+
+async fn user(base: &str, nickname: &str, device: &str) -> ImClient {
+    let mut c = ImClient {
+        base: base.to_owned(),
+        http: reqwest::Client::new(),
+        token: None,
+        user_id: String::new(),
+        device_id: String::new(),
+    };
+    c.ok(
+        "user/username_register",
+        json!({"nickname": nickname, "password": "password1"}),
+    )
+    .await;
+    c.login(nickname, "password1", device).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push() {
+    let otlp = OtlpReceiver::start().await;
+    let dir = ScratchDir::new("traces");
+    let backend = loopback(free_port());
+    // Batches leave every 100 ms rather than every 5 s.
+    let env = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let tail = format!(
+        "push: {{internal_token_file: internal.token, drain_window: 0s}}\n\
+         shutdown: {{grace_period: 0s, graceful_timeout: 1s}}\n\
+         telemetry: {{otlp_endpoint: \"{}\"}}\n",
+        otlp.endpoint()
+    );
+    let gw = GatewayProcess::spawn_with_env(
+        env!("CARGO_BIN_EXE_gateway_process"),
+        &dir,
+        &shipped_routes(backend, true),
+        &tail,
+        &env,
+    )
+    .await;
+    let mut backends = std::process::Command::new(env!("CARGO_BIN_EXE_backends_process"))
+        .args(["--listen", &backend.to_string()])
+        .arg("--database")
+        .arg(dir.path("im.db"))
+        .arg("--files-dir")
+        .arg(dir.path("files"))
+        .arg("--jwt-secret-file")
+        .arg(dir.path("hs256.key"))
+        .arg("--internal-token-file")
+        .arg(dir.path("internal.token"))
+        .args(["--push-addr", &gw.internal.to_string()])
+        .args(["--otlp-endpoint", &otlp.endpoint()])
+        .env("RUST_LOG", "warn")
+        .envs(env)
+        .spawn()
+        .expect("spawn backends");
+    assert_eq!(
+        std::fs::read_to_string(dir.path("hs256.key")).unwrap(),
+        TEST_SECRET
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path("internal.token")).unwrap(),
+        INTERNAL_TOKEN
+    );
+    let base = format!("http://{}", gw.edge);
+    // Until the gateway's health checks have found the backends.
+    wait_for(
+        "the backends behind the gateway",
+        Duration::from_secs(30),
+        || {
+            let base = base.clone();
+            async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("{base}/service/user/username_register"))
+                    .header("content-type", "application/json")
+                    .body(json!({"nickname": "probe", "password": "password1"}).to_string())
+                    .send()
+                    .await
+                    .ok()?;
+                (resp.status() == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    let alice = user(&base, "alice", "a-web").await;
+    let bob = user(&base, "bob", "b-web").await;
+
+    // An HTTP request: client -> gateway call -> admission, upstream attempt -> backend handler.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    traced_call(
+        &alice,
+        "user/get_user_info",
+        json!({"user_id": alice.user_id}),
+        &traceparent(trace, "00f067aa0ba902b7"),
+    )
+    .await;
+    let spans = trace_with(
+        &otlp,
+        trace,
+        &[
+            ("im-gateway", "get_user_info"),
+            ("im-gateway", "admission"),
+            ("im-backends", "im.user.v1.UserService/GetUserInfo"),
+        ],
+    )
+    .await;
+    let call = child_of(&spans, "im-gateway", "get_user_info", "00f067aa0ba902b7");
+    assert_eq!(call.attributes["im.transport"], "http");
+    child_of(&spans, "im-gateway", "admission", &call.span_id);
+    let attempt = child_of(
+        &spans,
+        "im-gateway",
+        "/im.user.v1.UserService/GetUserInfo",
+        &call.span_id,
+    );
+    child_of(
+        &spans,
+        "im-backends",
+        "im.user.v1.UserService/GetUserInfo",
+        &attempt.span_id,
+    );
+
+    // A cmd frame on the socket, with the frame's own traceparent.
+    let mut bob_ws = connect_addr(gw.push, &bob.ws_query())
+        .await
+        .expect("bob's socket");
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    bob_ws
+        .send(Message::Text(
+            json!({"seq": "1", "cmd": 1008, "payload": {"user_id": bob.user_id},
+                   "traceparent": traceparent(trace, "10f067aa0ba902b8")})
+            .to_string()
+            .into(),
+        ))
+        .await
+        .unwrap();
+    let Message::Text(reply) = next(&mut bob_ws).await else {
+        panic!("reply frame expected")
+    };
+    assert!(reply.as_str().contains("\"OK\""), "{reply}");
+    let spans = trace_with(
+        &otlp,
+        trace,
+        &[
+            ("im-gateway", "get_user_info"),
+            ("im-backends", "im.user.v1.UserService/GetUserInfo"),
+        ],
+    )
+    .await;
+    let call = child_of(&spans, "im-gateway", "get_user_info", "10f067aa0ba902b8");
+    assert_eq!(call.attributes["im.transport"], "websocket");
+    let attempt = child_of(
+        &spans,
+        "im-gateway",
+        "/im.user.v1.UserService/GetUserInfo",
+        &call.span_id,
+    );
+    child_of(
+        &spans,
+        "im-backends",
+        "im.user.v1.UserService/GetUserInfo",
+        &attempt.span_id,
+    );
+
+    // A message send: the backend's handler calls PushService, and the push to bob's socket is
+    // one span in the same trace, a child of the handler's.
+    let apply = alice
+        .ok(
+            "friend/add_friend_apply",
+            json!({"respondent_id": bob.user_id}),
+        )
+        .await;
+    let processed = bob
+        .ok(
+            "friend/add_friend_process",
+            json!({"notify_event_id": apply["notify_event_id"], "agree": true,
+                   "apply_user_id": alice.user_id}),
+        )
+        .await;
+    let session = processed["new_session_id"].as_str().unwrap().to_owned();
+    let trace = "6bf92f3577b34da6a3ce929d0e0e4738";
+    traced_call(
+        &alice,
+        "message_transmit/new_message",
+        json!({"chat_session_id": session, "client_msg_id": "m-1",
+               "message": {"message_type": "MESSAGE_TYPE_TEXT", "text": "traced"}}),
+        &traceparent(trace, "20f067aa0ba902b9"),
+    )
+    .await;
+    // Bob's socket gets the notify (after the friendship's).
+    loop {
+        let Message::Text(frame) = next(&mut bob_ws).await else {
+            continue;
+        };
+        if frame.as_str().contains("chat_message_notify") {
+            break;
+        }
+    }
+    let spans = trace_with(
+        &otlp,
+        trace,
+        &[
+            ("im-gateway", "new_message"),
+            ("im-backends", "im.message.v1.MsgTransmitService/NewMessage"),
+            ("im-gateway", "push"),
+        ],
+    )
+    .await;
+    let call = child_of(&spans, "im-gateway", "new_message", "20f067aa0ba902b9");
+    let attempt = child_of(
+        &spans,
+        "im-gateway",
+        "/im.message.v1.MsgTransmitService/NewMessage",
+        &call.span_id,
+    );
+    let handler = child_of(
+        &spans,
+        "im-backends",
+        "im.message.v1.MsgTransmitService/NewMessage",
+        &attempt.span_id,
+    );
+    let push = child_of(&spans, "im-gateway", "push", &handler.span_id);
+    assert_eq!(push.attributes["im.push.kind"], "chat_message_notify");
+    assert_eq!(push.attributes["im.push.delivered"], "1", "{push:?}");
+
+    let _ = backends.kill();
+    let _ = backends.wait();
+}
