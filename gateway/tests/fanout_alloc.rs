@@ -89,6 +89,7 @@ fn one_push_to_10k_members_allocates_a_bounded_amount_per_recipient() {
     let targets = Targets {
         platforms: &[],
         exclude_device_ids: &[],
+        newer_than: 0,
     };
 
     let measure = |users: &[String]| {

@@ -7,6 +7,7 @@
 //! - `<p>nodes`: sorted set of live nodes, `<node>/<epoch>` scored by the unix ms their liveness
 //!   lapses at; renewed every heartbeat. An entry whose node is not in it (or lapsed) does not
 //!   count, whatever the user hash still says.
+//! - `<p>leaving`: sorted set of the node runs draining (announced leave), scored as `nodes`.
 //! - `<p>revoked`: sorted set of denied session ids scored by the unix seconds they lapse at.
 //! - channels: `<p>node:<node>` for messages to one node, `<p>revocations` for every node.
 
@@ -32,6 +33,11 @@ impl Keys {
 
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
+    }
+
+    /// Node runs that announced their leave (SIGTERM), scored like `nodes`.
+    pub fn leaving(&self) -> String {
+        format!("{}leaving", self.prefix)
     }
 
     pub fn revoked(&self) -> String {

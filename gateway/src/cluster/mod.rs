@@ -47,6 +47,8 @@ pub struct Cluster {
     /// Runs this node saw die (their liveness lapsed): their entries may be removed. A run merely missing from the view (Redis restarted, a
     /// heartbeat not read yet) is never grounds for removing anything.
     dead: RwLock<HashSet<NodeRun>>,
+    /// Other runs draining (their leave announced) at the last heartbeat.
+    leaving: RwLock<HashSet<NodeRun>>,
     health: Health,
     sends: Semaphore,
     /// Pushes being forwarded to users who left this node (`push::remote`).
@@ -182,6 +184,7 @@ impl Cluster {
             retry_unregister: std::sync::Mutex::default(),
             registering: std::sync::Mutex::default(),
             dead: RwLock::default(),
+            leaving: RwLock::default(),
             health: Health::default(),
             register: Script::new(REGISTER_LUA),
             bucket: Script::new(BUCKET_LUA),
@@ -261,6 +264,19 @@ impl Cluster {
         if let Err(e) = self.link.refresh_shards().await {
             self.fail("shards", e);
         }
+    }
+
+    /// Whether `run` announced its leave (as of the last heartbeat): its sessions are closing, so
+    /// a push for its users is followed up by the sender (`push::remote`).
+    pub fn is_leaving(&self, run: &NodeRun) -> bool {
+        self.leaving
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(run)
+    }
+
+    fn set_leaving(&self, runs: HashSet<NodeRun>) {
+        *self.leaving.write().unwrap_or_else(PoisonError::into_inner) = runs;
     }
 
     /// A place among the forwards in flight, if one is free.

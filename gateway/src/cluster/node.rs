@@ -66,13 +66,34 @@ async fn leave(cluster: &Cluster) {
     cluster.health.leaving.store(true, Ordering::Relaxed);
     let until = unix_ms() + cluster.config.presence_grace.0.as_millis() as u64;
     let (key, member) = (cluster.keys.nodes(), cluster.run.member());
+    let leaving = cluster.keys.leaving();
+    let now = unix_ms();
+    // Two keys (two slots on a Redis Cluster): two commands, not one pipeline.
+    let _ = cluster
+        .link
+        .run(|mut c| {
+            let member = member.clone();
+            async move {
+                redis::cmd("ZADD")
+                    .arg(key)
+                    .arg(until)
+                    .arg(member)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await;
     let _ = cluster
         .link
         .run(|mut c| async move {
-            redis::cmd("ZADD")
-                .arg(key)
-                .arg(until)
-                .arg(member)
+            redis::pipe()
+                .zadd(&leaving, member, until)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&leaving)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
                 .query_async::<()>(&mut c)
                 .await
         })
@@ -190,6 +211,22 @@ async fn beat(cluster: &Cluster) -> Result<bool, ClusterError> {
         .filter_map(|(m, until)| Some((NodeRun::parse_member(&m)?, until as u64)))
         .filter(|(run, _)| *run != cluster.run)
         .collect();
+    let leaving_key = cluster.keys.leaving();
+    let leaving: Vec<(String, f64)> = cluster
+        .link
+        .run(|mut c| async move {
+            super::scored_from(&leaving_key, now)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+        .map_err(|e| cluster.fail("heartbeat", e))?;
+    cluster.set_leaving(
+        leaving
+            .iter()
+            .filter_map(|(m, _)| NodeRun::parse_member(m))
+            .collect(),
+    );
     cluster.metrics.cluster_nodes.set(others.len() as i64 + 1);
     cluster.update_live(others);
     if !cluster.health.redis_up.swap(true, Ordering::Relaxed) {

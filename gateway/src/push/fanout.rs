@@ -13,6 +13,9 @@ use super::registry::{Device, SessionRegistry};
 pub struct Targets<'a> {
     pub platforms: &'a [String],
     pub exclude_device_ids: &'a [String],
+    /// On this node, only connections with this id or a higher one (0: all): a forwarded push
+    /// reaches the sender's connections that did not exist when it delivered.
+    pub newer_than: u64,
 }
 
 impl Targets<'_> {
@@ -50,7 +53,10 @@ pub fn fan_out_each(
     for (i, user) in users.iter().enumerate() {
         let mut online = false;
         hub.registry.visit(user, &mut |conn| {
-            if failed.is_some() || !targets.admits(&conn.device) {
+            if failed.is_some()
+                || !targets.admits(&conn.device)
+                || conn.conn_id < targets.newer_than
+            {
                 return;
             }
             online = true;

@@ -3,7 +3,7 @@
 //! nodes send here. Without `cluster:` none of this runs. Redis trouble never stops local work:
 //! each function falls back to this node's sessions and the failure is counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ fn by_run(entries: Vec<Entry>) -> HashMap<NodeRun, Vec<u64>> {
 /// counts as delivered when its node was sent the push.
 pub async fn push(
     cluster: &Arc<Cluster>,
-    deps: &PushDeps,
+    deps: &Arc<PushDeps>,
     push: &Push,
     users: &[String],
     targets: &Targets<'_>,
@@ -106,13 +106,25 @@ pub async fn push(
         reply.users_offline = users.len() as u32 - reply.users_online;
         return Ok(reply);
     };
-    // Registered here but gone: closed by this node's drain, moving elsewhere.
+    // Users who may be moving: registered here but gone (closed by this node's drain), or
+    // registered on a node that is draining. This node follows their push up (`forward`).
+    let leaving = |e: &Entry| e.run != cluster.run && cluster.is_leaving(&e.run);
     let missed: Vec<String> = located
         .iter()
         .zip(users)
         .zip(&online)
-        .filter(|((entries, _), here)| !**here && entries.iter().any(|e| e.run == cluster.run))
+        .filter(|((entries, _), here)| {
+            entries
+                .iter()
+                .any(|e| (e.run == cluster.run && !**here) || leaving(e))
+        })
         .map(|((_, user), _)| user.clone())
+        .collect();
+    let leaving_nodes: HashSet<&str> = located
+        .iter()
+        .flatten()
+        .filter(|e| leaving(e))
+        .map(|e| e.run.node.as_str())
         .collect();
     let batches = by_node(
         cluster,
@@ -136,6 +148,8 @@ pub async fn push(
     for (node, (user_ids, conns)) in batches {
         let body = node_message::Body::Deliver(NodeDeliver {
             user_ids,
+            // A draining node does not forward: this one does, for every user it holds.
+            forwarded: leaving_nodes.contains(node.as_str()),
             ..template.clone()
         });
         if cluster.send(&node, traceparent, body).await.is_ok() {
@@ -144,6 +158,7 @@ pub async fn push(
     }
     if !missed.is_empty() {
         forward(
+            deps,
             cluster,
             template,
             missed,
@@ -210,7 +225,13 @@ const FORWARD_AFTER: [Duration; 3] = [
 /// a user found nowhere new is given up (their client catches up by `after_seq`: the message was
 /// stored before it was pushed). Bounded: past `cluster.max_inflight_sends` forwards at once, the
 /// push is not forwarded (counted).
-fn forward(cluster: &Arc<Cluster>, deliver: NodeDeliver, missed: Vec<String>, traceparent: String) {
+fn forward(
+    deps: &Arc<PushDeps>,
+    cluster: &Arc<Cluster>,
+    deliver: NodeDeliver,
+    missed: Vec<String>,
+    traceparent: String,
+) {
     let Some(permit) = cluster.forward_permit() else {
         let busy = cluster
             .metrics
@@ -219,12 +240,16 @@ fn forward(cluster: &Arc<Cluster>, deliver: NodeDeliver, missed: Vec<String>, tr
         busy.inc_by(missed.len() as u64);
         return;
     };
-    let cluster = cluster.clone();
+    let (deps, cluster) = (deps.clone(), cluster.clone());
     tokio::spawn(async move {
         let _permit = permit;
+        let origin_here =
+            deliver.origin_node == cluster.run.node && deliver.origin_epoch == cluster.run.epoch;
         let targets = Targets {
             platforms: &deliver.platforms,
             exclude_device_ids: &deliver.exclude_device_ids,
+            // Here, only the sessions opened after this node delivered.
+            newer_than: deliver.origin_watermark,
         };
         let traceparent = Some(traceparent.as_str()).filter(|t| !t.is_empty());
         let mut pending = missed;
@@ -234,6 +259,27 @@ fn forward(cluster: &Arc<Cluster>, deliver: NodeDeliver, missed: Vec<String>, tr
                 continue;
             };
             let mut found = vec![false; pending.len()];
+            if origin_here {
+                // Users who came back to this node.
+                let table = deps.routes.load();
+                if let Some(push) = &deliver.push {
+                    let local = fan_out_each(
+                        &deps.hub,
+                        push,
+                        &pending,
+                        &targets,
+                        &table.descriptors,
+                        |i, here| found[i] |= here,
+                    );
+                    if let Ok(reply) = local {
+                        let ok = cluster
+                            .metrics
+                            .cluster_forwards
+                            .with_label_values(&["forwarded"]);
+                        ok.inc_by(u64::from(reply.delivered));
+                    }
+                }
+            }
             let fresh = |e: &Entry| !reached(&deliver, e);
             let batches = by_node(&cluster, &pending, &located, &targets, fresh, |i| {
                 found[i] = true
@@ -352,7 +398,7 @@ impl BackgroundService for RemoteService {
     }
 }
 
-async fn apply(deps: &PushDeps, inbound: Inbound) {
+async fn apply(deps: &Arc<PushDeps>, inbound: Inbound) {
     let Some(cluster) = &deps.cluster else {
         return;
     };
@@ -374,9 +420,17 @@ async fn apply(deps: &PushDeps, inbound: Inbound) {
                     im_telemetry::traceparent::set_parent(&span, &msg.traceparent);
                 }
                 let _entered = span.enter();
+                let origin_here =
+                    d.origin_node == cluster.run.node && d.origin_epoch == cluster.run.epoch;
                 let targets = Targets {
                     platforms: &d.platforms,
                     exclude_device_ids: &d.exclude_device_ids,
+                    // A forward back to the first node: only sessions it did not reach.
+                    newer_than: if d.forwarded && origin_here {
+                        d.origin_watermark
+                    } else {
+                        0
+                    },
                 };
                 let table = deps.routes.load();
                 let mut missed = Vec::new();
@@ -400,7 +454,7 @@ async fn apply(deps: &PushDeps, inbound: Inbound) {
                         tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
                     }
                     Ok(_) if !missed.is_empty() && !d.forwarded => {
-                        forward(cluster, d, missed, msg.traceparent);
+                        forward(deps, cluster, d, missed, msg.traceparent);
                     }
                     Ok(_) => {}
                 }

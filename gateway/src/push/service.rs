@@ -73,6 +73,7 @@ impl PushService for PushSvc {
         let targets = Targets {
             platforms: &req.platforms,
             exclude_device_ids: &req.exclude_device_ids,
+            newer_than: 0,
         };
         // One span per call, however many recipients (never one per socket).
         let span = tracing::info_span!(
