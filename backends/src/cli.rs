@@ -101,6 +101,9 @@ pub struct Args {
     /// `service.name` of this process's spans.
     #[arg(long, default_value = "im-backends")]
     pub service_name: String,
+    /// Log lines as `text` or `json` (default: `IM_LOG_FORMAT`, else text).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 impl Args {
@@ -210,9 +213,8 @@ fn push_tls(
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    let telemetry = match args
-        .trace_export()
-        .and_then(|e| im_telemetry::init(e.as_ref()))
+    let telemetry = match im_telemetry::LogFormat::choose(args.log_format.as_deref())
+        .and_then(|format| im_telemetry::init(format, args.trace_export()?.as_ref()))
     {
         Ok(t) => t,
         Err(e) => {

@@ -38,6 +38,9 @@ pub enum Command {
         /// Admin listener address (metrics, health, reload); overrides `listen.admin`.
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+        /// Log lines as `text` or `json` (default: `IM_LOG_FORMAT`, else text).
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
     },
     /// Validate a routes file (methods included, against the descriptor set) and exit:
     /// 0 when valid, 1 with every problem listed.
@@ -89,8 +92,16 @@ pub fn main() -> ExitCode {
             routes,
             edge,
             admin,
+            log_format,
         } => {
-            let early = im_telemetry::early();
+            let format = match im_telemetry::LogFormat::choose(log_format.as_deref()) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("im-gateway: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let early = im_telemetry::early(format);
             let mut cfg = match config.as_deref().map(GatewayConfig::load).transpose() {
                 Ok(c) => c.unwrap_or_default(),
                 Err(e) => {
@@ -99,7 +110,7 @@ pub fn main() -> ExitCode {
                 }
             };
             drop(early);
-            let telemetry = match init_telemetry(&mut cfg) {
+            let telemetry = match init_telemetry(&mut cfg, format) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("im-gateway: {e}");
@@ -146,7 +157,10 @@ pub fn main() -> ExitCode {
 /// Logging and, with `telemetry.otlp_endpoint`, trace export, for the process that runs this
 /// config. Settles the cluster node id first (when generated) so traces and the registry name
 /// the node alike.
-pub fn init_telemetry(cfg: &mut GatewayConfig) -> Result<im_telemetry::Telemetry, String> {
+pub fn init_telemetry(
+    cfg: &mut GatewayConfig,
+    format: im_telemetry::LogFormat,
+) -> Result<im_telemetry::Telemetry, String> {
     let instance = match &mut cfg.cluster {
         Some(cluster) => {
             let id = cluster.resolved_node_id();
@@ -158,7 +172,7 @@ pub fn init_telemetry(cfg: &mut GatewayConfig) -> Result<im_telemetry::Telemetry
             std::process::id()
         ),
     };
-    im_telemetry::init(cfg.telemetry.export(instance).as_ref())
+    im_telemetry::init(format, cfg.telemetry.export(instance).as_ref())
 }
 
 /// `RUST_LOG`-style filter, `info` by default (tests and tools; processes use [`init_telemetry`]).

@@ -52,6 +52,9 @@ pub struct RequestCtx {
     /// Pass-through: request body bytes streamed so far, and whether they passed `max_body`.
     body_bytes: u64,
     body_too_large: bool,
+    /// For the access log: the resolved client address and the call's trace id.
+    client_ip: IpAddr,
+    trace_id: Option<String>,
 }
 
 fn body_too_large_message(max_body: u64) -> String {
@@ -255,6 +258,8 @@ impl ProxyHttp for EdgeProxy {
             extra_headers: Vec::new(),
             body_bytes: 0,
             body_too_large: false,
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            trace_id: None,
         }
     }
 
@@ -272,6 +277,10 @@ impl ProxyHttp for EdgeProxy {
             .guard
             .client_ip
             .resolve(peer, |h| header_list(&req.headers, h));
+        ctx.client_ip = client_ip;
+        ctx.trace_id = header(req, "traceparent")
+            .and_then(im_telemetry::traceparent::trace_id)
+            .map(str::to_owned);
 
         if let Some(origin) = header(req, "origin") {
             if req.method == http::Method::OPTIONS {
@@ -325,12 +334,13 @@ impl ProxyHttp for EdgeProxy {
             Ok(route) => {
                 let route = route.clone();
                 ctx.route = Some(Route::Unary(route.clone()));
-                let span = crate::telemetry::call_span(
+                let (span, trace_id) = crate::telemetry::call_span(
                     &route.name,
                     "http",
                     &ctx.request_id,
                     header(req, "traceparent"),
                 );
+                ctx.trace_id = trace_id;
                 async {
                     match self
                         .admit(session, &route.name, &route.admission, client_ip, ctx)
@@ -528,15 +538,32 @@ impl ProxyHttp for EdgeProxy {
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
         let route = ctx.route.as_ref().map_or("-", Route::name);
-        let status = status.to_string();
         self.metrics
             .requests
-            .with_label_values(&[route, &status])
+            .with_label_values(&[route, &status.to_string()])
             .inc();
         self.metrics
             .latency
             .with_label_values(&[route])
             .observe(ctx.started.elapsed().as_secs_f64());
         ctx.attempt = None;
+        if self.pipeline.access_log {
+            let call = ctx.call.as_ref().map(|c| &c.ctx);
+            let (transport, upstream) = match &ctx.route {
+                Some(Route::PassThrough(_)) => ("grpc", ctx.tried.last().copied()),
+                _ => ("http", call.and_then(|c| c.endpoint.get())),
+            };
+            crate::telemetry::access::log(&crate::telemetry::access::AccessLine {
+                transport,
+                route,
+                status,
+                latency: ctx.started.elapsed(),
+                upstream,
+                user_id: call.and_then(|c| c.user_id.as_deref()),
+                client_ip: ctx.client_ip,
+                request_id: &ctx.request_id,
+                trace_id: ctx.trace_id.as_deref(),
+            });
+        }
     }
 }

@@ -142,6 +142,7 @@ impl Gateway {
             pipeline: Pipeline {
                 guard: guard.clone(),
                 dispatcher: dispatcher.clone(),
+                access_log: config.telemetry.access_log,
             },
             hub: Hub::new(&config.push, config.rate_limit.max_keys, metrics.clone()),
             cluster,

@@ -32,6 +32,9 @@ struct Args {
     /// Address of the backends (must match the endpoints in the routes file).
     #[arg(long, default_value = "127.0.0.1:50051")]
     backends: SocketAddr,
+    /// Log lines as `text` or `json` (default: `IM_LOG_FORMAT`, else text).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 /// Creates `path` with `bytes` random bytes (hex) unless it exists: temp file, 0600, rename.
@@ -94,7 +97,14 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let early = im_telemetry::early();
+    let format = match im_telemetry::LogFormat::choose(args.log_format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("im-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let early = im_telemetry::early(format);
 
     if let Err(e) = std::fs::create_dir_all(&args.data) {
         eprintln!("im-launcher: cannot create {}: {e}", args.data.display());
@@ -121,7 +131,7 @@ fn main() -> ExitCode {
     };
     drop(early);
     // One process, one export: the gateway's and the backends' spans share `telemetry:`.
-    let telemetry = match im_gateway::cli::init_telemetry(&mut cfg) {
+    let telemetry = match im_gateway::cli::init_telemetry(&mut cfg, format) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("im-launcher: {e}");

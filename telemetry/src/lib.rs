@@ -1,7 +1,9 @@
 //! Logging and trace export for every process of the system (DESIGN §11): the gateway, the
 //! backends and the launcher call [`init`] once, after their configuration is read.
 //!
-//! - Logs: `tracing`'s text format on stderr, filtered by `RUST_LOG` (default `info`).
+//! - Logs: on stderr, filtered by `RUST_LOG` (default `info`), as text or as JSON lines
+//!   ([`LogFormat`]: `--log-format`, or `IM_LOG_FORMAT`, since logging starts before any config
+//!   file is read); a JSON line inside a call carries the call's `request_id` and `trace_id`.
 //! - Traces: with an OTLP endpoint, every `info` span of this workspace's crates becomes an
 //!   OpenTelemetry span exported over OTLP/gRPC in batches, with parent-based sampling (a
 //!   caller's sampled flag decides; a new trace is sampled at `sample_ratio`). The exporter lives
@@ -27,6 +29,30 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// The crates whose spans are exported (others, e.g. h2's, stay logs only).
 const TRACED_CRATES: [&str; 4] = ["im_gateway", "im_backends", "im_launcher", "im_telemetry"];
 
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the current span (`request_id`, `trace_id`).
+    Json,
+}
+
+impl LogFormat {
+    /// `flag` (`--log-format`) if given, else `IM_LOG_FORMAT`, else text; an unknown value is an
+    /// error naming both.
+    pub fn choose(flag: Option<&str>) -> Result<Self, String> {
+        let env = std::env::var("IM_LOG_FORMAT").ok();
+        match flag.or(env.as_deref()) {
+            None | Some("text") => Ok(Self::Text),
+            Some("json") => Ok(Self::Json),
+            Some(other) => Err(format!(
+                "log format `{other}` (--log-format or IM_LOG_FORMAT): use text or json"
+            )),
+        }
+    }
+}
+
 /// Where and how traces go.
 #[derive(Debug, Clone)]
 pub struct TraceExport {
@@ -45,12 +71,31 @@ pub struct Telemetry {
     export: Option<(SdkTracerProvider, tokio::runtime::Runtime)>,
 }
 
-/// Logs before the configuration is read: text on stderr for this thread, until the guard drops.
-pub fn early() -> tracing::subscriber::DefaultGuard {
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .finish();
+/// Logs before the configuration is read, on this thread, until the guard drops.
+pub fn early(format: LogFormat) -> tracing::subscriber::DefaultGuard {
+    let subscriber = tracing_subscriber::registry().with(log_layer(format));
     tracing::subscriber::set_default(subscriber)
+}
+
+/// The log lines, in `format`, filtered by `RUST_LOG`.
+fn log_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(env_filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(env_filter())
+            .boxed(),
+    }
 }
 
 fn env_filter() -> EnvFilter {
@@ -59,7 +104,7 @@ fn env_filter() -> EnvFilter {
 
 /// Installs the process's logging and, with `export`, trace export. Once per process (a second
 /// call leaves the first in place); an exporter that cannot be built is an error naming it.
-pub fn init(export: Option<&TraceExport>) -> Result<Telemetry, String> {
+pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, String> {
     let export = export.map(start_export).transpose()?;
     let otel = export.as_ref().map(|(provider, _)| {
         let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
@@ -69,10 +114,9 @@ pub fn init(export: Option<&TraceExport>) -> Result<Telemetry, String> {
             .with_tracer(provider.tracer("im"))
             .with_filter(traced)
     });
-    let logs = tracing_subscriber::fmt::layer().with_filter(env_filter());
     let _ = tracing_subscriber::registry()
         .with(otel)
-        .with(logs)
+        .with(log_layer(format))
         .try_init();
     Ok(Telemetry { export })
 }

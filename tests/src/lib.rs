@@ -109,7 +109,8 @@ impl Drop for ScratchDir {
 /// A real gateway process (the test binary `gateway_process`, whose path integration tests get
 /// as `env!("CARGO_BIN_EXE_gateway_process")`), configured in `dir` with `routes`, the test keys,
 /// free loopback listeners and `tail` (more gateway.yaml: `push:`, `shutdown:`, `cluster:` …);
-/// returned once its push listener accepts. Signal it through `child`.
+/// returned once its push listener accepts. Signal it through `child`. Its log goes to
+/// `gateway.log` in `dir`.
 pub struct GatewayProcess {
     pub child: Child,
     pub edge: SocketAddr,
@@ -149,6 +150,7 @@ impl GatewayProcess {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.path("gateway.log")).expect("gateway.log"))
             .spawn()
             .expect("spawn gateway");
         wait_for(

@@ -36,6 +36,28 @@ pub struct CallContext {
     pub session_end: Option<u64>,
     /// Owner of the API key on `auth: api_key` routes.
     pub api_client: Option<String>,
+    /// The endpoint of the last attempt, for the access log (shared by clones of this context).
+    pub endpoint: EndpointSlot,
+}
+
+/// Where the dispatcher notes the endpoint it called last.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSlot(Arc<std::sync::Mutex<Option<SocketAddr>>>);
+
+impl EndpointSlot {
+    pub fn set(&self, addr: SocketAddr) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+    }
+
+    pub fn get(&self) -> Option<SocketAddr> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Metadata only the gateway sets (from the verified token); client-sent copies are stripped.
@@ -65,6 +87,7 @@ impl CallContext {
             session_id: identity.and_then(|i| i.sid.clone()),
             session_end: identity.map(|i| i.session_end),
             api_client,
+            endpoint: EndpointSlot::default(),
         }
     }
 
@@ -163,6 +186,7 @@ impl Dispatcher {
                 break;
             };
             tried.push(endpoint.addr);
+            ctx.endpoint.set(endpoint.addr);
             if attempt > 0 {
                 self.metrics
                     .retries

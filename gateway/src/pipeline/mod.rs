@@ -142,6 +142,8 @@ pub fn decode(route: &UnaryRoute, request: Request<'_>) -> Result<Bytes, CallErr
 pub struct Pipeline {
     pub guard: Arc<Guard>,
     pub dispatcher: Arc<Dispatcher>,
+    /// `telemetry.access_log`: a line per request and per frame.
+    pub access_log: bool,
 }
 
 impl Pipeline {

@@ -358,17 +358,21 @@ async fn call(
         traceparent: req.traceparent.clone().or_else(|| info.traceparent.clone()),
     };
     let route = &req.route;
-    let span = crate::telemetry::call_span(
+    let started = std::time::Instant::now();
+    let request_id = meta.request_id.clone();
+    let (span, trace_id) = crate::telemetry::call_span(
         &route.name,
         "websocket",
-        &meta.request_id,
+        &request_id,
         meta.traceparent.as_deref(),
     );
-    async {
+    let mut endpoint = None;
+    let result = async {
         let mut call = deps
             .pipeline
             .admit(&route.name, &route.admission, creds, info.client_ip, meta)
             .await?;
+        endpoint = Some(call.ctx.endpoint.clone());
         // The socket's device and platform (the handshake may name them).
         call.ctx.device_id = Some(info.device.device_id.clone());
         call.ctx.platform = Some(info.device.platform.clone());
@@ -376,8 +380,23 @@ async fn call(
             .dispatch(route, &call, req.payload.clone(), info.encoding)
             .await
     }
-    .instrument(span)
-    .await
+    .instrument(span.clone())
+    .await;
+    if deps.pipeline.access_log {
+        let _entered = span.enter();
+        crate::telemetry::access::log(&crate::telemetry::access::AccessLine {
+            transport: "websocket",
+            route: &route.name,
+            status: result.as_ref().map_or_else(|e| e.status, |_| 200),
+            latency: started.elapsed(),
+            upstream: endpoint.and_then(|e| e.get()),
+            user_id: Some(&info.identity.user_id),
+            client_ip: info.client_ip,
+            request_id: &request_id,
+            trace_id: trace_id.as_deref(),
+        });
+    }
+    result
 }
 
 /// Moves queued frames to the socket: everything queued is fed, then flushed once. Cancel-safe

@@ -98,6 +98,7 @@ fn deps(cfg: PushConfig, stuck: SocketAddr, routes_file: &PathBuf) -> Arc<PushDe
         pipeline: Pipeline {
             guard,
             dispatcher: Arc::new(Dispatcher::new(metrics)),
+            access_log: false,
         },
     })
 }

@@ -6,6 +6,8 @@
 //! attempt (client side; its context is the backend's `traceparent`), `push` per PushService
 //! call, and `cluster.deliver` per node hop, with recipient counts as attributes.
 
+pub mod access;
+
 use serde::Deserialize;
 
 /// `telemetry:` in gateway.yaml.
@@ -18,6 +20,8 @@ pub struct TelemetryConfig {
     pub sample_ratio: f64,
     /// `service.name` of the gateway's spans.
     pub service_name: String,
+    /// One log line per HTTP request and per cmd frame (target `im_gateway::access`).
+    pub access_log: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -26,6 +30,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             sample_ratio: 1.0,
             service_name: "im-gateway".into(),
+            access_log: true,
         }
     }
 }
@@ -71,25 +76,36 @@ impl TelemetryConfig {
 }
 
 /// The span of one call (an HTTP request or a cmd frame) of `route`, its parent the client's
-/// `traceparent` when it sent one.
+/// `traceparent` when it sent one; and the call's trace id (for logs: every line inside the span
+/// carries it as `trace_id`).
 pub fn call_span(
     route: &str,
     transport: &'static str,
     request_id: &str,
     traceparent: Option<&str>,
-) -> tracing::Span {
+) -> (tracing::Span, Option<String>) {
     let span = tracing::info_span!(
         "call",
         otel.name = %route,
         otel.kind = "server",
         http.route = %route,
         im.transport = transport,
-        im.request_id = %request_id,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
     );
     if let Some(parent) = traceparent {
         im_telemetry::traceparent::set_parent(&span, parent);
     }
-    span
+    let own = im_telemetry::traceparent::of(&span);
+    let trace_id = own
+        .as_deref()
+        .or(traceparent)
+        .and_then(im_telemetry::traceparent::trace_id)
+        .map(str::to_owned);
+    if let Some(id) = &trace_id {
+        span.record("trace_id", id.as_str());
+    }
+    (span, trace_id)
 }
 
 /// The `traceparent` for the next hop: the current span's when spans are exported, else the
@@ -132,7 +148,11 @@ mod tests {
     #[test]
     fn without_export_the_caller_s_traceparent_goes_on_unchanged() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let span = call_span("r", "http", "rid", Some(tp));
+        let (span, trace_id) = call_span("r", "http", "rid", Some(tp));
+        assert_eq!(
+            trace_id.as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
         let _entered = span.enter();
         assert_eq!(next_hop(Some(tp)).as_deref(), Some(tp));
         assert_eq!(next_hop(None), None);

@@ -9,7 +9,8 @@ use futures::SinkExt;
 use im_tests::im::{shipped_routes, ImClient};
 use im_tests::otlp::{OtlpReceiver, Span};
 use im_tests::{
-    free_port, loopback, wait_for, GatewayProcess, ScratchDir, INTERNAL_TOKEN, TEST_SECRET,
+    echo_routes, free_port, loopback, user_token, wait_for, EchoBackend, GatewayProcess,
+    ScratchDir, INTERNAL_TOKEN, TEST_SECRET,
 };
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -292,4 +293,123 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
 
     let _ = backends.kill();
     let _ = backends.wait();
+}
+
+/// The JSON log lines of a gateway process (the ones that parse).
+fn json_lines(dir: &ScratchDir) -> Vec<Value> {
+    std::fs::read_to_string(dir.path("gateway.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_one_access_line_per_request_and_frame_and_never_a_token() {
+    let backend = EchoBackend::start().await;
+    let routes = format!(
+        "{}  - name: private\n    http: {{ method: POST, path: /service/private }}\n    \
+         upstream: echo\n    grpc: im.echo.v1.EchoService/Echo\n",
+        echo_routes(&[backend.addr], "")
+    );
+    let start = |dir: ScratchDir, access_log: bool| {
+        let routes = routes.clone();
+        async move {
+            let tail = format!(
+                "push: {{internal_token_file: internal.token, drain_window: 0s}}\n\
+                 shutdown: {{grace_period: 0s, graceful_timeout: 1s}}\n\
+                 telemetry: {{access_log: {access_log}}}\n"
+            );
+            let env = [("IM_LOG_FORMAT", "json"), ("RUST_LOG", "info")];
+            let gw = GatewayProcess::spawn_with_env(
+                env!("CARGO_BIN_EXE_gateway_process"),
+                &dir,
+                &routes,
+                &tail,
+                &env,
+            )
+            .await;
+            (dir, gw)
+        }
+    };
+    let (dir, gw) = start(ScratchDir::new("json-logs"), true).await;
+    let http = reqwest::Client::new();
+    let token = user_token("alice");
+    let post = |path: &str, auth: Option<&str>| {
+        let mut req = http
+            .post(format!("http://{}{path}", gw.edge))
+            .header("content-type", "application/json")
+            .header(
+                "traceparent",
+                traceparent("7bf92f3577b34da6a3ce929d0e0e4739", "30f067aa0ba902ba"),
+            )
+            .body(r#"{"text":"hi"}"#);
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(
+        post("/service/echo", Some(&token)).await.unwrap().status(),
+        200
+    );
+    assert_eq!(post("/service/private", None).await.unwrap().status(), 401);
+    let mut ws = connect_addr(gw.push, &format!("token={token}&encoding=json"))
+        .await
+        .expect("socket");
+    ws.send(Message::Text(
+        json!({"seq": "1", "cmd": 1, "payload": {"text": "frame"}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    next(&mut ws).await;
+
+    let access = wait_for("three access lines", Duration::from_secs(10), || async {
+        let lines: Vec<Value> = json_lines(&dir)
+            .into_iter()
+            .filter(|l| l["message"] == "access")
+            .collect();
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await;
+    let line = |route: &str, transport: &str| {
+        access
+            .iter()
+            .find(|l| l["route"] == route && l["transport"] == transport)
+            .unwrap_or_else(|| panic!("no access line for {route} over {transport}: {access:#?}"))
+    };
+    let echo = line("echo", "http");
+    assert_eq!(echo["status"], 200);
+    assert_eq!(echo["user_id"], "alice", "the verified token's subject");
+    assert_eq!(echo["upstream"], backend.addr.to_string());
+    assert_eq!(echo["trace_id"], "7bf92f3577b34da6a3ce929d0e0e4739");
+    assert_eq!(echo["client_ip"], "127.0.0.1");
+    assert!(echo["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(echo["latency_ms"].as_f64().is_some());
+    let refused = line("private", "http");
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["upstream"], "-");
+    let frame = line("echo", "websocket");
+    assert_eq!(frame["status"], 200);
+    assert_eq!(frame["user_id"], "alice");
+    let log = std::fs::read_to_string(dir.path("gateway.log")).unwrap();
+    assert!(!log.contains(&token), "a token reached the log");
+    drop((ws, gw));
+
+    // Turned off: no access line, the other logs stay.
+    let (dir, gw) = start(ScratchDir::new("no-access-log"), false).await;
+    let resp = http
+        .post(format!("http://{}/service/echo", gw.edge))
+        .header("content-type", "application/json")
+        .body(r#"{"text":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = json_lines(&dir);
+    assert!(!lines.is_empty(), "the gateway still logs (JSON)");
+    assert!(lines.iter().all(|l| l["message"] != "access"), "{lines:#?}");
 }
