@@ -220,7 +220,8 @@ async fn send_queued(
                 })
                 .await;
             if let Err(status) = pushed {
-                tracing::warn!(kind, code = ?status.code(), "push failed: {}", status.message());
+                let cause = causes(&status);
+                tracing::warn!(kind, code = ?status.code(), cause, "push failed: {}", status.message());
             }
         });
     }
@@ -302,7 +303,7 @@ impl Gateways {
         for i in 0..n {
             let index = (start + i) % n;
             match call(self.clients[index].clone()).await {
-                Err(status) if not_connected(&status) => {
+                Err(status) if never_delivered(&status) => {
                     tracing::debug!(gateway = index, "gateway not reachable; trying the next");
                     last = Some(status);
                 }
@@ -318,13 +319,35 @@ impl Gateways {
     }
 }
 
-/// Whether a failed call never reached a gateway: the TCP connect failed or timed out.
-fn not_connected(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
+/// The chain of errors under `status`, for the log (`a: b: c`).
+fn causes(status: &tonic::Status) -> String {
+    let mut out = Vec::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
+        out.push(format!("{e:?}"));
+        source = e.source();
+    }
+    out.join(": ")
+}
+
+/// Whether a failed call provably never reached a gateway's handler, so it may go to the next
+/// one: the TCP connect failed or timed out, the gateway refused the stream (an HTTP/2 GOAWAY it
+/// sent covers streams it never processed: a draining gateway's listener closing), or the
+/// connection closed before the request was written.
+fn never_delivered(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.is_go_away() && h2.is_remote())
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        if status.code() != tonic::Code::Unavailable {
+            source = e.source();
+            continue;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             if matches!(

@@ -1,16 +1,53 @@
-//! Prometheus metrics of one gateway, in its own registry (two gateways in one process never mix).
+//! Prometheus metrics of one gateway, in its own registries (two gateways in one process never
+//! mix): the `im_gateway_*` families, and beside them the OpenTelemetry semantic conventions'
+//! (`http_server_request_duration_seconds`, `rpc_client_call_duration_seconds`) and the standard
+//! `process_*` ones, under their own names. Label values are bounded: route and upstream names
+//! from routes.yaml, endpoints from it, platforms mapped onto [`PLATFORMS`], never a user id or a
+//! raw path.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+/// The platforms a metric label may name; a client's other values count as `other`.
+pub const PLATFORMS: [&str; 5] = ["ios", "android", "web", "desktop", "other"];
+
+/// A client-supplied platform as a metric label (one of [`PLATFORMS`]).
+pub fn platform_label(platform: &str) -> &'static str {
+    match platform.to_ascii_lowercase().as_str() {
+        "ios" | "iphone" | "ipad" | "ipados" => "ios",
+        "android" => "android",
+        "web" | "h5" | "browser" | "wap" => "web",
+        "desktop" | "pc" | "windows" | "mac" | "macos" | "linux" | "electron" => "desktop",
+        _ => "other",
+    }
+}
+
+/// The conventions' buckets for `*.duration` histograms, in seconds.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
 pub struct Metrics {
     registry: Registry,
+    /// The families named by the conventions (no `im_gateway_` prefix).
+    standard: Registry,
     /// Requests by route and HTTP status (`route` is `-` when nothing matched).
     pub requests: IntCounterVec,
-    /// End-to-end latency by route.
+    /// `http.server.request.duration`: a request's or cmd frame's whole time in the gateway, by
+    /// route, status and transport (http, grpc, websocket).
     pub latency: HistogramVec,
+    /// The gateway's own share of it (the whole time less the upstream attempts'), by route.
+    pub own_latency: HistogramVec,
+    /// `rpc.client.call.duration`: one upstream attempt, by method, endpoint and gRPC status code.
+    pub upstream_latency: HistogramVec,
+    /// Open WebSocket sessions by platform ([`PLATFORMS`]).
+    pub ws_by_platform: IntGaugeVec,
+    /// This process: CPU seconds, resident bytes, open descriptors; refreshed at scrape time.
+    pub process_cpu: prometheus::Counter,
+    pub process_rss: IntGauge,
+    pub process_fds: IntGauge,
     /// 1 when an endpoint takes traffic, by upstream and endpoint; refreshed at scrape time.
     pub endpoint_healthy: IntGaugeVec,
     /// Upstream attempts that failed, by upstream and kind (connect, refused, timeout, transport).
@@ -88,15 +125,59 @@ impl Metrics {
             &["route", "status"],
         )
         .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "Request latency by route").buckets(
-                vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
+        let standard = Registry::new();
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric")
+        };
+        let latency = histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP requests and cmd frames in the gateway (http.server.request.duration)",
+            &["http_route", "http_response_status_code", "im_transport"],
+        );
+        let upstream_latency = histogram(
+            "rpc_client_call_duration_seconds",
+            "Duration of upstream gRPC attempts (rpc.client.call.duration)",
+            &["rpc_method", "server_address", "rpc_grpc_status_code"],
+        );
+        let own_latency = histogram(
+            "own_duration_seconds",
+            "The gateway's own time per request or frame: the whole less the upstream attempts",
+            &["http_route"],
+        );
+        let ws_by_platform = IntGaugeVec::new(
+            Opts::new(
+                "ws_connections_by_platform",
+                "Open WebSocket sessions by platform (ios, android, web, desktop, other)",
             ),
-            &["route"],
+            &["platform"],
         )
         .expect("valid metric");
+        let process_cpu = prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "User and system CPU time of this process",
+        )
+        .expect("valid metric");
+        let process_rss = IntGauge::new(
+            "process_resident_memory_bytes",
+            "Resident memory of this process",
+        )
+        .expect("valid metric");
+        let process_fds =
+            IntGauge::new("process_open_fds", "Open file descriptors of this process")
+                .expect("valid metric");
+        for c in [
+            Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_latency.clone()),
+            Box::new(process_cpu.clone()),
+            Box::new(process_rss.clone()),
+            Box::new(process_fds.clone()),
+        ] {
+            standard.register(c).expect("unique metric");
+        }
         let endpoint_healthy = IntGaugeVec::new(
             Opts::new(
                 "upstream_endpoint_healthy",
@@ -265,7 +346,8 @@ impl Metrics {
             Box::new(cluster_forwards.clone()),
             Box::new(cluster_nodes.clone()),
             Box::new(cluster_lag.clone()),
-            Box::new(latency.clone()),
+            Box::new(own_latency.clone()),
+            Box::new(ws_by_platform.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(upstream_failures.clone()),
             Box::new(retries.clone()),
@@ -296,6 +378,13 @@ impl Metrics {
             registry,
             requests,
             latency,
+            own_latency,
+            upstream_latency,
+            ws_by_platform,
+            process_cpu,
+            process_rss,
+            process_fds,
+            standard,
             endpoint_healthy,
             upstream_failures,
             retries,
@@ -334,9 +423,67 @@ impl Metrics {
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.standard.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "metrics did not render");
         }
         out
+    }
+}
+
+/// Reads this process's CPU time, resident memory and open descriptors from `/proc/self`
+/// (nothing changes where it cannot be read).
+pub fn refresh_process(m: &Metrics) {
+    // `/proc/self/stat`: after the `(comm)` field, utime and stime are fields 14 and 15.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: Vec<f64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if ticks.len() == 2 {
+            // USER_HZ is 100 on Linux.
+            let cpu = (ticks[0] + ticks[1]) / 100.0;
+            let delta = cpu - m.process_cpu.get();
+            if delta > 0.0 {
+                m.process_cpu.inc_by(delta);
+            }
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
+        if let Some(kb) = rss_kb {
+            m.process_rss.set(kb * 1024);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        m.process_fds.set(fds.count() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_map_onto_the_fixed_set_and_process_figures_are_read() {
+        assert_eq!(platform_label("iOS"), "ios");
+        assert_eq!(platform_label("Windows"), "desktop");
+        assert_eq!(platform_label("h5"), "web");
+        let labels: std::collections::HashSet<&str> = (0..1000)
+            .map(|i| platform_label(&format!("p{i}")))
+            .collect();
+        assert_eq!(labels.into_iter().collect::<Vec<_>>(), vec!["other"]);
+        let m = Metrics::new();
+        refresh_process(&m);
+        assert!(m.process_rss.get() > 0 && m.process_fds.get() > 0);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }

@@ -542,17 +542,25 @@ impl ProxyHttp for EdgeProxy {
             .requests
             .with_label_values(&[route, &status.to_string()])
             .inc();
+        let elapsed = ctx.started.elapsed();
+        let call = ctx.call.as_ref().map(|c| &c.ctx);
+        let (transport, upstream) = match &ctx.route {
+            Some(Route::PassThrough(_)) => ("grpc", ctx.tried.last().copied()),
+            _ => ("http", call.and_then(|c| c.endpoint.get())),
+        };
         self.metrics
             .latency
-            .with_label_values(&[route])
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .with_label_values(&[route, &status.to_string(), transport])
+            .observe(elapsed.as_secs_f64());
+        if let (Some(Route::Unary(_)), Some(call)) = (&ctx.route, call) {
+            let own = elapsed.saturating_sub(call.endpoint.upstream_time());
+            self.metrics
+                .own_latency
+                .with_label_values(&[route])
+                .observe(own.as_secs_f64());
+        }
         ctx.attempt = None;
         if self.pipeline.access_log {
-            let call = ctx.call.as_ref().map(|c| &c.ctx);
-            let (transport, upstream) = match &ctx.route {
-                Some(Route::PassThrough(_)) => ("grpc", ctx.tried.last().copied()),
-                _ => ("http", call.and_then(|c| c.endpoint.get())),
-            };
             crate::telemetry::access::log(&crate::telemetry::access::AccessLine {
                 transport,
                 route,

@@ -267,6 +267,11 @@ impl Gateway {
                 addr: cfg.listen.internal,
                 tls: self.internal_tls.clone(),
                 token_sha256: self.internal_token,
+                serve_after_shutdown: cfg
+                    .shutdown
+                    .grace_period
+                    .0
+                    .saturating_sub(std::time::Duration::from_millis(250)),
             }),
         };
         server.add_service(edge);

@@ -187,6 +187,7 @@ impl AdminApp {
             .set(self.guard.auth.revocation().len() as i64);
         let hub = &self.push.hub;
         self.metrics.ws_connections.set(hub.conns.open() as i64);
+        crate::metrics::refresh_process(&self.metrics);
         let (total, max) = hub.queued_bytes();
         self.metrics.ws_queued_bytes.set(total as i64);
         self.metrics.ws_queued_bytes_max.set(max as i64);

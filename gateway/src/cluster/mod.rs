@@ -74,6 +74,8 @@ struct Health {
     view_ms: AtomicU64,
     /// The node announced its leave (SIGTERM): no more heartbeats.
     leaving: AtomicBool,
+    /// Sessions may open: the subscription delivered once, or the start-up wait passed.
+    sessions_open: AtomicBool,
 }
 
 /// The multi-device rule, applied in Redis to the user's connections on every node: the fields
@@ -139,6 +141,9 @@ fn lookup_lua(redis_cluster: bool) -> String {
 /// Users looked up by one script call (a group push to more goes out as several calls, still in
 /// one round trip per shard).
 const LOOKUP_CHUNK: usize = 512;
+
+/// How long a starting node holds WebSocket handshakes back for its subscription.
+pub const STARTUP_WAIT_MS: u64 = 3000;
 
 /// Failed unregistrations kept for a retry.
 const MAX_RETRIED_UNREGISTERS: usize = 100_000;
@@ -264,6 +269,20 @@ impl Cluster {
         if let Err(e) = self.link.refresh_shards().await {
             self.fail("shards", e);
         }
+    }
+
+    /// At start only: waits until this node's subscription has delivered its first probe, so no
+    /// session registers here while pushes sent to this node would reach nobody; gives up
+    /// [`STARTUP_WAIT_MS`] after the node started (Redis away: sessions work locally).
+    pub async fn until_ready_for_sessions(&self) {
+        if self.health.sessions_open.load(Ordering::Relaxed) {
+            return;
+        }
+        let deadline = self.run.epoch + STARTUP_WAIT_MS;
+        while !self.health.subscribed.load(Ordering::Relaxed) && unix_ms() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.health.sessions_open.store(true, Ordering::Relaxed);
     }
 
     /// Whether `run` announced its leave (as of the last heartbeat): its sessions are closing, so

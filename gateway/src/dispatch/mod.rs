@@ -36,27 +36,39 @@ pub struct CallContext {
     pub session_end: Option<u64>,
     /// Owner of the API key on `auth: api_key` routes.
     pub api_client: Option<String>,
-    /// The endpoint of the last attempt, for the access log (shared by clones of this context).
-    pub endpoint: EndpointSlot,
+    /// The upstream attempts' endpoint and time, for the access log and the gateway-own
+    /// latency (shared by clones of this context).
+    pub endpoint: UpstreamNote,
 }
 
-/// Where the dispatcher notes the endpoint it called last.
+/// Where the dispatcher notes the endpoint it called last and the time its attempts took.
 #[derive(Debug, Clone, Default)]
-pub struct EndpointSlot(Arc<std::sync::Mutex<Option<SocketAddr>>>);
+pub struct UpstreamNote(Arc<std::sync::Mutex<(Option<SocketAddr>, std::time::Duration)>>);
 
-impl EndpointSlot {
-    pub fn set(&self, addr: SocketAddr) {
-        *self
+impl UpstreamNote {
+    fn attempted(&self, addr: SocketAddr, took: std::time::Duration) {
+        let mut note = self
             .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        note.0 = Some(addr);
+        note.1 += took;
     }
 
+    /// The endpoint of the last attempt.
     pub fn get(&self) -> Option<SocketAddr> {
-        *self
-            .0
+        self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+    }
+
+    /// The time spent in upstream attempts.
+    pub fn upstream_time(&self) -> std::time::Duration {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
     }
 }
 
@@ -87,7 +99,7 @@ impl CallContext {
             session_id: identity.and_then(|i| i.sid.clone()),
             session_end: identity.map(|i| i.session_end),
             api_client,
-            endpoint: EndpointSlot::default(),
+            endpoint: UpstreamNote::default(),
         }
     }
 
@@ -186,7 +198,6 @@ impl Dispatcher {
                 break;
             };
             tried.push(endpoint.addr);
-            ctx.endpoint.set(endpoint.addr);
             if attempt > 0 {
                 self.metrics
                     .retries
@@ -205,10 +216,21 @@ impl Dispatcher {
                 im.attempt = attempt,
                 otel.status_code = tracing::field::Empty,
             );
+            let started = std::time::Instant::now();
             let result = self
                 .attempt(upstream, endpoint.addr, path.clone(), body.clone(), ctx)
                 .instrument(span.clone())
                 .await;
+            let took = started.elapsed();
+            ctx.endpoint.attempted(endpoint.addr, took);
+            let code = match &result {
+                Ok(_) => 0,
+                Err((e, _)) => e.code() as i32,
+            };
+            self.metrics
+                .upstream_latency
+                .with_label_values(&[path.as_str(), &endpoint.addr.to_string(), &code.to_string()])
+                .observe(took.as_secs_f64());
             if result.is_err() {
                 span.record("otel.status_code", "ERROR");
             }

@@ -164,6 +164,9 @@ impl ServerApp for PushApp {
 /// The WebSocket handshake (checks in the callback, bounded by the handshake timeout), then
 /// the session.
 async fn accept(stream: Stream, deps: Arc<PushDeps>, shutdown: ShutdownWatch) {
+    if let Some(cluster) = &deps.cluster {
+        cluster.until_ready_for_sessions().await;
+    }
     let peer = stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))

@@ -126,20 +126,24 @@ pub async fn push(
         .filter(|e| leaving(e))
         .map(|e| e.run.node.as_str())
         .collect();
+    let mut sent_to_runs = HashSet::new();
     let batches = by_node(
         cluster,
         users,
         &located,
         targets,
         |_| true,
-        |i| online[i] = true,
+        |i, e| {
+            online[i] = true;
+            sent_to_runs.insert(e.run.member());
+        },
     );
     let template = NodeDeliver {
         push: Some(push.clone()),
         user_ids: Vec::new(),
         platforms: targets.platforms.to_vec(),
         exclude_device_ids: targets.exclude_device_ids.to_vec(),
-        sent_to_nodes: batches.keys().cloned().collect(),
+        sent_to_runs: sent_to_runs.into_iter().collect(),
         forwarded: false,
         origin_node: cluster.run.node.clone(),
         origin_epoch: cluster.run.epoch,
@@ -157,6 +161,7 @@ pub async fn push(
         }
     }
     if !missed.is_empty() {
+        tracing::debug!(users = ?missed, leaving = ?leaving_nodes, "cluster: following a push up");
         forward(
             deps,
             cluster,
@@ -178,7 +183,7 @@ fn by_node(
     located: &[Vec<Entry>],
     targets: &Targets<'_>,
     include: impl Fn(&Entry) -> bool,
-    mut found: impl FnMut(usize),
+    mut found: impl FnMut(usize, &Entry),
 ) -> HashMap<String, (Vec<String>, u32)> {
     let mut batches: HashMap<String, (Vec<String>, u32)> = HashMap::new();
     for (i, entries) in located.iter().enumerate() {
@@ -198,7 +203,7 @@ fn by_node(
                 batch.0.push(users[i].clone());
             }
             batch.1 += 1;
-            found(i);
+            found(i, e);
         }
     }
     batches
@@ -208,7 +213,8 @@ fn by_node(
 /// was sent the push, or it is the first node's connection from before its local delivery.
 fn reached(deliver: &NodeDeliver, e: &Entry) -> bool {
     let origin = e.run.node == deliver.origin_node && e.run.epoch == deliver.origin_epoch;
-    deliver.sent_to_nodes.contains(&e.run.node) || (origin && e.conn_id < deliver.origin_watermark)
+    deliver.sent_to_runs.contains(&e.run.member())
+        || (origin && e.conn_id < deliver.origin_watermark)
 }
 
 /// When a push for users who left a node is looked up again: by then a user who reconnected
@@ -281,7 +287,7 @@ fn forward(
                 }
             }
             let fresh = |e: &Entry| !reached(&deliver, e);
-            let batches = by_node(&cluster, &pending, &located, &targets, fresh, |i| {
+            let batches = by_node(&cluster, &pending, &located, &targets, fresh, |i, _| {
                 found[i] = true
             });
             for (node, (user_ids, _)) in batches {
@@ -297,6 +303,7 @@ fn forward(
                         .cluster_forwards
                         .with_label_values(&["forwarded"]);
                     ok.inc_by(forwarded);
+                    tracing::debug!(%node, users = forwarded, "cluster: push forwarded to where its users went");
                 }
             }
             let mut found = found.into_iter();
@@ -310,6 +317,7 @@ fn forward(
             .cluster_forwards
             .with_label_values(&["gave_up"]);
         gave_up.inc_by(pending.len() as u64);
+        tracing::debug!(users = ?pending, "cluster: push not forwarded: its users are nowhere new");
     });
 }
 

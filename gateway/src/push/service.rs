@@ -219,6 +219,10 @@ pub struct InternalGrpc {
     pub tls: Option<ServerTlsConfig>,
     /// SHA-256 of the internal token; `None` refuses every call.
     pub token_sha256: Option<[u8; 32]>,
+    /// How long after shutdown starts the listener keeps taking calls (`shutdown.grace_period`
+    /// less a margin): through the drain, then it stops taking new ones and finishes those in
+    /// flight before the runtime stops.
+    pub serve_after_shutdown: std::time::Duration,
 }
 
 fn authorized(expected: Option<[u8; 32]>, req: &Request<()>) -> Result<(), Status> {
@@ -245,6 +249,7 @@ fn authorized(expected: Option<[u8; 32]>, req: &Request<()>) -> Result<(), Statu
 #[async_trait]
 impl BackgroundService for InternalGrpc {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let serve_after = self.serve_after_shutdown;
         let listener = match tokio::net::TcpListener::bind(self.addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -274,10 +279,16 @@ impl BackgroundService for InternalGrpc {
         let served = builder
             .add_service(health)
             .add_service(svc)
+            // Through the drain too: the draining node still delivers to its remaining sessions
+            // and, in cluster mode, through the others, and backends keep one channel to a node
+            // (a Push refused mid-drain would be lost: Push is never resent). Then no new calls
+            // (backends find the listener closed and move to the next gateway) while the calls
+            // in flight finish, before the runtime stops and would cut them.
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
                 async move {
                     let _ = shutdown.changed().await;
+                    tokio::time::sleep(serve_after).await;
                 },
             )
             .await;

@@ -156,6 +156,13 @@ pub async fn run<S>(
         deps.hub.budget.clone(),
     );
     register(&info, &deps, conn_id, &handle);
+    let platform = crate::metrics::platform_label(&info.device.platform);
+    let by_platform = deps
+        .hub
+        .metrics
+        .ws_by_platform
+        .with_label_values(&[platform]);
+    by_platform.inc();
 
     let (mut sink, mut stream) = ws.split();
     let now = TokioInstant::now();
@@ -221,6 +228,7 @@ pub async fn run<S>(
     deps.hub
         .registry
         .unregister(&info.identity.user_id, conn_id);
+    by_platform.dec();
     let requested = *close_rx.borrow();
     let drained = matches!(requested, Some((close::GOING_AWAY, _)));
     super::remote::closed(&deps, &info.identity.user_id, conn_id, drained);
@@ -382,13 +390,27 @@ async fn call(
     }
     .instrument(span.clone())
     .await;
+    let status = result.as_ref().map_or_else(|e| e.status, |_| 200);
+    let elapsed = started.elapsed();
+    let metrics = &deps.hub.metrics;
+    metrics
+        .latency
+        .with_label_values(&[&route.name, &status.to_string(), "websocket"])
+        .observe(elapsed.as_secs_f64());
+    if let Some(note) = &endpoint {
+        let own = elapsed.saturating_sub(note.upstream_time());
+        metrics
+            .own_latency
+            .with_label_values(&[&route.name])
+            .observe(own.as_secs_f64());
+    }
     if deps.pipeline.access_log {
         let _entered = span.enter();
         crate::telemetry::access::log(&crate::telemetry::access::AccessLine {
             transport: "websocket",
             route: &route.name,
-            status: result.as_ref().map_or_else(|e| e.status, |_| 200),
-            latency: started.elapsed(),
+            status,
+            latency: elapsed,
             upstream: endpoint.and_then(|e| e.get()),
             user_id: Some(&info.identity.user_id),
             client_ip: info.client_ip,

@@ -132,6 +132,9 @@ async fn a_rolling_restart_of_both_nodes_loses_no_message_and_no_presence() {
         .unwrap_or(20)
         .max(2)
         & !1;
+    if std::env::var("IM_ROLLING_LOG").is_ok() {
+        im_gateway::cli::init_logging();
+    }
     let redis = RedisServer::start();
     let mut sys = ImSystem::start_cluster(&redis.url(), 2).await;
     let edges = [sys.gw.url(""), sys.nodes[0].url("")];
@@ -270,22 +273,23 @@ async fn a_rolling_restart_of_both_nodes_loses_no_message_and_no_presence() {
     .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let missing: Vec<(usize, Vec<u64>)> = (0..peers.len())
+        let missing: Vec<(usize, String, Vec<u64>)> = (0..peers.len())
             .map(|i| {
                 let seen = seen[i].lock().unwrap();
                 (
                     i,
+                    peers[i].client.user_id.clone(),
                     expected(i).difference(&seen).copied().collect::<Vec<_>>(),
                 )
             })
-            .filter(|(_, m)| !m.is_empty())
+            .filter(|(_, _, m)| !m.is_empty())
             .collect();
         if missing.is_empty() {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "messages never reached their recipients (client, missing seqs): {missing:?}"
+            "messages never reached their recipients (client, user, missing seqs): {missing:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
