@@ -68,6 +68,17 @@ fn child_of<'a>(spans: &'a [Span], service: &str, name: &str, parent: &str) -> &
     span
 }
 
+const USER_INFO: &str = "im.user.v1.UserService/GetUserInfo";
+
+/// The gateway's call span of `route` (a child of `parent`), its upstream attempt of `method` and
+/// the backend's handler, each the child of the one before.
+fn hops<'a>(spans: &'a [Span], route: &str, method: &str, parent: &str) -> (&'a Span, &'a Span) {
+    let call = child_of(spans, "im-gateway", route, parent);
+    let attempt = child_of(spans, "im-gateway", &format!("/{method}"), &call.span_id);
+    let handler = child_of(spans, "im-backends", method, &attempt.span_id);
+    (call, handler)
+}
+
 async fn user(base: &str, nickname: &str, device: &str) -> ImClient {
     let mut c = ImClient {
         base: base.to_owned(),
@@ -172,21 +183,9 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
         ],
     )
     .await;
-    let call = child_of(&spans, "im-gateway", "get_user_info", "00f067aa0ba902b7");
+    let (call, _) = hops(&spans, "get_user_info", USER_INFO, "00f067aa0ba902b7");
     assert_eq!(call.attributes["im.transport"], "http");
     child_of(&spans, "im-gateway", "admission", &call.span_id);
-    let attempt = child_of(
-        &spans,
-        "im-gateway",
-        "/im.user.v1.UserService/GetUserInfo",
-        &call.span_id,
-    );
-    child_of(
-        &spans,
-        "im-backends",
-        "im.user.v1.UserService/GetUserInfo",
-        &attempt.span_id,
-    );
 
     // A cmd frame on the socket, with the frame's own traceparent.
     let mut bob_ws = connect_addr(gw.push, &bob.ws_query())
@@ -215,20 +214,8 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
         ],
     )
     .await;
-    let call = child_of(&spans, "im-gateway", "get_user_info", "10f067aa0ba902b8");
+    let (call, _) = hops(&spans, "get_user_info", USER_INFO, "10f067aa0ba902b8");
     assert_eq!(call.attributes["im.transport"], "websocket");
-    let attempt = child_of(
-        &spans,
-        "im-gateway",
-        "/im.user.v1.UserService/GetUserInfo",
-        &call.span_id,
-    );
-    child_of(
-        &spans,
-        "im-backends",
-        "im.user.v1.UserService/GetUserInfo",
-        &attempt.span_id,
-    );
 
     // A message send: the backend's handler calls PushService, and the push to bob's socket is
     // one span in the same trace, a child of the handler's.
@@ -274,18 +261,11 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
         ],
     )
     .await;
-    let call = child_of(&spans, "im-gateway", "new_message", "20f067aa0ba902b9");
-    let attempt = child_of(
+    let (_, handler) = hops(
         &spans,
-        "im-gateway",
-        "/im.message.v1.MsgTransmitService/NewMessage",
-        &call.span_id,
-    );
-    let handler = child_of(
-        &spans,
-        "im-backends",
+        "new_message",
         "im.message.v1.MsgTransmitService/NewMessage",
-        &attempt.span_id,
+        "20f067aa0ba902b9",
     );
     let push = child_of(&spans, "im-gateway", "push", &handler.span_id);
     assert_eq!(push.attributes["im.push.kind"], "chat_message_notify");
