@@ -183,13 +183,7 @@ impl ImSystem {
 
     /// A client of the gateway node `gw` (this system's `gw` or one of its `nodes`).
     pub fn client_of(&self, gw: &TestGateway) -> ImClient {
-        ImClient {
-            base: format!("http://{}", gw.edge),
-            http: reqwest::Client::new(),
-            token: None,
-            user_id: String::new(),
-            device_id: String::new(),
-        }
+        ImClient::at(&format!("http://{}", gw.edge))
     }
 
     /// Registers `nickname` and logs in through `gw` on `device_id` (platform `web`).
@@ -289,6 +283,39 @@ impl ImClient {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// A client of the gateway at `base` (`http://host:port`), not signed in.
+    pub fn at(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            http: reqwest::Client::new(),
+            token: None,
+            user_id: String::new(),
+            device_id: String::new(),
+        }
+    }
+
+    /// Asks `other` to be friends and `other` agrees, over HTTP only; the new one-to-one
+    /// session's id.
+    pub async fn befriend(&self, other: &ImClient) -> String {
+        let apply = self
+            .ok(
+                "friend/add_friend_apply",
+                json!({"respondent_id": other.user_id}),
+            )
+            .await;
+        let done = other
+            .ok(
+                "friend/add_friend_process",
+                json!({"notify_event_id": apply["notify_event_id"], "agree": true,
+                       "apply_user_id": self.user_id}),
+            )
+            .await;
+        done["new_session_id"]
+            .as_str()
+            .expect("new_session_id")
+            .to_owned()
     }
 
     /// Like [`call`](Self::call) but the call must succeed.

@@ -148,20 +148,7 @@ async fn a_rolling_restart_of_both_nodes_loses_no_message_and_no_presence() {
         let b = sys
             .user_of(&sys.nodes[0], &format!("rb{pair}"), "web-b")
             .await;
-        let apply = a
-            .ok(
-                "friend/add_friend_apply",
-                json!({"respondent_id": b.user_id}),
-            )
-            .await;
-        let done = b
-            .ok(
-                "friend/add_friend_process",
-                json!({"notify_event_id": apply["notify_event_id"], "agree": true,
-                       "apply_user_id": a.user_id}),
-            )
-            .await;
-        let session = done["new_session_id"].as_str().unwrap().to_owned();
+        let session = a.befriend(&b).await;
         for (me, other, home) in [(&a, &b, 0), (&b, &a, 1)] {
             peers.push(Arc::new(Peer {
                 client: me.clone(),

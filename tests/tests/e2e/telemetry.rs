@@ -80,13 +80,7 @@ fn hops<'a>(spans: &'a [Span], route: &str, method: &str, parent: &str) -> (&'a 
 }
 
 async fn user(base: &str, nickname: &str, device: &str) -> ImClient {
-    let mut c = ImClient {
-        base: base.to_owned(),
-        http: reqwest::Client::new(),
-        token: None,
-        user_id: String::new(),
-        device_id: String::new(),
-    };
+    let mut c = ImClient::at(base);
     c.ok(
         "user/username_register",
         json!({"nickname": nickname, "password": "password1"}),
@@ -219,20 +213,7 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
 
     // A message send: the backend's handler calls PushService, and the push to bob's socket is
     // one span in the same trace, a child of the handler's.
-    let apply = alice
-        .ok(
-            "friend/add_friend_apply",
-            json!({"respondent_id": bob.user_id}),
-        )
-        .await;
-    let processed = bob
-        .ok(
-            "friend/add_friend_process",
-            json!({"notify_event_id": apply["notify_event_id"], "agree": true,
-                   "apply_user_id": alice.user_id}),
-        )
-        .await;
-    let session = processed["new_session_id"].as_str().unwrap().to_owned();
+    let session = alice.befriend(&bob).await;
     let trace = "6bf92f3577b34da6a3ce929d0e0e4738";
     traced_call(
         &alice,
