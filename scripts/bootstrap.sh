@@ -4,7 +4,7 @@
 # Debian's Chromium with playwright-core from npm (no browser download), and a CJK font makes
 # Chinese text legible in its screenshots. The gRPC contract tests use clients the project did not
 # write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm. Cluster
-# mode's tests need redis-server 7 (sharded pub/sub, RESP3).
+# mode's tests need redis-server 7 (sharded pub/sub, RESP3); the dashboard test, Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -15,6 +15,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # Cluster-mode tests start their own redis-server (and read its counters with redis-cli).
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
+# The dashboard test evaluates every panel's query on a real Prometheus it starts itself.
+command -v prometheus >/dev/null || need+=(prometheus)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

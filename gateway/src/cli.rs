@@ -110,7 +110,7 @@ pub fn main() -> ExitCode {
                 }
             };
             drop(early);
-            let telemetry = match init_telemetry(&mut cfg, format) {
+            let mut telemetry = match init_telemetry(&mut cfg, format) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("im-gateway: {e}");
@@ -138,6 +138,10 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            telemetry.export_metrics(gateway.config.telemetry.metrics_interval.0, {
+                let scrape = gateway.scrape();
+                Box::new(move || scrape.families())
+            });
             match gateway.into_server(true) {
                 Ok(server) => {
                     tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
@@ -154,7 +158,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logging and, with `telemetry.otlp_endpoint`, trace export, for the process that runs this
+/// Logging and, with `telemetry.otlp_endpoint`, trace and metrics export, for the process that runs this
 /// config. Settles the cluster node id first (when generated) so traces and the registry name
 /// the node alike.
 pub fn init_telemetry(

@@ -24,6 +24,9 @@ pub fn platform_label(platform: &str) -> &'static str {
     }
 }
 
+/// The kinds of failed upstream attempt (`upstream_failures_total`'s `kind`).
+pub const UPSTREAM_FAILURES: [&str; 4] = ["connect", "refused", "timeout", "transport"];
+
 /// The conventions' buckets for `*.duration` histograms, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -56,6 +59,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Route reloads by result (`ok`, `error`).
     pub reloads: IntCounterVec,
+    /// 1 when the last reload applied (or none was tried since start), 0 when it was rejected.
+    pub last_reload_ok: IntGauge,
+    /// Unix time the serving table was loaded.
+    pub last_reload_ok_time: IntGauge,
     /// Refused credentials by reason (missing, expired, signature, revoked, role, ...).
     pub auth_failures: IntCounterVec,
     /// Rate-limited requests by route and key kind.
@@ -73,6 +80,8 @@ pub struct Metrics {
     /// Push frames queued for a connection / dropped (queue full or session closing).
     pub pushes_delivered: IntCounter,
     pub pushes_dropped: IntCounter,
+    /// Recipients of PushService calls who had no session anywhere.
+    pub pushes_offline: IntCounter,
     /// Sessions closed with 4003 because they did not read.
     pub ws_slow_closes: IntCounter,
     pub ws_budget_sheds: IntCounter,
@@ -105,6 +114,8 @@ pub struct Metrics {
     pub cluster_nodes: IntGauge,
     /// Cluster mode: seconds from a node sending a message to this node reading it.
     pub cluster_lag: prometheus::Histogram,
+    /// Cluster mode: seconds per Redis command or pipeline, answered or not.
+    pub cluster_redis_latency: prometheus::Histogram,
 }
 
 impl Default for Metrics {
@@ -236,6 +247,20 @@ impl Metrics {
             "pushes_dropped_total",
             "Push frames dropped (queue full or session closing)",
         );
+        let pushes_offline = counter(
+            "pushes_offline_total",
+            "Recipients of PushService calls who had no session on any node",
+        );
+        let last_reload_ok = gauge(
+            "route_last_reload_successful",
+            "1 when the last route reload applied, 0 when it was rejected (the previous table serves)",
+        );
+        last_reload_ok.set(1);
+        let last_reload_ok_time = gauge(
+            "route_last_reload_success_timestamp_seconds",
+            "Unix time the serving route table was loaded",
+        );
+        last_reload_ok_time.set(crate::clock::unix_now() as i64);
         let ws_slow_closes = counter(
             "ws_slow_consumer_closes_total",
             "Sessions closed with 4003 because they did not read",
@@ -335,8 +360,22 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let cluster_redis_latency = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "cluster_redis_duration_seconds",
+                "Cluster mode: time of each Redis command or pipeline, answered or not",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pushes_offline.clone()),
+            Box::new(last_reload_ok.clone()),
+            Box::new(last_reload_ok_time.clone()),
+            Box::new(cluster_redis_latency.clone()),
             Box::new(cluster_errors.clone()),
             Box::new(ratelimit_cluster_fallbacks.clone()),
             Box::new(cluster_messages.clone()),
@@ -373,6 +412,13 @@ impl Metrics {
             Box::new(ws_frames_limited.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
+        }
+        // Bounded label sets start at zero, so a dashboard shows 0 rather than "no data".
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        for platform in PLATFORMS {
+            ws_by_platform.with_label_values(&[platform]);
         }
         Self {
             registry,
@@ -417,19 +463,51 @@ impl Metrics {
             cluster_forwards,
             cluster_nodes,
             cluster_lag,
+            cluster_redis_latency,
+            pushes_offline,
+            last_reload_ok,
+            last_reload_ok_time,
         }
+    }
+
+    /// Starts every upstream's failure and retry counters at zero (on each table load: the
+    /// names come from routes.yaml, so the set is bounded by what ops configured).
+    pub fn known_upstreams<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            self.retries.with_label_values(&[name]);
+            for kind in UPSTREAM_FAILURES {
+                self.upstream_failures.with_label_values(&[name, kind]);
+            }
+        }
+    }
+
+    /// Starts cluster mode's error counters at zero, one per Redis operation.
+    pub fn known_cluster_ops(&self, ops: &[&str]) {
+        for op in ops {
+            self.cluster_errors.with_label_values(&[op]);
+        }
+    }
+
+    /// Every family as it stands (gauges read at scrape time are as last refreshed).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.registry.gather();
+        families.extend(self.standard.gather());
+        families
     }
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 * 1024);
-        let mut families = self.registry.gather();
-        families.extend(self.standard.gather());
-        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-            tracing::error!(error = %e, "metrics did not render");
-        }
-        out
+        render(&self.gather())
     }
+}
+
+/// Prometheus text exposition of `families`.
+pub fn render(families: &[prometheus::proto::MetricFamily]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 * 1024);
+    if let Err(e) = TextEncoder::new().encode(families, &mut out) {
+        tracing::error!(error = %e, "metrics did not render");
+    }
+    out
 }
 
 /// Reads this process's CPU time, resident memory and open descriptors from `/proc/self`

@@ -55,6 +55,9 @@ pub struct RequestCtx {
     /// For the access log: the resolved client address and the call's trace id.
     client_ip: IpAddr,
     trace_id: Option<String>,
+    /// Pass-through: the call's span, open until the request is logged; its context is the
+    /// upstream's `traceparent`.
+    span: Option<tracing::Span>,
 }
 
 fn body_too_large_message(max_body: u64) -> String {
@@ -260,6 +263,7 @@ impl ProxyHttp for EdgeProxy {
             body_too_large: false,
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             trace_id: None,
+            span: None,
         }
     }
 
@@ -311,6 +315,14 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             };
             ctx.route = Some(Route::PassThrough(route.clone()));
+            let (span, trace_id) = crate::telemetry::call_span(
+                &route.name,
+                "grpc",
+                &ctx.request_id,
+                header(req, "traceparent"),
+            );
+            ctx.trace_id = trace_id;
+            ctx.span = Some(span.clone());
             let declared = header(req, "content-length").and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > route.max_body) {
                 let msg = body_too_large_message(route.max_body);
@@ -320,6 +332,7 @@ impl ProxyHttp for EdgeProxy {
             }
             return match self
                 .admit(session, &route.name, &route.admission, client_ip, ctx)
+                .instrument(span)
                 .await
             {
                 Ok(()) => Ok(false),
@@ -438,6 +451,11 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(h);
         }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        // With spans exported the backend's parent is this call's span; otherwise the client's
+        // `traceparent` goes on unchanged.
+        if let Some(tp) = ctx.span.as_ref().and_then(im_telemetry::traceparent::of) {
+            upstream_request.insert_header("traceparent", tp)?;
+        }
         let mut result = Ok(());
         if let Some(call) = &ctx.call {
             call.ctx.for_each_identity_header(|name, value| {

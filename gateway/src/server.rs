@@ -88,6 +88,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// What `/metrics` and the OTLP metrics export read.
+    pub fn scrape(&self) -> crate::admin::scrape::Scrape {
+        crate::admin::scrape::Scrape {
+            routes: self.routes.clone(),
+            metrics: self.metrics.clone(),
+            push: self.push.clone(),
+            guard: self.guard.clone(),
+        }
+    }
+
     /// Loads the route table (a broken file is an error here) and wires the shared parts.
     pub fn build(config: GatewayConfig, routes_path: PathBuf) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
@@ -213,6 +223,7 @@ impl Gateway {
                 guard: self.guard.clone(),
                 push: self.push.clone(),
                 access: self.admin_access.clone(),
+                scrape: self.scrape(),
             }),
         );
         admin.threads = Some(1);

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
     };
     drop(early);
     // One process, one export: the gateway's and the backends' spans share `telemetry:`.
-    let telemetry = match im_gateway::cli::init_telemetry(&mut cfg, format) {
+    let mut telemetry = match im_gateway::cli::init_telemetry(&mut cfg, format) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("im-launcher: {e}");
@@ -178,10 +178,14 @@ fn main() -> ExitCode {
         let _ = backends_stopped.await;
     }));
 
+    let metrics_interval = cfg.telemetry.metrics_interval.0;
     let gateway = match Gateway::build(cfg, args.routes.clone())
         .map_err(|e| e.to_string())
-        .and_then(|g| RunningGateway::start(g).map_err(|e| e.to_string()))
-    {
+        .and_then(|g| {
+            let scrape = g.scrape();
+            telemetry.export_metrics(metrics_interval, Box::new(move || scrape.families()));
+            RunningGateway::start(g).map_err(|e| e.to_string())
+        }) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("im-launcher: {} rejected:\n{e}", args.routes.display());

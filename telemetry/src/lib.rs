@@ -9,8 +9,11 @@
 //!   caller's sampled flag decides; a new trace is sampled at `sample_ratio`). The exporter lives
 //!   on a runtime of its own: the batch processor's thread needs one for tonic, and the gateway's
 //!   main thread (Pingora) has none. [`Telemetry::shutdown`] flushes what is still queued.
+//! - Metrics: with an OTLP endpoint, [`Telemetry::export_metrics`] sends what the process's
+//!   Prometheus registries gather every interval, and once more at shutdown ([`metrics`]).
 //! - [`traceparent`]: W3C trace context in and out (HTTP headers, frame fields, gRPC metadata).
 
+pub mod metrics;
 pub mod traceparent;
 
 use std::time::Duration;
@@ -66,9 +69,27 @@ pub struct TraceExport {
     pub instance_id: String,
 }
 
-/// The running export (nothing when traces are off); flush it with [`Telemetry::shutdown`].
+/// The running export (nothing when export is off); flush it with [`Telemetry::shutdown`].
 pub struct Telemetry {
-    export: Option<(SdkTracerProvider, tokio::runtime::Runtime)>,
+    export: Option<Export>,
+}
+
+struct Export {
+    provider: SdkTracerProvider,
+    runtime: tokio::runtime::Runtime,
+    endpoint: String,
+    /// `service.name` and `service.instance.id`, as OTLP attributes for metrics.
+    resource: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+    metrics: Option<MetricsTask>,
+}
+
+/// What the process's registries gather, called on the export runtime.
+pub type Gather = Box<dyn Fn() -> Vec<prometheus::proto::MetricFamily> + Send + Sync>;
+
+struct MetricsTask {
+    /// Dropped or sent: export once more and stop.
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
 }
 
 /// Logs before the configuration is read, on this thread, until the guard drops.
@@ -106,7 +127,7 @@ fn env_filter() -> EnvFilter {
 /// call leaves the first in place); an exporter that cannot be built is an error naming it.
 pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, String> {
     let export = export.map(start_export).transpose()?;
-    let otel = export.as_ref().map(|(provider, _)| {
+    let otel = export.as_ref().map(|Export { provider, .. }| {
         let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
             t.with_target(*name, LevelFilter::INFO)
         });
@@ -121,7 +142,7 @@ pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry
     Ok(Telemetry { export })
 }
 
-fn start_export(cfg: &TraceExport) -> Result<(SdkTracerProvider, tokio::runtime::Runtime), String> {
+fn start_export(cfg: &TraceExport) -> Result<Export, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("otel-export")
@@ -152,7 +173,16 @@ fn start_export(cfg: &TraceExport) -> Result<(SdkTracerProvider, tokio::runtime:
         ))))
         .with_resource(resource)
         .build();
-    Ok((provider, runtime))
+    Ok(Export {
+        provider,
+        runtime,
+        endpoint: cfg.endpoint.clone(),
+        resource: vec![
+            metrics::resource_attr("service.name", &cfg.service_name),
+            metrics::resource_attr("service.instance.id", &cfg.instance_id),
+        ],
+        metrics: None,
+    })
 }
 
 impl Telemetry {
@@ -166,12 +196,34 @@ impl Telemetry {
         self.stop();
     }
 
+    /// Sends what `gather` returns over OTLP every `interval` and at shutdown, when export is on
+    /// (a second call replaces the first). A collector that does not answer costs a warning per
+    /// failed export, never the caller's time: gathering and sending run on the export runtime.
+    pub fn export_metrics(&mut self, interval: Duration, gather: Gather) {
+        let Some(export) = self.export.as_mut() else {
+            return;
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let sender = metrics::Sender::new(&export.endpoint, export.resource.clone(), gather);
+        let done = export.runtime.spawn(sender.run(interval, stopped));
+        export.metrics = Some(MetricsTask { stop, done });
+    }
+
     fn stop(&mut self) {
-        if let Some((provider, runtime)) = self.export.take() {
-            if let Err(e) = provider.shutdown() {
+        if let Some(export) = self.export.take() {
+            if let Some(task) = export.metrics {
+                let _ = task.stop.send(());
+                let flushed = export.runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(3), task.done).await
+                });
+                if flushed.is_err() {
+                    eprintln!("telemetry: the last metrics export did not finish within 3 s");
+                }
+            }
+            if let Err(e) = export.provider.shutdown() {
                 eprintln!("telemetry: flushing spans at shutdown failed: {e}");
             }
-            runtime.shutdown_timeout(Duration::from_secs(1));
+            export.runtime.shutdown_timeout(Duration::from_secs(1));
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 pub mod backend_memory;
 pub mod im;
 pub mod otlp;
+pub mod prometheus;
 pub mod redis_server;
 
 /// The PushService token of every test gateway.
@@ -109,11 +110,12 @@ impl Drop for ScratchDir {
 /// A real gateway process (the test binary `gateway_process`, whose path integration tests get
 /// as `env!("CARGO_BIN_EXE_gateway_process")`), configured in `dir` with `routes`, the test keys,
 /// free loopback listeners and `tail` (more gateway.yaml: `push:`, `shutdown:`, `cluster:` …);
-/// returned once its push listener accepts. Signal it through `child`. Its log goes to
+/// returned once its edge, admin and push listeners accept. Signal it through `child`. Its log goes to
 /// `gateway.log` in `dir`.
 pub struct GatewayProcess {
     pub child: Child,
     pub edge: SocketAddr,
+    pub admin: SocketAddr,
     pub push: SocketAddr,
     pub internal: SocketAddr,
 }
@@ -156,12 +158,18 @@ impl GatewayProcess {
         wait_for(
             "gateway process listening",
             Duration::from_secs(30),
-            || async move { tokio::net::TcpStream::connect(push).await.ok().map(drop) },
+            || async move {
+                for addr in [edge, admin, push] {
+                    tokio::net::TcpStream::connect(addr).await.ok()?;
+                }
+                Some(())
+            },
         )
         .await;
         Self {
             child,
             edge,
+            admin,
             push,
             internal,
         }

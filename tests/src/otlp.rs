@@ -1,10 +1,16 @@
-//! An OTLP/gRPC trace receiver in the test process: what the gateway and backend processes
-//! export, as flat spans with their service, ids and parent.
+//! An OTLP/gRPC receiver in the test process: what the gateway and backend processes export, as
+//! flat spans with their service, ids and parent, and as metric points.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -30,6 +36,87 @@ pub struct Span {
 
 #[derive(Clone, Default)]
 struct Collected(Arc<Mutex<Vec<Span>>>);
+
+/// One received metric point: histograms as their count and sum, sums and gauges as value.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub service: String,
+    /// `service.instance.id` of the process that exported it.
+    pub instance: String,
+    pub metric: String,
+    pub unit: String,
+    pub kind: &'static str,
+    pub attributes: HashMap<String, String>,
+    pub value: f64,
+    pub count: u64,
+}
+
+#[derive(Clone, Default)]
+struct Points(Arc<Mutex<Vec<Point>>>);
+
+#[tonic::async_trait]
+impl MetricsService for Points {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+        let number = |v: &Option<Value>| match v {
+            Some(Value::AsDouble(d)) => *d,
+            Some(Value::AsInt(i)) => *i as f64,
+            None => f64::NAN,
+        };
+        let mut points = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            let attrs = resource
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = attrs.get("service.name").cloned().unwrap_or_default();
+            let instance = attrs
+                .get("service.instance.id")
+                .cloned()
+                .unwrap_or_default();
+            for scope in resource.scope_metrics {
+                for m in scope.metrics {
+                    let point = |kind, attributes, value, count| Point {
+                        service: service.clone(),
+                        instance: instance.clone(),
+                        metric: m.name.clone(),
+                        unit: m.unit.clone(),
+                        kind,
+                        attributes,
+                        value,
+                        count,
+                    };
+                    match &m.data {
+                        Some(Data::Sum(sum)) => {
+                            points.extend(sum.data_points.iter().map(|p| {
+                                point("sum", attributes(&p.attributes), number(&p.value), 0)
+                            }))
+                        }
+                        Some(Data::Gauge(g)) => points.extend(g.data_points.iter().map(|p| {
+                            point("gauge", attributes(&p.attributes), number(&p.value), 0)
+                        })),
+                        Some(Data::Histogram(h)) => points.extend(h.data_points.iter().map(|p| {
+                            let buckets: u64 = p.bucket_counts.iter().sum();
+                            assert_eq!(buckets, p.count, "buckets add up to the count: {p:?}");
+                            assert_eq!(p.bucket_counts.len(), p.explicit_bounds.len() + 1);
+                            point(
+                                "histogram",
+                                attributes(&p.attributes),
+                                p.sum.unwrap_or_default(),
+                                p.count,
+                            )
+                        })),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Collected {
@@ -83,6 +170,7 @@ fn attributes(kvs: &[KeyValue]) -> HashMap<String, String> {
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
     spans: Collected,
+    points: Points,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -93,16 +181,20 @@ impl OtlpReceiver {
             .expect("bind the OTLP receiver");
         let addr = listener.local_addr().expect("receiver address");
         let spans = Collected::default();
+        let points = Points::default();
         let service = TraceServiceServer::new(spans.clone());
+        let metrics = MetricsServiceServer::new(points.clone());
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await;
         });
         Self {
             addr,
             spans,
+            points,
             _server: server,
         }
     }
@@ -110,6 +202,11 @@ impl OtlpReceiver {
     /// `http://addr`, for `telemetry.otlp_endpoint` and `--otlp-endpoint`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Every metric point received so far, oldest first.
+    pub fn points(&self) -> Vec<Point> {
+        self.points.0.lock().unwrap().clone()
     }
 
     /// Every span received so far.

@@ -5,6 +5,7 @@
 //! request checked first by [`access`] (token, allowed hosts, JSON POSTs).
 
 pub mod access;
+pub mod scrape;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,6 +30,7 @@ pub struct AdminApp {
     pub push: Arc<PushDeps>,
     pub guard: Arc<Guard>,
     pub access: access::AdminAccess,
+    pub scrape: scrape::Scrape,
 }
 
 /// Largest admin request body read.
@@ -177,32 +179,6 @@ impl AdminApp {
             ),
         }
     }
-
-    fn refresh_gauges(&self) {
-        self.metrics
-            .ratelimit_keys
-            .set(self.routes.registries().limiters.live_keys() as i64);
-        self.metrics
-            .revoked_sessions
-            .set(self.guard.auth.revocation().len() as i64);
-        let hub = &self.push.hub;
-        self.metrics.ws_connections.set(hub.conns.open() as i64);
-        crate::metrics::refresh_process(&self.metrics);
-        let (total, max) = hub.queued_bytes();
-        self.metrics.ws_queued_bytes.set(total as i64);
-        self.metrics.ws_queued_bytes_max.set(max as i64);
-        self.metrics
-            .ws_queue_budget_used
-            .set(hub.budget.used() as i64);
-        let table = self.routes.load();
-        self.metrics.endpoint_healthy.reset();
-        for (up, ep) in table.endpoints() {
-            self.metrics
-                .endpoint_healthy
-                .with_label_values(&[&up.name, &ep.addr.to_string()])
-                .set(i64::from(ep.state.available()));
-        }
-    }
 }
 
 #[async_trait]
@@ -245,8 +221,8 @@ impl ServeHttp for AdminApp {
                 json_response(200, body)
             }
             ("GET", "/metrics") => {
-                self.refresh_gauges();
-                respond(200, "text/plain; version=0.0.4", self.metrics.render())
+                let text = crate::metrics::render(&self.scrape.families());
+                respond(200, "text/plain; version=0.0.4", text)
             }
             ("GET", "/admin/routes") => json_response(200, self.routes_json()),
             ("POST", "/admin/reload") => match self.routes.reload("admin") {

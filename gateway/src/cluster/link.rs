@@ -95,9 +95,17 @@ pub struct Link {
     /// A Redis Cluster's shards by the first slot each range starts at: (last slot, shard).
     shards: Arc<RwLock<BTreeMap<u16, (u16, String)>>>,
     timeout: Duration,
+    /// Seconds each command (or pipeline) took, answered or not.
+    latency: Option<prometheus::Histogram>,
 }
 
 impl Link {
+    /// Times every command into `latency` (the node's Redis latency metric).
+    pub fn with_latency(mut self, latency: prometheus::Histogram) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
     pub fn new(cfg: &ClusterConfig) -> Result<Self, LinkError> {
         let infos = cfg
             .redis_urls()
@@ -122,6 +130,7 @@ impl Link {
             commands: Arc::default(),
             shards: Arc::default(),
             timeout: cfg.command_timeout.0,
+            latency: None,
         })
     }
 
@@ -188,6 +197,10 @@ impl Link {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let conn = self.commands.load_full().ok_or(LinkError::NotConnected)?;
+        let _timer = self
+            .latency
+            .as_ref()
+            .map(prometheus::Histogram::start_timer);
         bounded(self.timeout, f((*conn).clone())).await
     }
 

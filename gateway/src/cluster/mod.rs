@@ -170,13 +170,30 @@ pub fn policy_name(policy: crate::policy::MultiDevicePolicy) -> &'static str {
     }
 }
 
+/// The Redis operations whose failures are counted, by the names the metric shows.
+const OPS: [&str; 12] = [
+    "heartbeat",
+    "subscribe",
+    "prepare",
+    "shards",
+    "register",
+    "reregister",
+    "unregister",
+    "locate",
+    "publish",
+    "revoke",
+    "revoked",
+    "rate_limit",
+];
+
 impl Cluster {
     pub fn new(config: ClusterConfig, metrics: Arc<Metrics>) -> Result<Self, LinkError> {
         let run = NodeRun {
             node: config.resolved_node_id(),
             epoch: unix_ms(),
         };
-        let link = Link::new(&config)?;
+        let link = Link::new(&config)?.with_latency(metrics.cluster_redis_latency.clone());
+        metrics.known_cluster_ops(&OPS);
         let config_cluster = config.redis_cluster;
         Ok(Self {
             keys: Keys::new(&config.prefix),
@@ -218,7 +235,7 @@ impl Cluster {
         })
     }
 
-    /// Counts a failed Redis operation by its name.
+    /// Counts a failed Redis operation by its name (one of [`OPS`]).
     fn fail(&self, op: &str, e: LinkError) -> ClusterError {
         self.metrics.cluster_errors.with_label_values(&[op]).inc();
         tracing::debug!(op, error = %e, "cluster operation failed");

@@ -115,6 +115,11 @@ impl PushService for PushSvc {
         span.record("im.push.delivered", reply.delivered);
         span.record("im.push.online", reply.users_online);
         span.record("im.push.offline", reply.users_offline);
+        self.deps
+            .hub
+            .metrics
+            .pushes_offline
+            .inc_by(u64::from(reply.users_offline));
         Ok(Response::new(reply))
     }
 

@@ -63,6 +63,7 @@ impl RouteStore {
     ) -> Result<Self, RoutesError> {
         let table = source.build(&registries)?;
         tracing::info!(version = %table.version, routes = table.routes.len(), "routes loaded");
+        metrics.known_upstreams(table.upstreams.keys().map(String::as_str));
         Ok(Self {
             current: ArcSwap::from_pointee(table),
             source,
@@ -120,11 +121,17 @@ impl RouteStore {
         match result {
             Ok(table) => {
                 let table = Arc::new(table);
+                self.metrics
+                    .known_upstreams(table.upstreams.keys().map(String::as_str));
                 let old = self.current.swap(table.clone());
                 status.reloads_ok += 1;
                 status.last_error = None;
                 drop(status);
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics.last_reload_ok.set(1);
+                self.metrics
+                    .last_reload_ok_time
+                    .set(crate::clock::unix_now() as i64);
                 self.swapped.send_modify(|n| *n += 1);
                 tracing::info!(trigger, from = %old.version, to = %table.version, routes = table.routes.len(), "routes reloaded");
                 Ok(table)
@@ -135,6 +142,7 @@ impl RouteStore {
                 status.last_error_at = Some(SystemTime::now());
                 drop(status);
                 self.metrics.reloads.with_label_values(&["error"]).inc();
+                self.metrics.last_reload_ok.set(0);
                 tracing::error!(trigger, error = %e, "routes reload rejected; the previous table keeps serving");
                 Err(e)
             }

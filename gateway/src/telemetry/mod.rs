@@ -8,14 +8,20 @@
 
 pub mod access;
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use crate::units::HumanDuration;
 
 /// `telemetry:` in gateway.yaml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); absent: no spans are exported.
+    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); absent: no spans or metrics are exported.
     pub otlp_endpoint: Option<String>,
+    /// How often metrics are exported over OTLP (also once at shutdown).
+    pub metrics_interval: HumanDuration,
     /// Share of new traces sampled (0.0 to 1.0); a client's own sampled flag is followed.
     pub sample_ratio: f64,
     /// `service.name` of the gateway's spans.
@@ -28,6 +34,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            metrics_interval: HumanDuration(Duration::from_secs(15)),
             sample_ratio: 1.0,
             service_name: "im-gateway".into(),
             access_log: true,
@@ -48,6 +55,14 @@ impl TelemetryConfig {
                     "use the collector's OTLP/gRPC address, e.g. http://127.0.0.1:4317".into(),
                 ));
             }
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.metrics_interval.0)
+        {
+            return Err((
+                "telemetry.metrics_interval",
+                "use 100ms to 1h (default 15s, a common collector scrape interval)".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err((
@@ -133,6 +148,10 @@ mod tests {
         assert_eq!(
             with(|c| c.otlp_endpoint = Some("collector:4317".into())),
             Some("telemetry.otlp_endpoint")
+        );
+        assert_eq!(
+            with(|c| c.metrics_interval = HumanDuration(Duration::ZERO)),
+            Some("telemetry.metrics_interval")
         );
         assert_eq!(
             with(|c| c.sample_ratio = 1.5),

@@ -8,6 +8,7 @@ mod browser;
 mod check;
 mod client_ip;
 mod cluster;
+mod dashboard;
 mod diagnostics;
 mod failover;
 mod grpc_clients;

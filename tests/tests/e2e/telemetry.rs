@@ -100,7 +100,7 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     let tail = format!(
         "push: {{internal_token_file: internal.token, drain_window: 0s}}\n\
          shutdown: {{grace_period: 0s, graceful_timeout: 1s}}\n\
-         telemetry: {{otlp_endpoint: \"{}\"}}\n",
+         telemetry: {{otlp_endpoint: \"{}\", metrics_interval: 200ms}}\n",
         otlp.endpoint()
     );
     let gw = GatewayProcess::spawn_with_env(
@@ -113,6 +113,7 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     .await;
     let mut backends = std::process::Command::new(env!("CARGO_BIN_EXE_backends_process"))
         .args(["--listen", &backend.to_string()])
+        .args(["--services", "user,friend,message,file,echo"])
         .arg("--database")
         .arg(dir.path("im.db"))
         .arg("--files-dir")
@@ -181,6 +182,49 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     assert_eq!(call.attributes["im.transport"], "http");
     child_of(&spans, "im-gateway", "admission", &call.span_id);
 
+    // The same request in the metrics sent over OTLP: the conventions' histogram under its
+    // dotted name and attributes, our counters under the names /metrics shows less `_total`.
+    let points = wait_for(
+        "the request in the exported metrics",
+        Duration::from_secs(20),
+        || async {
+            let points = otlp.points();
+            let seen = points.iter().any(|p| {
+                p.metric == "http.server.request.duration"
+                    && p.attributes.get("http.route").map(String::as_str) == Some("get_user_info")
+                    && p.count >= 1
+            });
+            seen.then_some(points)
+        },
+    )
+    .await;
+    let latency = points
+        .iter()
+        .find(|p| {
+            p.metric == "http.server.request.duration"
+                && p.attributes.get("http.route").map(String::as_str) == Some("get_user_info")
+        })
+        .unwrap();
+    assert_eq!(
+        (latency.service.as_str(), latency.unit.as_str()),
+        ("im-gateway", "s")
+    );
+    assert_eq!(latency.attributes["http.response.status_code"], "200");
+    let requests = points
+        .iter()
+        .rfind(|p| {
+            p.metric == "im_gateway_requests"
+                && p.attributes.get("route").map(String::as_str) == Some("get_user_info")
+        })
+        .expect("requests counter exported");
+    assert_eq!(requests.kind, "sum");
+    assert!(requests.value >= 1.0, "{requests:?}");
+    assert!(points.iter().any(|p| p.metric == "rpc.client.call.duration"
+        && p.attributes.get("rpc.method") == Some(&format!("/{USER_INFO}"))));
+    assert!(points
+        .iter()
+        .any(|p| p.metric == "process_resident_memory" && p.unit == "By" && p.value > 0.0));
+
     // A cmd frame on the socket, with the frame's own traceparent.
     let mut bob_ws = connect_addr(gw.push, &bob.ws_query())
         .await
@@ -210,6 +254,41 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     .await;
     let (call, _) = hops(&spans, "get_user_info", USER_INFO, "10f067aa0ba902b8");
     assert_eq!(call.attributes["im.transport"], "websocket");
+
+    // A native gRPC call proxied as-is: the gateway's call span is the backend handler's parent.
+    let trace = "7bf92f3577b34da6a3ce929d0e0e4739";
+    let channel = tonic::transport::Endpoint::from_shared(base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("gateway's edge over h2c");
+    let mut echo = im_proto::im::echo::v1::echo_service_client::EchoServiceClient::new(channel);
+    let mut request = tonic::Request::new(im_proto::im::echo::v1::EchoRequest {
+        text: "traced".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        traceparent(trace, "30f067aa0ba902ba").parse().unwrap(),
+    );
+    echo.echo(request).await.expect("echo through the gateway");
+    let spans = trace_with(
+        &otlp,
+        trace,
+        &[
+            ("im-gateway", "echo_grpc"),
+            ("im-backends", "im.echo.v1.EchoService/Echo"),
+        ],
+    )
+    .await;
+    let call = child_of(&spans, "im-gateway", "echo_grpc", "30f067aa0ba902ba");
+    assert_eq!(call.attributes["im.transport"], "grpc");
+    child_of(
+        &spans,
+        "im-backends",
+        "im.echo.v1.EchoService/Echo",
+        &call.span_id,
+    );
 
     // A message send: the backend's handler calls PushService, and the push to bob's socket is
     // one span in the same trace, a child of the handler's.
@@ -369,7 +448,24 @@ async fn json_logs_have_one_access_line_per_request_and_frame_and_never_a_token(
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second request counted on /metrics: the first one's line, had it been written, is in
+    // the log by then (its request ended before the second began).
+    let resp = http
+        .post(format!("http://{}/service/echo", gw.edge))
+        .header("content-type", "application/json")
+        .body(r#"{"text":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let metrics = format!("http://{}/metrics", gw.admin);
+    wait_for("both requests counted", Duration::from_secs(10), || async {
+        let text = http.get(&metrics).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| l == "im_gateway_requests_total{route=\"echo\",status=\"200\"} 2")
+            .then_some(())
+    })
+    .await;
     let lines = json_lines(&dir);
     assert!(!lines.is_empty(), "the gateway still logs (JSON)");
     assert!(lines.iter().all(|l| l["message"] != "access"), "{lines:#?}");
