@@ -28,8 +28,9 @@ from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port, write_sect
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
-def start_bridge_gateway(binary, tmp, name, backend_port, public_key):
-    """A gateway with the bench's echo bridge routes; returns (process, edge port)."""
+def start_bridge_gateway(binary, tmp, name, backend_port, public_key, extra="", rust_log="error", log=None):
+    """A gateway with the bench's echo bridge routes, `extra` appended to its gateway.yaml, its
+    stderr to `log` (a path) when given; returns (process, edge port)."""
     edge, admin = free_port(), free_port()
     routes = os.path.join(tmp, f"{name}-routes.yaml")
     with open(routes, "w") as f:
@@ -52,9 +53,10 @@ shutdown: {{ grace_period: 0s, graceful_timeout: 1s }}
 push: {{ drain_window: 0s }}
 client_ip: {{ trusted_proxies: ["127.0.0.0/8"] }}
 auth: {{ public_keys: [{{ alg: RS256, file: {public_key} }}] }}
-""")
+{extra}""")
+    stderr = open(log, "w") if log else None
     proc = subprocess.Popen(PROXY_CPU + [binary, "run", "--config", config, "--routes", routes],
-                            env=dict(os.environ, RUST_LOG="error"), stdout=subprocess.DEVNULL)
+                            env=dict(os.environ, RUST_LOG=rust_log), stdout=subprocess.DEVNULL, stderr=stderr)
     wait_port(edge)
     wait_port(admin)
     deadline = time.time() + 20

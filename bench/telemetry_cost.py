@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""What telemetry costs on the HTTP bridge: one gateway binary, started once per configuration, the
+configurations alternating in every round against the same backend and load tool (im-bench, JSON,
+auth off, 8 connections x 16 streams):
+
+    off            telemetry.access_log: false, no export
+    access log     the default access log on stderr (to a file), no export
+    export 0       spans and metrics exported over OTLP to a sink, sample_ratio 0 (spans made, none kept)
+    export 0.1     the same at sample_ratio 0.1
+    export 0.1 + access log
+
+The OTLP sink is python grpcio (tests/grpc-clients/.venv, from scripts/bootstrap.sh) answering every
+export with an empty reply, pinned to the load tool's core. Each gateway is pinned to core 0; its CPU
+(every thread, the export thread included) is read from /proc per round.
+
+    cargo build --release -p im-gateway -p im-backends -p im-bench
+    python3 bench/telemetry_cost.py --runs 5
+
+Prints medians and paired ratios against "off" and writes the "Telemetry cost" section of
+docs/BENCHMARKS.md (docs/benchmarks/telemetry.json holds every round)."""
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import start_bridge_gateway  # noqa: E402
+from run import BIN, LOAD_CPU, ROOT, cpu_seconds, free_port, wait_port, write_section  # noqa: E402
+
+BEGIN, END = "<!-- telemetry:begin -->", "<!-- telemetry:end -->"
+SINK_PY = os.path.join(ROOT, "tests", "grpc-clients", ".venv", "bin", "python")
+
+SINK = r'''
+import sys, threading
+from concurrent import futures
+import grpc
+
+counts = {"calls": 0, "bytes": 0}
+lock = threading.Lock()
+
+def export(request, context):
+    with lock:
+        counts["calls"] += 1
+        counts["bytes"] += len(request)
+    return b""  # an empty Export*ServiceResponse
+
+class Any(grpc.GenericRpcHandler):
+    def service(self, details):
+        if details.method.startswith("/opentelemetry.proto.collector."):
+            return grpc.unary_unary_rpc_method_handler(export)
+        return None
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+server.add_generic_rpc_handlers((Any(),))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+for line in sys.stdin:
+    with lock:
+        print(f'{counts["calls"]} {counts["bytes"]}', flush=True)
+'''
+
+CONFIGS = {
+    "off": ("telemetry: { access_log: false }", "error"),
+    "access log": ("telemetry: { access_log: true }", "info"),
+    "export 0": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.0 }}",
+                 "error"),
+    "export 0.1": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.1 }}",
+                   "error"),
+    "export 0.1 + access log": (
+        "telemetry: {{ access_log: true, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.1 }}", "info"),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(BIN, "im-gateway"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="im-bench-telemetry-")
+    key = os.path.join(tmp, "rsa.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-pubout", "-in", key, "-out", key + ".pub"], check=True, capture_output=True)
+    body = os.path.join(tmp, "body.json")
+    with open(body, "w") as f:
+        f.write('{"text":"hello from the benchmark"}')
+    sink_port, backend_port = free_port(), free_port()
+    sink = subprocess.Popen(LOAD_CPU + [SINK_PY, "-c", SINK, str(sink_port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    backend = subprocess.Popen(LOAD_CPU + [os.path.join(BIN, "im-backends"), "--services", "echo",
+                                           "--listen", f"127.0.0.1:{backend_port}"],
+                               env=dict(os.environ, RUST_LOG="warn"))
+    gateways = {}
+    results = {name: [] for name in CONFIGS}
+
+    def load(edge, n):
+        cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), "http", "--url", f"http://127.0.0.1:{edge}/service/echo",
+                          "--conns", "8", "--streams", "16", "--requests", str(n), "--body", body,
+                          "--content-type", "application/json"]
+        return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+    try:
+        wait_port(sink_port)
+        wait_port(backend_port)
+        for i, (name, (extra, rust_log)) in enumerate(CONFIGS.items()):
+            gateways[name] = start_bridge_gateway(args.binary, tmp, f"cfg{i}", backend_port, key + ".pub",
+                                                  extra=extra.format(sink=sink_port), rust_log=rust_log,
+                                                  log=os.path.join(tmp, f"cfg{i}.log"))
+            load(gateways[name][1], 5000)  # warm-up
+        for run in range(args.runs):
+            for name, (proc, edge) in gateways.items():
+                before = cpu_seconds(proc.pid)
+                r = load(edge, args.requests)
+                r.setdefault("failed", sum(e["count"] for e in r.get("errors", [])))
+                r["cpu_us_per_req"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(1, r["ok"])
+                results[name].append(r)
+                print(f"run {run + 1}/{args.runs} {name}: {r['rps']:.0f} req/s, "
+                      f"{r['cpu_us_per_req']:.1f} us CPU/req, {r['failed']} failed", file=sys.stderr)
+        sink.stdin.write("\n")
+        sink.stdin.flush()
+        calls, received = (int(x) for x in sink.stdout.readline().split())
+        logs = {name: os.path.getsize(os.path.join(tmp, f"cfg{i}.log")) for i, name in enumerate(CONFIGS)}
+    finally:
+        for proc, _ in gateways.values():
+            proc.terminate()
+        for p in (backend, sink):
+            p.terminate()
+    write_report(args, results, calls, received, logs)
+
+
+def write_report(args, results, calls, received, logs):
+    med = statistics.median
+    base = results["off"]
+    lines = [
+        BEGIN,
+        "## Telemetry cost",
+        "",
+        f"Command: `python3 bench/telemetry_cost.py --runs {args.runs} --requests {args.requests}`; "
+        f"date {datetime.date.today().isoformat()}.",
+        "One release `im-gateway`, five configurations started side by side and alternating in every round",
+        "(JSON bridge, auth off, im-bench 8 connections x 16 streams, the same echo backend); each gateway on",
+        "core 0, load tool and OTLP sink on core 1. \"paired\" is the median over rounds of config / off",
+        "within the round. \"export\" sends spans (batched) and metrics (every 15 s) over OTLP/gRPC; at",
+        "sample_ratio 0 the spans are still made, only none is kept. The access log goes to a file.",
+        "",
+        "| configuration | req/s (median) | paired req/s vs off | server CPU µs/req (median) | paired CPU vs off |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, rounds in results.items():
+        rps = [r["rps"] for r in rounds]
+        cpu = [r["cpu_us_per_req"] for r in rounds]
+        rps_pair = med([x / y["rps"] for x, y in zip(rps, base)])
+        cpu_pair = med([x / y["cpu_us_per_req"] for x, y in zip(cpu, base)])
+        lines.append(f"| {name} | {med(rps):,.0f} | {rps_pair:.3f} | {med(cpu):.1f} | {cpu_pair:.3f} |")
+    lines += [
+        "",
+        f"The sink received {calls} OTLP export calls ({received / 1e6:.1f} MB) over the whole run; access-log",
+        f"files: {', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in logs.items() if v)}.",
+        "Every round: [`benchmarks/telemetry.json`](benchmarks/telemetry.json).",
+        END,
+    ]
+    block = "\n".join(lines)
+    print(block)
+    write_section(args.out, BEGIN, END, block, "telemetry.json", {"runs": results, "otlp_calls": calls,
+                                                                   "otlp_bytes": received, "log_bytes": logs})
+
+
+if __name__ == "__main__":
+    main()
