@@ -107,6 +107,13 @@ impl EchoService for Echo {
         }))
     }
 
+    async fn echo_v2(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let mut reply = self.echo(request).await?;
+        let text = reply.get_ref().text.to_uppercase();
+        reply.get_mut().text = text;
+        Ok(reply)
+    }
+
     async fn set_health(
         &self,
         request: Request<SetHealthRequest>,

@@ -5,6 +5,11 @@
 
 use serde::Deserialize;
 
+/// The protocol versions the gateway speaks on the socket, oldest first. A version is named in
+/// the WebSocket subprotocol (`im.v<N>.proto`, `im.v<N>.json`); what a version changes is which
+/// method a route binds a cmd to (routes.yaml `versions`), the frames themselves stay the same.
+pub const PROTOCOL_VERSIONS: [u8; 2] = [1, 2];
+
 /// How a route authenticates its callers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -117,7 +117,12 @@ impl AdminApp {
                     Route::Unary(u) => (
                         u.http.as_ref().map(|h| format!("{} {}", h.method, h.path)),
                         u.cmd,
-                        json!({ "grpc": u.path.as_str() }),
+                        json!({
+                            "grpc": u.path.as_str(),
+                            "versions": u.versions.iter()
+                                .map(|(v, b)| (v.to_string(), json!(b.path.as_str())))
+                                .collect::<serde_json::Map<_, _>>(),
+                        }),
                     ),
                     Route::PassThrough(p) => (
                         None,

@@ -27,6 +27,7 @@ use ratelimit::{Decision, RouteLimit};
 
 /// What a route asks of its callers: the authentication mode, roles (any one of them), and the
 /// rate limit. Every route kind has one; [`Guard::admit`] is the only place it is applied.
+#[derive(Clone)]
 pub struct Admission {
     pub auth: AuthMode,
     pub roles: Vec<String>,

@@ -217,6 +217,7 @@ impl LimiterId {
 
 /// A route's rate limit, resolved to a limiter shared with the routes (and reloads) that use
 /// the same settings.
+#[derive(Clone)]
 pub struct RouteLimit {
     pub limiter: Arc<KeyedLimiter>,
     pub spec: RateLimitSpec,

@@ -68,6 +68,7 @@ fn error(seq: u64, code: Code, message: impl Into<String>) -> FrameError {
 pub fn decode_request(
     inbound: Inbound<'_>,
     encoding: FrameEncoding,
+    version: u8,
     table: &RouteTable,
 ) -> Result<ClientRequest, FrameError> {
     match (encoding, inbound) {
@@ -79,7 +80,7 @@ pub fn decode_request(
                     format!("undecodable ClientFrame: {e}"),
                 )
             })?;
-            let route = resolve(table, frame.seq, frame.cmd)?;
+            let route = resolve(table, version, frame.seq, frame.cmd)?;
             within_max_body(&route, frame.seq, frame.payload.len())?;
             let payload = pipeline::decode(&route, Request::Proto(frame.payload.into()))
                 .map_err(|e| FrameError::of(frame.seq, e))?;
@@ -132,7 +133,7 @@ pub fn decode_request(
                         "`cmd` must be an unsigned 32-bit integer",
                     )
                 })?;
-            let route = resolve(table, seq, cmd)?;
+            let route = resolve(table, version, seq, cmd)?;
             // The frame as received, like an HTTP body against the same route.
             within_max_body(&route, seq, text.len())?;
             let payload = match obj.remove("payload") {
@@ -172,9 +173,14 @@ pub fn decode_request(
     }
 }
 
-fn resolve(table: &RouteTable, seq: u64, cmd: u32) -> Result<Arc<UnaryRoute>, FrameError> {
+fn resolve(
+    table: &RouteTable,
+    version: u8,
+    seq: u64,
+    cmd: u32,
+) -> Result<Arc<UnaryRoute>, FrameError> {
     table
-        .match_cmd(cmd)
+        .match_cmd(cmd, version)
         .cloned()
         .ok_or_else(|| error(seq, Code::Unimplemented, format!("unknown cmd {cmd}")))
 }
@@ -346,7 +352,7 @@ routes:
         }
         .encode_to_vec();
         let bytes = frame(42, 7, payload.clone());
-        let req = decode_request(Inbound::Binary(&bytes), FrameEncoding::Proto, &t).unwrap();
+        let req = decode_request(Inbound::Binary(&bytes), FrameEncoding::Proto, 1, &t).unwrap();
         assert_eq!((req.seq, req.route.name.as_str()), (42, "echo"));
         assert_eq!(req.payload.as_ref(), payload.as_slice());
     }
@@ -355,7 +361,7 @@ routes:
     fn json_request_transcodes_the_nested_payload() {
         let t = table();
         let text = r#"{"seq": "9", "cmd": 7, "payload": {"text": "hi", "delayMs": 3}}"#;
-        let req = decode_request(Inbound::Text(text), FrameEncoding::Json, &t).unwrap();
+        let req = decode_request(Inbound::Text(text), FrameEncoding::Json, 1, &t).unwrap();
         let msg = EchoRequest::decode(req.payload).unwrap();
         assert_eq!((req.seq, msg.text.as_str(), msg.delay_ms), (9, "hi", 3));
     }
@@ -363,7 +369,7 @@ routes:
     #[test]
     fn bad_frames_get_errors_not_panics() {
         let t = table();
-        let err = |i, e| decode_request(i, e, &t).err().unwrap();
+        let err = |i, e| decode_request(i, e, 1, &t).err().unwrap();
         assert_eq!(
             err(Inbound::Binary(&[0xff, 0xff, 0xff]), FrameEncoding::Proto).seq,
             0
@@ -402,7 +408,7 @@ routes:
     #[test]
     fn responses_in_both_encodings() {
         let t = table();
-        let route = t.match_cmd(7).unwrap();
+        let route = t.match_cmd(7, 1).unwrap();
         let reply = EchoReply {
             text: "ok".into(),
             number: 5,

@@ -1,11 +1,12 @@
 //! The parts of a WebSocket handshake that are pure functions of the request: the query string,
-//! the `Origin` rule, the device the token allows, and the encoding negotiated from `?encoding=`
-//! and `Sec-WebSocket-Protocol`. The listener strings them together with the stateful checks
+//! the `Origin` rule, the device the token allows, and the encoding and protocol version
+//! negotiated from `?encoding=` and `Sec-WebSocket-Protocol`. The listener strings them together with the stateful checks
 //! (rates, caps, token verification).
 
 use super::frames::FrameEncoding;
 use super::registry::Device;
 use crate::filters::auth::Identity;
+use crate::policy::PROTOCOL_VERSIONS;
 
 /// The handshake's query parameters, `%XX`-decoded; the first of a repeated name wins.
 pub struct Query(Vec<(String, String)>);
@@ -95,31 +96,95 @@ pub fn device_for(identity: &Identity, query: &Query) -> Result<Device, String> 
     })
 }
 
-/// The subprotocols of each encoding.
-const JSON_PROTOCOL: &str = "im.v1.json";
-const PROTO_PROTOCOL: &str = "im.v1.proto";
+/// What a handshake settled: the frame encoding, the protocol version, and the subprotocol to
+/// echo in the 101 (only one the client offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub encoding: FrameEncoding,
+    pub version: u8,
+    pub echo: Option<&'static str>,
+}
 
-/// The frame encoding and the subprotocol to echo (only one the client offered). `?encoding=`
-/// wins over the offered subprotocols; without either, protobuf.
-pub fn negotiate_encoding(
-    param: Option<&str>,
-    offered: Option<&str>,
-) -> Result<(FrameEncoding, Option<&'static str>), String> {
-    let offered: Vec<&str> = offered
-        .map(|p| p.split(',').map(str::trim).collect())
-        .unwrap_or_default();
-    let encoding = match param {
-        Some("json") => FrameEncoding::Json,
-        Some("proto") => FrameEncoding::Proto,
-        None if offered.contains(&JSON_PROTOCOL) => FrameEncoding::Json,
-        None => FrameEncoding::Proto,
+/// `im.v<N>.<encoding>` for every version ([`PROTOCOL_VERSIONS`]) and encoding, as the handshake
+/// echoes them.
+const SUBPROTOCOLS: [(u8, FrameEncoding, &str); 4] = [
+    (1, FrameEncoding::Proto, "im.v1.proto"),
+    (1, FrameEncoding::Json, "im.v1.json"),
+    (2, FrameEncoding::Proto, "im.v2.proto"),
+    (2, FrameEncoding::Json, "im.v2.json"),
+];
+
+/// The supported subprotocols, for refusals.
+fn supported() -> String {
+    SUBPROTOCOLS.map(|(_, _, name)| name).join(", ")
+}
+
+/// Reads `im.v<N>.<proto|json>`; other names are not ours.
+fn parse_subprotocol(name: &str) -> Option<(u32, Option<FrameEncoding>)> {
+    let rest = name.strip_prefix("im.v")?;
+    let (version, encoding) = rest.split_once('.')?;
+    let version = version.parse().ok()?;
+    let encoding = match encoding {
+        "proto" => Some(FrameEncoding::Proto),
+        "json" => Some(FrameEncoding::Json),
+        _ => None,
+    };
+    Some((version, encoding))
+}
+
+/// Settles encoding and version. `?encoding=` wins over the offered subprotocols for the
+/// encoding; the version is the highest both sides speak among the `im.v<N>.*` subprotocols
+/// offered (of the chosen encoding when the parameter names one and such are offered). A client
+/// that offers none of ours gets version 1 (protobuf unless asked for JSON); one that offers
+/// only versions or encodings this gateway does not speak is refused, with the supported list.
+pub fn negotiate(param: Option<&str>, offered: Option<&str>) -> Result<Negotiated, String> {
+    let asked = match param {
+        Some("json") => Some(FrameEncoding::Json),
+        Some("proto") => Some(FrameEncoding::Proto),
+        None => None,
         Some(other) => return Err(format!("encoding `{other}`: use proto or json")),
     };
-    let chosen = match encoding {
-        FrameEncoding::Json => JSON_PROTOCOL,
-        FrameEncoding::Proto => PROTO_PROTOCOL,
+    let ours: Vec<(u32, Option<FrameEncoding>)> = offered
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter_map(parse_subprotocol)
+        .collect();
+    if ours.is_empty() {
+        return Ok(Negotiated {
+            encoding: asked.unwrap_or(FrameEncoding::Proto),
+            version: 1,
+            echo: None,
+        });
+    }
+    let speakable = |(v, e): &(u32, Option<FrameEncoding>)| {
+        e.is_some() && PROTOCOL_VERSIONS.iter().any(|ours| u32::from(*ours) == *v)
     };
-    Ok((encoding, offered.contains(&chosen).then_some(chosen)))
+    let matching_asked = |(_, e): &&(u32, Option<FrameEncoding>)| asked.is_none() || *e == asked;
+    let best = ours
+        .iter()
+        .filter(|o| speakable(o))
+        .filter(matching_asked)
+        .max_by_key(|(v, _)| *v)
+        .or_else(|| ours.iter().filter(|o| speakable(o)).max_by_key(|(v, _)| *v));
+    let Some(&(version, Some(offered_encoding))) = best else {
+        return Err(format!(
+            "no supported protocol offered in Sec-WebSocket-Protocol; this gateway speaks {}",
+            supported()
+        ));
+    };
+    let encoding = asked.unwrap_or(offered_encoding);
+    let version = u8::try_from(version).unwrap_or(1);
+    let echo = SUBPROTOCOLS
+        .iter()
+        .find(|(v, e, _)| *v == version && *e == encoding)
+        .map(|(_, _, name)| *name)
+        .filter(|name| ours.iter().any(|o| parse_subprotocol(name) == Some(*o)));
+    Ok(Negotiated {
+        encoding,
+        version,
+        echo,
+    })
 }
 
 #[cfg(test)]
@@ -141,7 +206,7 @@ mod tests {
 
     #[test]
     fn encoding_follows_the_parameter_then_the_subprotocol() {
-        let n = |p, o| negotiate_encoding(p, o).map(|(e, echo)| (e == FrameEncoding::Json, echo));
+        let n = |p, o| negotiate(p, o).map(|n| (n.encoding == FrameEncoding::Json, n.echo));
         assert_eq!(n(None, None), Ok((false, None)));
         assert_eq!(n(None, Some("im.v1.json")), Ok((true, Some("im.v1.json"))));
         assert_eq!(
@@ -150,9 +215,42 @@ mod tests {
         );
         assert_eq!(n(Some("proto"), Some("im.v1.json")), Ok((false, None)));
         assert_eq!(n(Some("json"), None), Ok((true, None)));
+        assert_eq!(n(None, Some("chat")), Ok((false, None)));
         assert!(n(Some("xml"), None)
             .unwrap_err()
             .contains("use proto or json"));
+    }
+
+    #[test]
+    fn the_highest_version_both_speak_wins_and_none_in_common_is_refused() {
+        let v = |p, o| negotiate(p, o).map(|n| (n.version, n.echo));
+        assert_eq!(v(None, None), Ok((1, None)));
+        assert_eq!(
+            v(None, Some("im.v1.proto, im.v2.proto")),
+            Ok((2, Some("im.v2.proto")))
+        );
+        assert_eq!(
+            v(None, Some("im.v3.json, im.v2.json, im.v1.json")),
+            Ok((2, Some("im.v2.json")))
+        );
+        // The encoding asked for picks among the offers; without such an offer, the highest
+        // version offered at all, and nothing to echo.
+        assert_eq!(
+            v(Some("json"), Some("im.v2.proto, im.v1.json")),
+            Ok((1, Some("im.v1.json")))
+        );
+        assert_eq!(v(Some("json"), Some("im.v2.proto")), Ok((2, None)));
+        for refused in ["im.v3.proto", "im.v9.json, im.v0.proto", "im.v2.xml"] {
+            let e = negotiate(None, Some(refused)).unwrap_err();
+            assert!(
+                e.contains("im.v1.proto, im.v1.json, im.v2.proto, im.v2.json"),
+                "{e}"
+            );
+        }
+        // Junk never panics and never matches.
+        for junk in ["im.v", "im.v.json", "im.v99999999999.json", ",,,", "im.v2"] {
+            let _ = negotiate(None, Some(junk));
+        }
     }
 
     #[test]

@@ -99,17 +99,17 @@ pub fn check_handshake(
         .map_err(|f| reject(StatusCode::UNAUTHORIZED, "token", &f.to_string()))?;
     let device = handshake::device_for(&identity, &query)
         .map_err(|why| reject(StatusCode::UNAUTHORIZED, "identity", &why))?;
-    let (encoding, echo) =
-        handshake::negotiate_encoding(query.get("encoding"), header("sec-websocket-protocol"))
-            .map_err(|why| reject(StatusCode::BAD_REQUEST, "encoding", &why))?;
-    if let Some(protocol) = echo {
+    let negotiated = handshake::negotiate(query.get("encoding"), header("sec-websocket-protocol"))
+        .map_err(|why| reject(StatusCode::BAD_REQUEST, "protocol", &why))?;
+    if let Some(protocol) = negotiated.echo {
         resp.headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
     }
     Ok(SessionInfo {
         device,
         identity,
-        encoding,
+        encoding: negotiated.encoding,
+        version: negotiated.version,
         client_ip,
         traceparent: header("traceparent").and_then(crate::pipeline::usable_traceparent),
         slot,

@@ -45,6 +45,8 @@ pub struct SessionInfo {
     pub identity: Arc<Identity>,
     pub device: Device,
     pub encoding: FrameEncoding,
+    /// The protocol version negotiated: which binding of a cmd a frame calls.
+    pub version: u8,
     pub client_ip: IpAddr,
     /// The upgrade request's `traceparent`: the trace of frames that carry none.
     pub traceparent: Option<String>,
@@ -322,7 +324,7 @@ fn on_request(
     inflight: &Arc<AtomicUsize>,
 ) {
     let table = deps.routes.load();
-    let req = match decode_request(inbound, info.encoding, &table) {
+    let req = match decode_request(inbound, info.encoding, info.version, &table) {
         Ok(r) => r,
         Err(e) => {
             deps.hub.send(

@@ -134,6 +134,7 @@ async fn start(cfg: PushConfig, token_secs: u64, socket_buffer: usize) -> Harnes
             platform: "web".into(),
         },
         encoding: FrameEncoding::Proto,
+        version: 1,
         client_ip: ip,
         traceparent: None,
         slot: deps.hub.conns.acquire(ip, 10, 10).unwrap(),

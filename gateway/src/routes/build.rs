@@ -15,7 +15,7 @@ use super::route::{HttpMatch, PassThroughRoute, Route, UnaryRoute};
 use super::upstreams::{check_size, list};
 use crate::filters::ratelimit::{LimiterId, RouteLimit};
 use crate::filters::Admission;
-use crate::policy::{AuthMode, RateLimitSpec};
+use crate::policy::{AuthMode, RateLimitSpec, PROTOCOL_VERSIONS};
 use crate::upstream::Upstream;
 
 pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
@@ -70,18 +70,25 @@ impl RouteContext<'_> {
                         );
                     }
                 }
+                let bindings = self.version_bindings(spec, &mut p);
                 match (upstream, resolved, p.is_empty()) {
                     (Some(upstream), Some((method, path)), true) => {
-                        Some(Route::Unary(Arc::new(UnaryRoute {
+                        let route = |method, path, versions| UnaryRoute {
                             name: spec.name.clone(),
-                            upstream,
-                            admission,
-                            http,
+                            upstream: upstream.clone(),
+                            admission: admission.clone(),
+                            http: http.clone(),
                             cmd: spec.cmd,
                             method,
                             path,
                             max_body,
-                        })))
+                            versions,
+                        };
+                        let versions = bindings
+                            .into_iter()
+                            .map(|(v, method, path)| (v, Arc::new(route(method, path, Vec::new()))))
+                            .collect();
+                        Some(Route::Unary(Arc::new(route(method, path, versions))))
                     }
                     _ => None,
                 }
@@ -163,10 +170,56 @@ impl RouteContext<'_> {
         max_body
     }
 
+    /// `versions`: each newer protocol version's method for the cmd, ascending.
+    fn version_bindings(
+        &self,
+        spec: &RouteSpec,
+        p: &mut Problems,
+    ) -> Vec<(u8, MethodDescriptor, PathAndQuery)> {
+        let Some(versions) = &spec.versions else {
+            return Vec::new();
+        };
+        if spec.cmd.is_none() {
+            p.add(
+                "versions",
+                "versions bind a cmd per protocol version; add `cmd` or remove `versions`",
+            );
+        }
+        let newer: Vec<String> = PROTOCOL_VERSIONS[1..].iter().map(u8::to_string).collect();
+        let mut out = Vec::new();
+        for (version, binding) in versions {
+            if !PROTOCOL_VERSIONS[1..].contains(version) {
+                p.add(
+                    "versions",
+                    format!(
+                        "protocol version {version} is not one this gateway speaks; use {} (version 1 is the route's own `grpc`)",
+                        newer.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let field = format!("versions.{version}.grpc");
+            if let Some((method, path)) = self.resolve_unary_at(&binding.grpc, &field, p) {
+                out.push((*version, method, path));
+            }
+        }
+        out
+    }
+
     /// The unary method of a bridge route and its gRPC path.
     fn resolve_unary(
         &self,
         target: &str,
+        p: &mut Problems,
+    ) -> Option<(MethodDescriptor, PathAndQuery)> {
+        self.resolve_unary_at(target, "grpc", p)
+    }
+
+    /// [`resolve_unary`](Self::resolve_unary) for a method named in `field`.
+    fn resolve_unary_at(
+        &self,
+        target: &str,
+        field: &str,
         p: &mut Problems,
     ) -> Option<(MethodDescriptor, PathAndQuery)> {
         let resolved = self.resolve_method(target).and_then(|method| {
@@ -175,7 +228,7 @@ impl RouteContext<'_> {
                 .map(|path| (method, path))
                 .map_err(|_| format!("`{path}` is not a valid gRPC path; check the descriptor set"))
         });
-        resolved.map_err(|m| p.add("grpc", m)).ok()
+        resolved.map_err(|m| p.add(field, m)).ok()
     }
 
     fn resolve_method(&self, target: &str) -> Result<MethodDescriptor, String> {

@@ -85,6 +85,18 @@ pub struct RouteSpec {
     pub roles: Vec<String>,
     pub rate_limit: Option<RateLimitSpec>,
     pub max_body: Option<ByteSize>,
+    /// Bridge routes with a `cmd`: the method the cmd calls on sockets that negotiated a newer
+    /// protocol version (`versions: { 2: { grpc: pkg.Service/MethodV2 } }`). A session of
+    /// version N takes the highest binding at or below N, else the route's own `grpc`.
+    pub versions: Option<BTreeMap<u8, VersionSpec>>,
+}
+
+/// One protocol version's binding of a route's cmd.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSpec {
+    /// `package.Service/Method`, unary, with the route's upstream.
+    pub grpc: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,6 +28,21 @@ pub struct UnaryRoute {
     pub path: PathAndQuery,
     /// The largest request body (HTTP) or frame (WebSocket) taken.
     pub max_body: u64,
+    /// The cmd's bindings for newer protocol versions, by version, ascending: the same route
+    /// with another method (`versions` in routes.yaml; empty on the bindings themselves).
+    pub versions: Vec<(u8, Arc<UnaryRoute>)>,
+}
+
+impl UnaryRoute {
+    /// What a socket of protocol `version` calls for this route's cmd: the highest binding at
+    /// or below it, else this route.
+    pub fn for_version(self: &Arc<Self>, version: u8) -> &Arc<Self> {
+        self.versions
+            .iter()
+            .rev()
+            .find(|(v, _)| *v <= version)
+            .map_or(self, |(_, r)| r)
+    }
 }
 
 /// Native gRPC clients proxied as-is to `service`: every method, or only `methods`.

@@ -170,9 +170,9 @@ impl RouteTable {
             .ok_or(RouteMiss::MethodNotAllowed)
     }
 
-    /// The route of a WebSocket cmd id.
-    pub fn match_cmd(&self, cmd: u32) -> Option<&Arc<UnaryRoute>> {
-        self.by_cmd.get(&cmd)
+    /// The route of a WebSocket cmd id on a socket of protocol `version`.
+    pub fn match_cmd(&self, cmd: u32, version: u8) -> Option<&Arc<UnaryRoute>> {
+        self.by_cmd.get(&cmd).map(|r| r.for_version(version))
     }
 
     /// The pass-through route for a gRPC path `/package.Service/Method`, if it routes that
@@ -249,7 +249,7 @@ routes:
             t.match_http(&http::Method::POST, "/nope").err(),
             Some(RouteMiss::NotFound)
         );
-        assert_eq!(t.match_cmd(7).unwrap().name, "echo");
+        assert_eq!(t.match_cmd(7, 1).unwrap().name, "echo");
         assert_eq!(
             t.match_grpc("/im.echo.v1.EchoService/Echo").unwrap().name,
             "echo_grpc"
@@ -258,6 +258,45 @@ routes:
         let up = &t.upstreams["echo"];
         assert_eq!(up.timeout, Duration::from_secs(2));
         assert_eq!(up.endpoints[1].weight, 2);
+    }
+
+    #[test]
+    fn a_cmd_binds_another_method_per_protocol_version() {
+        let versioned = BASE.replace(
+            "    auth: none\n  - name: echo_grpc",
+            "    auth: none\n    versions: { 2: { grpc: im.echo.v1.EchoService/EchoV2 } }\n  - name: echo_grpc",
+        );
+        let t = build(&versioned).unwrap();
+        assert_eq!(
+            t.match_cmd(7, 1).unwrap().path.as_str(),
+            "/im.echo.v1.EchoService/Echo"
+        );
+        for v in [2, 9] {
+            let r = t.match_cmd(7, v).unwrap();
+            assert_eq!(r.path.as_str(), "/im.echo.v1.EchoService/EchoV2");
+            assert_eq!((r.name.as_str(), r.cmd), ("echo", Some(7)));
+        }
+        // HTTP has no protocol version: the route's own method.
+        let r = t.match_http(&http::Method::POST, "/service/echo").unwrap();
+        assert_eq!(r.path.as_str(), "/im.echo.v1.EchoService/Echo");
+
+        let e = errors(&versioned.replace("{ 2: {", "{ 3: {"));
+        assert!(
+            e.contains("route `echo`: field `versions`: protocol version 3 is not one this gateway speaks; use 2"),
+            "{e}"
+        );
+        let e = errors(&versioned.replace("EchoV2", "EchoV9"));
+        assert!(
+            e.contains("field `versions.2.grpc`: method `EchoV9` is not in service"),
+            "{e}"
+        );
+        let e = errors(&versioned.replace("    cmd: 7\n", ""));
+        assert!(
+            e.contains("versions bind a cmd per protocol version"),
+            "{e}"
+        );
+        let e = errors(&versioned.replace("{ grpc: im", "{ method: im"));
+        assert!(e.contains("method"), "{e}");
     }
 
     #[test]

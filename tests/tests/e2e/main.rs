@@ -30,3 +30,4 @@ mod slowloris;
 mod telemetry;
 mod tls;
 mod untrusted_bodies;
+mod versions;
