@@ -66,8 +66,8 @@ for line in sys.stdin:
 '''
 
 CONFIGS = {
-    "off": ("telemetry: { access_log: false }", "error"),
-    "access log": ("telemetry: { access_log: true }", "info"),
+    "off": ("telemetry: {{ access_log: false }}", "error"),
+    "access log": ("telemetry: {{ access_log: true }}", "info"),
     "export 0": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.0 }}",
                  "error"),
     "export 0.1": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.1 }}",

@@ -178,6 +178,7 @@ impl Args {
         }
         cfg.hash_queue = self.hash_queue;
         cfg.diagnostics = self.diagnostics;
+        cfg.trace_sample_ratio = self.trace_sample_ratio;
         let notifying = cfg.services.iter().any(|s| s != "echo" && s != "file");
         if notifying {
             cfg.internal_token = Some(read_secret(

@@ -84,6 +84,8 @@ pub struct BackendConfig {
     /// Whether the echo service honours its diagnostics (delays, failures, padding, health
     /// flips); off in the shipped system.
     pub diagnostics: bool,
+    /// Share of calls without a caller's trace decision that are traced (with trace export on).
+    pub trace_sample_ratio: f64,
 }
 
 /// The machine's core count: the default number of hashing threads.
@@ -116,6 +118,7 @@ impl BackendConfig {
             hash_workers: cores(),
             hash_queue: 64,
             diagnostics: false,
+            trace_sample_ratio: 1.0,
         }
     }
 
@@ -244,8 +247,9 @@ pub async fn serve(
             .await;
     }
     tracing::info!(%addr, services = ?cfg.services, "im-backends serving");
+    let cfg_ratio = cfg.trace_sample_ratio;
     tonic::transport::Server::builder()
-        .trace_fn(call_span)
+        .trace_fn(move |request| call_span(request, cfg_ratio))
         .add_service(health_service)
         .add_service(reflection)
         .add_optional_service(user)
@@ -261,20 +265,21 @@ pub async fn serve(
 
 /// The span of one call (the handler's), its parent the caller's `traceparent` (the gateway's
 /// upstream attempt): with trace export on, one trace runs from the client to here.
-fn call_span(request: &http::Request<()>) -> tracing::Span {
+fn call_span(request: &http::Request<()>, ratio: f64) -> tracing::Span {
     let method = request.uri().path();
-    let span = tracing::info_span!(
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let span = im_telemetry::root_span!(
+        im_telemetry::traceparent::sampled(parent, ratio),
         "rpc",
         otel.name = %method.trim_start_matches('/'),
         otel.kind = "server",
         rpc.system = "grpc",
         rpc.method = %method,
     );
-    if let Some(parent) = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(parent) = parent {
         im_telemetry::traceparent::set_parent(&span, parent);
     }
     span

@@ -320,6 +320,7 @@ impl ProxyHttp for EdgeProxy {
                 "grpc",
                 &ctx.request_id,
                 header(req, "traceparent"),
+                self.pipeline.sample_ratio,
             );
             ctx.trace_id = trace_id;
             ctx.span = Some(span.clone());
@@ -352,6 +353,7 @@ impl ProxyHttp for EdgeProxy {
                     "http",
                     &ctx.request_id,
                     header(req, "traceparent"),
+                    self.pipeline.sample_ratio,
                 );
                 ctx.trace_id = trace_id;
                 async {

@@ -83,6 +83,7 @@ fn backend_config(
         .ok_or("push.internal_token_file is needed")?;
     cfg.internal_token = Some(read(token)?);
     cfg.push_addr = Some(gateway.listen.internal.to_string());
+    cfg.trace_sample_ratio = gateway.telemetry.sample_ratio;
     Ok(cfg)
 }
 

@@ -6,7 +6,8 @@
 //!   file is read); a JSON line inside a call carries the call's `request_id` and `trace_id`.
 //! - Traces: with an OTLP endpoint, every `info` span of this workspace's crates becomes an
 //!   OpenTelemetry span exported over OTLP/gRPC in batches, with parent-based sampling (a
-//!   caller's sampled flag decides; a new trace is sampled at `sample_ratio`). The exporter lives
+//!   caller's sampled flag decides; a new trace is sampled at `sample_ratio`), decided where a
+//!   root span opens ([`root_span!`]) so unsampled calls build nothing for export. The exporter lives
 //!   on a runtime of its own: the batch processor's thread needs one for tonic, and the gateway's
 //!   main thread (Pingora) has none. [`Telemetry::shutdown`] flushes what is still queued.
 //! - Metrics: with an OTLP endpoint, [`Telemetry::export_metrics`] sends what the process's
@@ -24,7 +25,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{dynamic_filter_fn, Targets};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -61,12 +63,40 @@ impl LogFormat {
 pub struct TraceExport {
     /// OTLP/gRPC collector, `http://host:4317`.
     pub endpoint: String,
-    /// Share of new traces sampled, 0.0 to 1.0 (a caller's own decision is followed).
+    /// Share of new traces sampled, 0.0 to 1.0 (a caller's own decision is followed); applied
+    /// where root spans open ([`root_span!`]), so the process's code passes it there too.
     pub sample_ratio: f64,
     /// `service.name` of this process's spans.
     pub service_name: String,
     /// `service.instance.id`: the node, so one trace shows which gateway served each hop.
     pub instance_id: String,
+}
+
+/// The last segment of a span target that is never exported, nor anything opened inside it
+/// ([`root_span!`]).
+pub const UNTRACED: &str = "::untraced";
+
+#[doc(hidden)]
+pub use tracing as __tracing;
+
+/// A root span (one that starts or continues a trace here: a call, a Push, a node hop, a backend
+/// handler) opened on one of two callsites by `$sampled` ([`traceparent::sampled`]): the
+/// module's own target, or the module's target plus [`UNTRACED`], which is never exported, nor
+/// anything opened inside it. Deciding before the span exists is what makes an unsampled call
+/// cheap: none of its spans is built for export. Logs see both alike.
+#[macro_export]
+macro_rules! root_span {
+    ($sampled:expr, $name:expr, $($fields:tt)*) => {
+        if $sampled {
+            $crate::__tracing::info_span!($name, $($fields)*)
+        } else {
+            $crate::__tracing::info_span!(
+                target: concat!(module_path!(), "::untraced"),
+                $name,
+                $($fields)*
+            )
+        }
+    };
 }
 
 /// The running export (nothing when export is off); flush it with [`Telemetry::shutdown`].
@@ -133,13 +163,31 @@ pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry
         });
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("im"))
-            .with_filter(traced)
+            .with_filter(dynamic_filter_fn(move |meta, cx| {
+                exported(&traced, meta, cx)
+            }))
     });
     let _ = tracing_subscriber::registry()
         .with(otel)
         .with(log_layer(format))
         .try_init();
     Ok(Telemetry { export })
+}
+
+/// Whether the exporter sees a span (or event): one of this workspace's crates at `info` or
+/// above, not on an [`UNTRACED`] target, and, inside another span, only when that span is exported
+/// too (so nothing under an untraced call is built for export; a root decides for its tree).
+fn exported<S>(traced: &Targets, meta: &tracing::Metadata<'_>, cx: &Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if !traced.would_enable(meta.target(), meta.level()) || meta.target().ends_with(UNTRACED) {
+        return false;
+    }
+    match cx.current_span().id() {
+        None => meta.is_span(),
+        Some(current) => cx.lookup_current().is_some_and(|s| s.id() == *current),
+    }
 }
 
 fn start_export(cfg: &TraceExport) -> Result<Export, String> {
@@ -168,9 +216,9 @@ fn start_export(cfg: &TraceExport) -> Result<Export, String> {
         .build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            cfg.sample_ratio,
-        ))))
+        // Roots are decided before they exist (`root_span!`, `traceparent::sampled` at
+        // `sample_ratio`): whatever reaches the exporter as a root is kept.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource)
         .build();
     Ok(Export {

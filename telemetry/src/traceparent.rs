@@ -63,6 +63,36 @@ pub fn current() -> Option<String> {
     of(&tracing::Span::current())
 }
 
+/// Whether a trace starting or continuing here is sampled: as the caller's `traceparent` says
+/// (its sampled flag), else at `ratio`.
+pub fn sampled(traceparent: Option<&str>, ratio: f64) -> bool {
+    match traceparent.and_then(sampled_flag) {
+        Some(flag) => flag,
+        None => ratio >= 1.0 || (ratio > 0.0 && rand_unit() < ratio),
+    }
+}
+
+/// A uniform value in [0, 1) from the std hasher's per-process random keys and a counter: no
+/// dependency for one coin flip per trace.
+fn rand_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut h = STATE.get_or_init(Default::default).build_hasher();
+    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Whether a well-formed `traceparent` has its sampled flag set; `None` when malformed.
+pub fn sampled_flag(traceparent: &str) -> Option<bool> {
+    trace_id(traceparent)?;
+    let flags = traceparent.split('-').nth(3)?;
+    let flags = u8::from_str_radix(flags.get(..2)?, 16).ok()?;
+    Some(flags & 1 == 1)
+}
+
 /// The trace id of a `traceparent` (32 hex digits), for logs; `None` when malformed.
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');
@@ -88,5 +118,18 @@ mod tests {
             Some("0af7651916cd43dd8448eb211c80319c")
         );
         assert_eq!(trace_id("00-xyz-1-01"), None);
+        let tp = |flags| format!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}");
+        assert_eq!(sampled_flag(&tp("01")), Some(true));
+        assert_eq!(sampled_flag(&tp("00")), Some(false));
+        assert_eq!(sampled_flag(&tp("03")), Some(true));
+        assert_eq!(sampled_flag(&tp("zz")), None);
+        assert_eq!(sampled_flag(&tp("")), None);
+        assert_eq!(sampled_flag("00-xyz-1-01"), None);
+        assert!(sampled(Some(&tp("01")), 0.0));
+        assert!(!sampled(Some(&tp("00")), 1.0));
+        assert!(sampled(None, 1.0) && sampled(Some("garbage"), 1.0));
+        assert!(!sampled(None, 0.0));
+        let kept = (0..10_000).filter(|_| sampled(None, 0.1)).count();
+        assert!((700..1300).contains(&kept), "{kept} of 10,000 at 0.1");
     }
 }

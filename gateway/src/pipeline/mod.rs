@@ -144,6 +144,8 @@ pub struct Pipeline {
     pub dispatcher: Arc<Dispatcher>,
     /// `telemetry.access_log`: a line per request and per frame.
     pub access_log: bool,
+    /// `telemetry.sample_ratio`: the share of calls without a caller's decision that are traced.
+    pub sample_ratio: f64,
 }
 
 impl Pipeline {

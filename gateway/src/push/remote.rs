@@ -415,8 +415,11 @@ async fn apply(deps: &Arc<PushDeps>, inbound: Inbound) {
         Inbound::Message(msg, body) => match *body {
             node_message::Body::Deliver(d) => {
                 let Some(push) = &d.push else { return };
-                // One span per node hop, a child of the Push call's.
-                let span = tracing::info_span!(
+                // One span per node hop, a child of the Push call's; traced only when that
+                // call was (an untraced call sends no sampled traceparent).
+                let caller = (!msg.traceparent.is_empty()).then_some(msg.traceparent.as_str());
+                let span = im_telemetry::root_span!(
+                    crate::telemetry::sampled(caller, 0.0),
                     "cluster.deliver",
                     otel.kind = "consumer",
                     im.from_node = %msg.from_node,

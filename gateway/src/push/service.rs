@@ -76,7 +76,10 @@ impl PushService for PushSvc {
             newer_than: 0,
         };
         // One span per call, however many recipients (never one per socket).
-        let span = tracing::info_span!(
+        let sampled =
+            crate::telemetry::sampled(traceparent.as_deref(), self.deps.pipeline.sample_ratio);
+        let span = im_telemetry::root_span!(
+            sampled,
             "push",
             otel.kind = "server",
             im.push.kind = %push.kind,

@@ -375,6 +375,7 @@ async fn call(
         "websocket",
         &request_id,
         meta.traceparent.as_deref(),
+        deps.pipeline.sample_ratio,
     );
     let mut endpoint = None;
     let result = async {

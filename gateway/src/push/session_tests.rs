@@ -99,6 +99,7 @@ fn deps(cfg: PushConfig, stuck: SocketAddr, routes_file: &PathBuf) -> Arc<PushDe
             guard,
             dispatcher: Arc::new(Dispatcher::new(metrics)),
             access_log: false,
+            sample_ratio: 1.0,
         },
     })
 }

@@ -90,16 +90,21 @@ impl TelemetryConfig {
     }
 }
 
+/// Whether a trace starting or continuing here is sampled ([`im_telemetry::traceparent::sampled`]).
+pub use im_telemetry::traceparent::sampled;
+
 /// The span of one call (an HTTP request or a cmd frame) of `route`, its parent the client's
-/// `traceparent` when it sent one; and the call's trace id (for logs: every line inside the span
-/// carries it as `trace_id`).
+/// `traceparent` when it sent one, sampled as [`sampled`] decides with `ratio`; and the call's
+/// trace id (for logs: every line inside the span carries it as `trace_id`).
 pub fn call_span(
     route: &str,
     transport: &'static str,
     request_id: &str,
     traceparent: Option<&str>,
+    ratio: f64,
 ) -> (tracing::Span, Option<String>) {
-    let span = tracing::info_span!(
+    let span = im_telemetry::root_span!(
+        sampled(traceparent, ratio),
         "call",
         otel.name = %route,
         otel.kind = "server",
@@ -167,7 +172,7 @@ mod tests {
     #[test]
     fn without_export_the_caller_s_traceparent_goes_on_unchanged() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let (span, trace_id) = call_span("r", "http", "rid", Some(tp));
+        let (span, trace_id) = call_span("r", "http", "rid", Some(tp), 1.0);
         assert_eq!(
             trace_id.as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")

@@ -182,6 +182,40 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     assert_eq!(call.attributes["im.transport"], "http");
     child_of(&spans, "im-gateway", "admission", &call.span_id);
 
+    // A caller that decided not to sample: nothing of its trace is exported, by the gateway or
+    // the backend (checked once a later, sampled trace has arrived: batches leave in order).
+    let unsampled = "8bf92f3577b34da6a3ce929d0e0e4740";
+    traced_call(
+        &alice,
+        "user/get_user_info",
+        json!({"user_id": alice.user_id}),
+        &format!("00-{unsampled}-40f067aa0ba902bb-00"),
+    )
+    .await;
+    let after = "9bf92f3577b34da6a3ce929d0e0e4741";
+    traced_call(
+        &alice,
+        "user/get_user_info",
+        json!({"user_id": alice.user_id}),
+        &traceparent(after, "50f067aa0ba902bc"),
+    )
+    .await;
+    trace_with(
+        &otlp,
+        after,
+        &[("im-gateway", "get_user_info"), ("im-backends", USER_INFO)],
+    )
+    .await;
+    let leaked: Vec<Span> = otlp
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == unsampled)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "an unsampled call was exported: {leaked:#?}"
+    );
+
     // The same request in the metrics sent over OTLP: the conventions' histogram under its
     // dotted name and attributes, our counters under the names /metrics shows less `_total`.
     let points = wait_for(
