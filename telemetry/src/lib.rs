@@ -25,7 +25,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::{dynamic_filter_fn, Targets};
+use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -72,29 +72,30 @@ pub struct TraceExport {
     pub instance_id: String,
 }
 
-/// The last segment of a span target that is never exported, nor anything opened inside it
-/// ([`root_span!`]).
-pub const UNTRACED: &str = "::untraced";
+/// The last segment of a sampled root span's target ([`root_span!`]): the only spans exported
+/// without an exported parent.
+pub const TRACED: &str = "::traced";
 
 #[doc(hidden)]
 pub use tracing as __tracing;
 
 /// A root span (one that starts or continues a trace here: a call, a Push, a node hop, a backend
 /// handler) opened on one of two callsites by `$sampled` ([`traceparent::sampled`]): the
-/// module's own target, or the module's target plus [`UNTRACED`], which is never exported, nor
-/// anything opened inside it. Deciding before the span exists is what makes an unsampled call
-/// cheap: none of its spans is built for export. Logs see both alike.
+/// module's target plus [`TRACED`], which the exporter takes as a root, or the module's own
+/// target, which it never exports, nor anything opened inside it. Deciding before the span exists
+/// is what makes an unsampled call cheap: none of its spans is built for export (and with logs
+/// above `info` it is not built at all). Logs see both alike.
 #[macro_export]
 macro_rules! root_span {
     ($sampled:expr, $name:expr, $($fields:tt)*) => {
         if $sampled {
-            $crate::__tracing::info_span!($name, $($fields)*)
-        } else {
             $crate::__tracing::info_span!(
-                target: concat!(module_path!(), "::untraced"),
+                target: concat!(module_path!(), "::traced"),
                 $name,
                 $($fields)*
             )
+        } else {
+            $crate::__tracing::info_span!($name, $($fields)*)
         }
     };
 }
@@ -161,11 +162,15 @@ pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry
         let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
             t.with_target(*name, LevelFilter::INFO)
         });
+        // The static part first: it answers per callsite once and caps the level (so the other
+        // crates' debug and trace callsites cost nothing); the dynamic part looks at the span
+        // stack only for what passes it.
+        let roots = traced.clone();
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("im"))
-            .with_filter(dynamic_filter_fn(move |meta, cx| {
-                exported(&traced, meta, cx)
-            }))
+            .with_filter(traced.and(dynamic_filter_fn(move |meta, cx| {
+                exported(&roots, meta, cx)
+            })))
     });
     let _ = tracing_subscriber::registry()
         .with(otel)
@@ -175,17 +180,21 @@ pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry
 }
 
 /// Whether the exporter sees a span (or event): one of this workspace's crates at `info` or
-/// above, not on an [`UNTRACED`] target, and, inside another span, only when that span is exported
-/// too (so nothing under an untraced call is built for export; a root decides for its tree).
+/// above, and either a sampled root ([`TRACED`] target, [`root_span!`]) or opened inside an
+/// exported span (so nothing under an unsampled root is built for export, whether or not the
+/// logs keep that root).
 fn exported<S>(traced: &Targets, meta: &tracing::Metadata<'_>, cx: &Context<'_, S>) -> bool
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    if !traced.would_enable(meta.target(), meta.level()) || meta.target().ends_with(UNTRACED) {
+    if !traced.would_enable(meta.target(), meta.level()) {
         return false;
     }
+    if meta.is_span() && meta.target().ends_with(TRACED) {
+        return true;
+    }
     match cx.current_span().id() {
-        None => meta.is_span(),
+        None => false,
         Some(current) => cx.lookup_current().is_some_and(|s| s.id() == *current),
     }
 }
