@@ -5,7 +5,8 @@ auth off, 8 connections x 16 streams):
 
     off            telemetry.access_log: false, no export
     access log     the default access log on stderr (to a file), no export
-    export 0       spans and metrics exported over OTLP to a sink, sample_ratio 0 (spans made, none kept)
+    export 0       spans and metrics exported over OTLP to a sink, sample_ratio 0 (no span built for export)
+    export 0.01    the same at sample_ratio 0.01
     export 0.1     the same at sample_ratio 0.1
     export 0.1 + access log
 
@@ -70,6 +71,8 @@ CONFIGS = {
     "access log": ("telemetry: {{ access_log: true }}", "info"),
     "export 0": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.0 }}",
                  "error"),
+    "export 0.01": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.01 }}",
+                    "error"),
     "export 0.1": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.1 }}",
                    "error"),
     "export 0.1 + access log": (
@@ -146,11 +149,12 @@ def write_report(args, results, calls, received, logs):
         "",
         f"Command: `python3 bench/telemetry_cost.py --runs {args.runs} --requests {args.requests}`; "
         f"date {datetime.date.today().isoformat()}.",
-        "One release `im-gateway`, five configurations started side by side and alternating in every round",
+        "One release `im-gateway`, six configurations started side by side and alternating in every round",
         "(JSON bridge, auth off, im-bench 8 connections x 16 streams, the same echo backend); each gateway on",
         "core 0, load tool and OTLP sink on core 1. \"paired\" is the median over rounds of config / off",
-        "within the round. \"export\" sends spans (batched) and metrics (every 15 s) over OTLP/gRPC; at",
-        "sample_ratio 0 the spans are still made, only none is kept. The access log goes to a file.",
+        "within the round. \"export\" sends spans (batched) and metrics (every 15 s) over OTLP/gRPC; the",
+        "sampling decision is taken where a call's span opens, so an unsampled call builds nothing for",
+        "export. The access log (text, `RUST_LOG=info`) goes to a file.",
         "",
         "| configuration | req/s (median) | paired req/s vs off | server CPU µs/req (median) | paired CPU vs off |",
         "|---|---:|---:|---:|---:|",

@@ -184,7 +184,8 @@ async fn every_dashboard_query_returns_the_series_it_names_after_known_traffic()
     })
     .await;
 
-    // 1,000 sockets, each naming a platform of its own: one `other` series.
+    // 1,000 sockets, each naming a platform of its own: one `other` series. They connect from
+    // 127.0.0.2, so their ports never collide with the free ports other tests bind on 127.0.0.1.
     let mut sockets = Vec::with_capacity(1000);
     let ids: Vec<usize> = (0..1000).collect();
     for batch in ids.chunks(50) {
@@ -195,9 +196,17 @@ async fn every_dashboard_query_returns_the_series_it_names_after_known_traffic()
                 "d",
                 &format!("platform-{i}"),
             );
-            let query = format!("token={t}");
-            let a = &a;
-            async move { connect(a, &query).await }
+            let url = format!("ws://{}/ws?token={t}", a.push);
+            let push = a.push;
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from(([127, 0, 0, 2], 0)))?;
+                let stream = socket.connect(push).await?;
+                tokio_tungstenite::client_async(url, stream)
+                    .await
+                    .map(|(ws, _)| ws)
+                    .map_err(std::io::Error::other)
+            }
         }))
         .await;
         sockets.extend(opened.into_iter().map(|r| r.expect("handshake accepted")));
