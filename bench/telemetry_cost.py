@@ -85,8 +85,11 @@ def main():
     ap.add_argument("--binary", default=os.path.join(BIN, "im-gateway"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--only", help="comma-separated configurations to run (default: all); \"off\" always runs")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     args = ap.parse_args()
+    configs = {k: v for k, v in CONFIGS.items()
+               if not args.only or k == "off" or k in args.only.split(",")}
 
     tmp = tempfile.mkdtemp(prefix="im-bench-telemetry-")
     key = os.path.join(tmp, "rsa.pem")
@@ -103,7 +106,7 @@ def main():
                                            "--listen", f"127.0.0.1:{backend_port}"],
                                env=dict(os.environ, RUST_LOG="warn"))
     gateways = {}
-    results = {name: [] for name in CONFIGS}
+    results = {name: [] for name in configs}
 
     def load(edge, n):
         cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), "http", "--url", f"http://127.0.0.1:{edge}/service/echo",
@@ -114,7 +117,7 @@ def main():
     try:
         wait_port(sink_port)
         wait_port(backend_port)
-        for i, (name, (extra, rust_log)) in enumerate(CONFIGS.items()):
+        for i, (name, (extra, rust_log)) in enumerate(configs.items()):
             gateways[name] = start_bridge_gateway(args.binary, tmp, f"cfg{i}", backend_port, key + ".pub",
                                                   extra=extra.format(sink=sink_port), rust_log=rust_log,
                                                   log=os.path.join(tmp, f"cfg{i}.log"))
@@ -131,7 +134,7 @@ def main():
         sink.stdin.write("\n")
         sink.stdin.flush()
         calls, received = (int(x) for x in sink.stdout.readline().split())
-        logs = {name: os.path.getsize(os.path.join(tmp, f"cfg{i}.log")) for i, name in enumerate(CONFIGS)}
+        logs = {name: os.path.getsize(os.path.join(tmp, f"cfg{i}.log")) for i, name in enumerate(configs)}
     finally:
         for proc, _ in gateways.values():
             proc.terminate()
@@ -147,9 +150,10 @@ def write_report(args, results, calls, received, logs):
         BEGIN,
         "## Telemetry cost",
         "",
-        f"Command: `python3 bench/telemetry_cost.py --runs {args.runs} --requests {args.requests}`; "
+        f"Command: `python3 bench/telemetry_cost.py --runs {args.runs} --requests {args.requests}"
+        f"{f' --only {chr(39)}{args.only}{chr(39)}' if args.only else ''}`; "
         f"date {datetime.date.today().isoformat()}.",
-        "One release `im-gateway`, six configurations started side by side and alternating in every round",
+        f"One release `im-gateway`, {len(results)} configurations started side by side and alternating in every round",
         "(JSON bridge, auth off, im-bench 8 connections x 16 streams, the same echo backend); each gateway on",
         "core 0, load tool and OTLP sink on core 1. \"paired\" is the median over rounds of config / off",
         "within the round. \"export\" sends spans (batched) and metrics (every 15 s) over OTLP/gRPC; the",
