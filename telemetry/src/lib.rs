@@ -166,8 +166,16 @@ pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry
         // crates' debug and trace callsites cost nothing); the dynamic part looks at the span
         // stack only for what passes it.
         let roots = traced.clone();
+        // Off: per-span source locations, thread and target attributes, busy/idle timing and
+        // context activation, which cost work on every span (the last two on every poll of an
+        // instrumented future) and answer nothing the dashboards ask.
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("im"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(traced.and(dynamic_filter_fn(move |meta, cx| {
                 exported(&roots, meta, cx)
             })))
