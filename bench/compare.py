@@ -68,6 +68,20 @@ auth: {{ public_keys: [{{ alg: RS256, file: {public_key} }}] }}
     return proc, edge
 
 
+def bridge_inputs(prefix):
+    """A scratch dir with an RSA key pair (the RS256 case's; `<key>.pub` for the gateway) and the
+    bridge's JSON body: (dir, key, body)."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    key = os.path.join(tmp, "rsa.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-pubout", "-in", key, "-out", key + ".pub"], check=True, capture_output=True)
+    body = os.path.join(tmp, "body.json")
+    with open(body, "w") as f:
+        f.write('{"text":"hello from the benchmark"}')
+    return tmp, key, body
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -89,14 +103,7 @@ def main():
     args = ap.parse_args()
     binaries = {args.before_label: args.before, args.after_label: args.after}
 
-    tmp = tempfile.mkdtemp(prefix="im-bench-compare-")
-    key = os.path.join(tmp, "rsa.pem")
-    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
-                   check=True, capture_output=True)
-    subprocess.run(["openssl", "pkey", "-pubout", "-in", key, "-out", key + ".pub"], check=True, capture_output=True)
-    body = os.path.join(tmp, "body.json")
-    with open(body, "w") as f:
-        f.write('{"text":"hello from the benchmark"}')
+    tmp, key, body = bridge_inputs("im-bench-compare-")
     with open(os.path.join(tmp, "hs256.key"), "w") as f:
         f.write("bench-hs256-secret-0123456789abcdef")
     with open(os.path.join(tmp, "internal.token"), "w") as f:

@@ -27,11 +27,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import start_bridge_gateway  # noqa: E402
+from compare import bridge_inputs, start_bridge_gateway  # noqa: E402
 from run import BIN, LOAD_CPU, ROOT, cpu_seconds, free_port, wait_port, write_section  # noqa: E402
 
 BEGIN, END = "<!-- telemetry:begin -->", "<!-- telemetry:end -->"
@@ -91,14 +90,7 @@ def main():
     configs = {k: v for k, v in CONFIGS.items()
                if not args.only or k == "off" or k in args.only.split(",")}
 
-    tmp = tempfile.mkdtemp(prefix="im-bench-telemetry-")
-    key = os.path.join(tmp, "rsa.pem")
-    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
-                   check=True, capture_output=True)
-    subprocess.run(["openssl", "pkey", "-pubout", "-in", key, "-out", key + ".pub"], check=True, capture_output=True)
-    body = os.path.join(tmp, "body.json")
-    with open(body, "w") as f:
-        f.write('{"text":"hello from the benchmark"}')
+    tmp, key, body = bridge_inputs("im-bench-telemetry-")
     sink_port, backend_port = free_port(), free_port()
     sink = subprocess.Popen(LOAD_CPU + [SINK_PY, "-c", SINK, str(sink_port)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
