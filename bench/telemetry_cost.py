@@ -4,6 +4,7 @@ configurations alternating in every round against the same backend and load tool
 auth off, 8 connections x 16 streams):
 
     off            telemetry.access_log: false, no export
+    off (control)  the same again, in a process of its own: the noise floor of a pair
     access log     the default access log on stderr (to a file), no export
     export 0       spans and metrics exported over OTLP to a sink, sample_ratio 0 (no span built for export)
     export 0.01    the same at sample_ratio 0.01
@@ -67,6 +68,8 @@ for line in sys.stdin:
 
 CONFIGS = {
     "off": ("telemetry: {{ access_log: false }}", "error"),
+    # The same as "off" in a process of its own: what two identical gateways differ by here.
+    "off (control)": ("telemetry: {{ access_log: false }}", "error"),
     "access log": ("telemetry: {{ access_log: true }}", "info"),
     "export 0": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.0 }}",
                  "error"),
