@@ -41,10 +41,13 @@
 //!   push URL, served by the edge for `GET` on paths no route claims.
 //! - [`cluster`]: cluster mode through Redis: the registry of every node's connections, node
 //!   liveness, node-to-node messages; `push::remote` is where the push plugin uses it.
-//! - [`admin`]: health, readiness, metrics, route inspection and reload.
+//! - [`admin`]: health, readiness, metrics, route inspection and reload; `admin::scrape` is the
+//!   one reading of the metrics that `/metrics` renders and the OTLP export sends.
 //! - [`maintenance`]: after each table swap, health checks and state of removed endpoints;
 //!   periodic sweeps of rate-limit keys and revocations (the reloader only reloads).
-//! - [`metrics`]: the Prometheus registry of one gateway.
+//! - [`metrics`]: the Prometheus registries of one gateway.
+//! - [`telemetry`]: `telemetry:` in gateway.yaml, the call spans (sampled where they open) and the
+//!   access log; the export itself is `im_telemetry`'s.
 //! - [`server`]: assembles the Pingora services (edge, push + PushService on one runtime, admin,
 //!   reloader, maintenance); runs and stops a gateway in-process.
 
