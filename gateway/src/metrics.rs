@@ -494,11 +494,6 @@ impl Metrics {
         families.extend(self.standard.gather());
         families
     }
-
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
-        render(&self.gather())
-    }
 }
 
 /// Prometheus text exposition of `families`.
@@ -561,7 +556,7 @@ mod tests {
         let m = Metrics::new();
         refresh_process(&m);
         assert!(m.process_rss.get() > 0 && m.process_fds.get() > 0);
-        let text = String::from_utf8(m.render()).unwrap();
+        let text = String::from_utf8(render(&m.gather())).unwrap();
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }
