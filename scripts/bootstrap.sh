@@ -5,6 +5,9 @@
 # Chinese text legible in its screenshots. The gRPC contract tests use clients the project did not
 # write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm. Cluster
 # mode's tests need redis-server 7 (sharded pub/sub, RESP3); the dashboard test, Prometheus.
+# Service discovery: the etcd-client crate compiles etcd's protos with protoc, and its tests start
+# Debian's etcd. Speech-to-text: the reference backend runs PocketSphinx's recognizer with its
+# US-English model, and the tests feed it the recordings of pocketsphinx-testdata.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -17,6 +20,11 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 # The dashboard test evaluates every panel's query on a real Prometheus it starts itself.
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v pocketsphinx_continuous >/dev/null || need+=(pocketsphinx)
+[ -d /usr/share/pocketsphinx/model/en-us ] || need+=(pocketsphinx-en-us)
+[ -f /usr/share/pocketsphinx/test/data/goforward.raw ] || need+=(pocketsphinx-testdata)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

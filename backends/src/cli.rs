@@ -16,11 +16,11 @@ use crate::BackendConfig;
     about = "Reference backends of the IM system (tonic services over h2c, with grpc.health.v1 and reflection)"
 )]
 pub struct Args {
-    /// Comma-separated services to run: user, friend, message, file, echo.
+    /// Comma-separated services to run: user, friend, message, file, speech, echo.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "user,friend,message,file"
+        default_value = "user,friend,message,file,speech"
     )]
     pub services: Vec<String>,
     /// Address to serve gRPC (h2c) on.
@@ -101,6 +101,33 @@ pub struct Args {
     /// `service.name` of this process's spans.
     #[arg(long, default_value = "im-backends")]
     pub service_name: String,
+    /// The speech service's recognizer: PocketSphinx's `pocketsphinx_continuous` (on PATH) or
+    /// a path to it.
+    #[arg(long, default_value = "pocketsphinx_continuous")]
+    pub speech_recognizer: PathBuf,
+    /// Recognizers running at once (each is a process using one core); default: the core count.
+    #[arg(long)]
+    pub speech_workers: Option<usize>,
+    /// Longest audio the speech service takes, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub speech_max_seconds: u64,
+    /// Deadline of one recognition, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub speech_timeout_secs: u64,
+    /// Register every service run here in etcd, under a lease kept alive while the process
+    /// runs: `etcd://host:port[,host:port][/prefix/]` (prefix default `/im/services/`); keys are
+    /// `<prefix><grpc service>/<host:port>`.
+    #[arg(long, value_name = "URL")]
+    pub register: Option<String>,
+    /// Seconds the etcd lease lives without a keep-alive: how long a killed process stays listed.
+    #[arg(long, default_value_t = 10, requires = "register")]
+    pub register_ttl: u64,
+    /// The address gateways reach this process on (default: --listen).
+    #[arg(long, requires = "register")]
+    pub advertise: Option<SocketAddr>,
+    /// The weight registered with each service (1 to 1000).
+    #[arg(long, default_value_t = 1, requires = "register")]
+    pub register_weight: u32,
     /// Log lines as `text` or `json` (default: `IM_LOG_FORMAT`, else text).
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -179,7 +206,39 @@ impl Args {
         cfg.hash_queue = self.hash_queue;
         cfg.diagnostics = self.diagnostics;
         cfg.trace_sample_ratio = self.trace_sample_ratio;
-        let notifying = cfg.services.iter().any(|s| s != "echo" && s != "file");
+        cfg.speech = crate::speech::SpeechConfig {
+            recognizer: self.speech_recognizer,
+            workers: self.speech_workers.unwrap_or_else(crate::cores),
+            max_duration: Duration::from_secs(self.speech_max_seconds),
+            // The largest a WAV of that length can be: 48 kHz stereo float, plus headers.
+            max_bytes: (self.speech_max_seconds as usize * 48_000 * 2 * 4 + 4096)
+                .min(cfg.max_message),
+            timeout: Duration::from_secs(self.speech_timeout_secs),
+            scratch_dir: std::env::temp_dir(),
+        };
+        if cfg.speech.workers == 0 || self.speech_max_seconds == 0 || self.speech_timeout_secs == 0
+        {
+            return Err(
+                "--speech-workers, --speech-max-seconds and --speech-timeout-secs must be above 0"
+                    .into(),
+            );
+        }
+        cfg.register = self
+            .register
+            .as_deref()
+            .map(|url| {
+                crate::register::Registration::parse(
+                    url,
+                    Duration::from_secs(self.register_ttl),
+                    self.advertise.unwrap_or(self.listen),
+                    self.register_weight,
+                )
+            })
+            .transpose()?;
+        let notifying = cfg
+            .services
+            .iter()
+            .any(|s| !matches!(s.as_str(), "echo" | "file" | "speech"));
         if notifying {
             cfg.internal_token = Some(read_secret(
                 &self.internal_token_file,

@@ -32,6 +32,9 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(Code::Unavailable, message)
     }
+    pub fn deadline(message: impl Into<String>) -> Self {
+        Self::new(Code::DeadlineExceeded, message)
+    }
     pub fn failed_precondition(message: impl Into<String>) -> Self {
         Self::new(Code::FailedPrecondition, message)
     }

@@ -5,13 +5,17 @@
 //! - [`user`], [`friend`], [`message`], [`file`]: the IM services; [`file_access`]: who may
 //!   read a stored file; [`phone`]: phone numbers in E.164; [`hashing`]: argon2 on a fixed
 //!   pool with preallocated memory.
+//! - [`speech`]: speech-to-text with PocketSphinx run as a bounded subprocess; [`audio`]: WAV
+//!   and raw PCM decoded to 16 kHz mono.
 //! - [`echo`]: the diagnostic echo service (delays, failures, health flips) that the gateway's
 //!   tests and benchmarks use as a trivial, controllable backend.
 //! - [`db`]: SQLite (WAL, busy timeout, one writer, blocking pool) and the schema migrations.
 //! - [`caller`]: identity from the gateway's metadata; [`error`]: what clients see on failure.
 //! - [`token`]: JWT issuance; [`notify`]: PushService client; [`sms`]: verification-code sender.
-//! - [`cli`]: the `im-backends` binary: run any subset of services on one address.
+//! - [`cli`]: the `im-backends` binary: run any subset of services on one address;
+//!   [`register`]: its registration in etcd for the gateways' discovery.
 
+pub mod audio;
 pub mod caller;
 pub mod cli;
 pub mod db;
@@ -24,7 +28,9 @@ pub mod hashing;
 pub mod message;
 pub mod notify;
 pub mod phone;
+pub mod register;
 pub mod sms;
+pub mod speech;
 pub mod token;
 pub mod user;
 pub mod util;
@@ -39,13 +45,14 @@ use im_proto::im::file::v1::file_service_server::FileServiceServer;
 use im_proto::im::friend::v1::friend_service_server::FriendServiceServer;
 use im_proto::im::message::v1::msg_storage_service_server::MsgStorageServiceServer;
 use im_proto::im::message::v1::msg_transmit_service_server::MsgTransmitServiceServer;
+use im_proto::im::speech::v1::speech_service_server::SpeechServiceServer;
 use im_proto::im::user::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Every service `--services` can name.
-pub const ALL_SERVICES: [&str; 5] = ["user", "friend", "message", "file", "echo"];
+pub const ALL_SERVICES: [&str; 6] = ["user", "friend", "message", "file", "speech", "echo"];
 
 /// What the services need; built by the CLI (or a test) from flags and files.
 pub struct BackendConfig {
@@ -86,6 +93,10 @@ pub struct BackendConfig {
     pub diagnostics: bool,
     /// Share of calls without a caller's trace decision that are traced (with trace export on).
     pub trace_sample_ratio: f64,
+    /// Where to register the services run here (`--register`), if anywhere.
+    pub register: Option<register::Registration>,
+    /// The speech service's recognizer and limits.
+    pub speech: speech::SpeechConfig,
 }
 
 /// The machine's core count: the default number of hashing threads.
@@ -119,6 +130,8 @@ impl BackendConfig {
             hash_queue: 64,
             diagnostics: false,
             trace_sample_ratio: 1.0,
+            register: None,
+            speech: speech::SpeechConfig::default(),
         }
     }
 
@@ -173,6 +186,7 @@ pub async fn serve(
     }
 
     let mut names = Vec::new();
+    let mut not_serving = Vec::new();
     let user = if cfg.wants("user") {
         let secret = cfg.jwt_secret.as_deref().ok_or(
             "the user service mints tokens: pass --jwt-secret-file (the gateway's auth.hs256_secret_file)",
@@ -232,6 +246,16 @@ pub async fn serve(
     } else {
         None
     };
+    let speech = cfg.wants("speech").then(|| {
+        let svc = speech::SpeechSvc::new(cfg.speech.clone());
+        // Without its recognizer the service answers UNAVAILABLE and health says NOT_SERVING.
+        if svc.installed() {
+            names.push(speech::SERVICE_NAME);
+        } else {
+            not_serving.push(speech::SERVICE_NAME);
+        }
+        limited!(SpeechServiceServer::new(svc))
+    });
     let echo = cfg.wants("echo").then(|| {
         names.push(echo::SERVICE_NAME);
         limited!(EchoServiceServer::new(echo::Echo::new(
@@ -246,7 +270,24 @@ pub async fn serve(
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
+    for name in not_serving {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     tracing::info!(%addr, services = ?cfg.services, "im-backends serving");
+    // Registered once serving; on shutdown the registration goes first, so gateways stop
+    // picking this process before it stops answering.
+    let registrar = cfg
+        .register
+        .clone()
+        .map(|reg| register::Registrar::start(reg, names.clone()));
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(r) = registrar {
+            r.stop().await;
+        }
+    };
     let cfg_ratio = cfg.trace_sample_ratio;
     tonic::transport::Server::builder()
         .trace_fn(move |request| call_span(request, cfg_ratio))
@@ -257,6 +298,7 @@ pub async fn serve(
         .add_optional_service(transmit)
         .add_optional_service(storage)
         .add_optional_service(file)
+        .add_optional_service(speech)
         .add_optional_service(echo)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await

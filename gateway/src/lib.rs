@@ -24,6 +24,9 @@
 //!   SIGHUP or `POST /admin/reload`.
 //! - [`upstream`]: pools with pingora-load-balancing selection, health keyed by address with
 //!   active `grpc.health.v1` checks, and the tonic channels calls go through.
+//! - [`discovery`]: endpoints found in DNS (A/AAAA, SRV) or etcd, kept outside the tables; a
+//!   change rebuilds the current table from the same file. [`keyed_tasks`] runs the watchers and
+//!   health checkers, one task per key.
 //! - [`pipeline`]: admit -> call -> decode -> dispatch -> encode, shared by HTTP and WebSocket,
 //!   with JSON transcoding and the protobuf validator.
 //! - [`dispatch`]: the dispatcher (route -> pool -> endpoint -> tonic pass-through codec ->
@@ -69,9 +72,11 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod dispatch;
 pub mod filters;
 pub mod http_guard;
+pub mod keyed_tasks;
 pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;

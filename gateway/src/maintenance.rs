@@ -1,7 +1,8 @@
 //! The maintenance background service, apart from the reloader (which only reloads): after every
-//! route-table swap it reconciles active health checks and drops the channels, health state and
-//! limiters of what the table no longer has; on an interval it sweeps refilled rate-limit keys
-//! and ended revocations. A failure in one never stops the other.
+//! route-table swap it reconciles active health checks and discovery watchers and drops the
+//! channels, health state and limiters of what the table no longer has; when discovery finds a
+//! different set it rebuilds the table; on an interval it sweeps refilled rate-limit keys and
+//! ended revocations. A failure in one never stops the other.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::clock::unix_now;
+use crate::discovery::supervisor::DiscoverySupervisor;
 use crate::dispatch::Dispatcher;
 use crate::filters::Guard;
 use crate::routes::RouteStore;
@@ -27,8 +29,10 @@ pub struct Maintenance {
 
 impl Maintenance {
     /// Brings health checks, channels, health state and limiters in line with the current table.
-    fn reconcile(&self, supervisor: &mut HealthSupervisor) {
+    fn reconcile(&self, supervisor: &mut HealthSupervisor, discovery: &mut DiscoverySupervisor) {
         let table = self.routes.load();
+        let registries = self.routes.registries();
+        discovery.reconcile(table.sources(), &registries.discovered);
         let mut addrs = HashSet::new();
         let mut wanted = Vec::new();
         for (up, ep) in table.endpoints() {
@@ -38,7 +42,6 @@ impl Maintenance {
             }
         }
         supervisor.reconcile(wanted);
-        let registries = self.routes.registries();
         registries.health.retain(&addrs);
         self.dispatcher.channels().retain(&addrs);
         let limiters = table
@@ -53,7 +56,9 @@ impl Maintenance {
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut supervisor = HealthSupervisor::default();
-        self.reconcile(&mut supervisor);
+        let mut discovery = DiscoverySupervisor::default();
+        let mut discovered = self.routes.registries().discovered.subscribe();
+        self.reconcile(&mut supervisor, &mut discovery);
         let mut swapped = self.routes.subscribe();
         let mut sweep = tokio::time::interval(self.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,7 +71,11 @@ impl BackgroundService for Maintenance {
                 }
                 changed = swapped.changed() => {
                     if changed.is_err() { break; }
-                    self.reconcile(&mut supervisor);
+                    self.reconcile(&mut supervisor, &mut discovery);
+                }
+                changed = discovered.changed() => {
+                    if changed.is_err() { break; }
+                    self.routes.refresh_endpoints();
                 }
             }
         }

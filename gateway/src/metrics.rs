@@ -53,6 +53,10 @@ pub struct Metrics {
     pub process_fds: IntGauge,
     /// 1 when an endpoint takes traffic, by upstream and endpoint; refreshed at scrape time.
     pub endpoint_healthy: IntGaugeVec,
+    /// Per discovered upstream: 1 while its source answers, 0 while the last set is kept.
+    pub discovery_up: IntGaugeVec,
+    /// Per discovered upstream: the endpoints its source found (last known while failing).
+    pub discovery_endpoints: IntGaugeVec,
     /// Upstream attempts that failed, by upstream and kind (connect, refused, timeout, transport).
     pub upstream_failures: IntCounterVec,
     /// Retried attempts by upstream.
@@ -195,6 +199,22 @@ impl Metrics {
                 "1 when the endpoint takes traffic",
             ),
             &["upstream", "endpoint"],
+        )
+        .expect("valid metric");
+        let discovery_up = IntGaugeVec::new(
+            Opts::new(
+                "discovery_up",
+                "1 while the upstream's discovery source (dns or etcd) answers; 0 while its last known endpoints keep serving",
+            ),
+            &["upstream", "source"],
+        )
+        .expect("valid metric");
+        let discovery_endpoints = IntGaugeVec::new(
+            Opts::new(
+                "discovery_endpoints",
+                "Endpoints the upstream's discovery source found (the last known set while it fails)",
+            ),
+            &["upstream", "source"],
         )
         .expect("valid metric");
         let upstream_failures = IntCounterVec::new(
@@ -388,6 +408,8 @@ impl Metrics {
             Box::new(own_latency.clone()),
             Box::new(ws_by_platform.clone()),
             Box::new(endpoint_healthy.clone()),
+            Box::new(discovery_up.clone()),
+            Box::new(discovery_endpoints.clone()),
             Box::new(upstream_failures.clone()),
             Box::new(retries.clone()),
             Box::new(reloads.clone()),
@@ -432,6 +454,8 @@ impl Metrics {
             process_fds,
             standard,
             endpoint_healthy,
+            discovery_up,
+            discovery_endpoints,
             upstream_failures,
             retries,
             reloads,

@@ -126,6 +126,7 @@ impl Gateway {
         let registries = Registries {
             health: HealthRegistry::default(),
             limiters: LimiterRegistry::new(config.rate_limit.max_keys),
+            discovered: Default::default(),
         };
         let routes = Arc::new(RouteStore::open(source, registries, metrics.clone())?);
         let internal_token = config

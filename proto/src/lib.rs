@@ -38,4 +38,9 @@ pub mod im {
             tonic::include_proto!("im.file.v1");
         }
     }
+    pub mod speech {
+        pub mod v1 {
+            tonic::include_proto!("im.speech.v1");
+        }
+    }
 }

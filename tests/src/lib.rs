@@ -14,6 +14,7 @@ use im_gateway::{Gateway, RunningGateway};
 use tokio::sync::oneshot;
 
 pub mod backend_memory;
+pub mod etcd_server;
 pub mod im;
 pub mod otlp;
 pub mod prometheus;
@@ -205,7 +206,12 @@ impl EchoBackend {
     }
 
     pub async fn start_with_limit(max_message: usize) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), max_message).await
+    }
+
+    /// On `addr` (another loopback address, say, for DNS answers that differ by IP).
+    pub async fn start_on(addr: SocketAddr, max_message: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend address");
@@ -247,6 +253,11 @@ pub struct EchoProcess {
 impl EchoProcess {
     /// `exe` is `env!("CARGO_BIN_EXE_echo_backend")` of the calling test.
     pub async fn start(exe: &str, addr: SocketAddr) -> Self {
+        Self::start_with_args(exe, addr, &[]).await
+    }
+
+    /// With `extra` flags (`--register etcd://…`).
+    pub async fn start_with_args(exe: &str, addr: SocketAddr, extra: &[&str]) -> Self {
         let child = Command::new(exe)
             .args([
                 "--services",
@@ -255,6 +266,7 @@ impl EchoProcess {
                 "--listen",
                 &addr.to_string(),
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -266,6 +278,14 @@ impl EchoProcess {
         )
         .await;
         Self { addr, child }
+    }
+
+    /// SIGTERM (a graceful stop), then reap.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
     }
 
     /// SIGKILL, then reap: once this returns the kernel has closed the process's sockets.

@@ -17,6 +17,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::clock::unix_now;
+use crate::discovery::{DiscoveredSets, Source};
 use crate::filters::revocation::MAX_SESSION_SECS;
 use crate::filters::Guard;
 use crate::metrics::Metrics;
@@ -73,8 +74,9 @@ fn health_name(h: Health) -> &'static str {
     }
 }
 
-/// Upstream health as reported by `/readyz` and `/admin/routes`.
-fn upstreams_json(table: &RouteTable) -> serde_json::Value {
+/// Upstream health as reported by `/readyz` and `/admin/routes`, with each endpoint's origin
+/// and each discovery source's state.
+fn upstreams_json(table: &RouteTable, discovered: &DiscoveredSets) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for (name, up) in &table.upstreams {
         let endpoints: Vec<_> = up
@@ -87,22 +89,49 @@ fn upstreams_json(table: &RouteTable) -> serde_json::Value {
                     "health": health_name(e.state.health()),
                     "available": e.state.available(),
                     "inflight": e.state.inflight(),
+                    "source": e.origin,
                 })
             })
             .collect();
-        out.insert(
-            name.clone(),
-            json!({
-                "lb": format!("{:?}", up.lb),
-                "healthy": up.any_available(),
-                "timeout_ms": up.timeout.as_millis() as u64,
-                "retries": up.retries,
-                "max_message": up.max_message,
-                "endpoints": endpoints,
-            }),
-        );
+        let mut entry = json!({
+            "lb": format!("{:?}", up.lb),
+            "healthy": up.any_available(),
+            "timeout_ms": up.timeout.as_millis() as u64,
+            "retries": up.retries,
+            "max_message": up.max_message,
+            "endpoints": endpoints,
+        });
+        if let Some(source) = &up.discovery {
+            entry["discovery"] = discovery_json(source, discovered);
+        }
+        out.insert(name.clone(), entry);
     }
     out.into()
+}
+
+fn discovery_json(source: &Source, discovered: &DiscoveredSets) -> serde_json::Value {
+    let status = discovered.status(source).unwrap_or_default();
+    json!({
+        "source": source.describe(),
+        "ok": status.ok,
+        "error": status.error,
+        "endpoints": status.endpoints.len(),
+        "updated_at": status.updated_at.map(unix_secs),
+    })
+}
+
+/// Upstreams whose discovery source is failing now (their last known set keeps serving).
+fn failing_discovery(table: &RouteTable, discovered: &DiscoveredSets) -> Vec<String> {
+    table
+        .upstreams
+        .values()
+        .filter(|u| {
+            u.discovery
+                .as_ref()
+                .is_some_and(|s| !discovered.status(s).is_some_and(|st| st.ok))
+        })
+        .map(|u| u.name.clone())
+        .collect()
 }
 
 impl AdminApp {
@@ -148,7 +177,7 @@ impl AdminApp {
             "reloads_ok": status.reloads_ok,
             "reloads_failed": status.reloads_failed,
             "routes": routes,
-            "upstreams": upstreams_json(&table),
+            "upstreams": upstreams_json(&table, &self.routes.registries().discovered),
         })
     }
 
@@ -210,13 +239,21 @@ impl ServeHttp for AdminApp {
                 // Upstream health is reported, never gating (DESIGN §11).
                 // In cluster mode a node whose Redis or subscription is not working still
                 // serves its own sessions: it says `degraded`, it does not refuse traffic.
+                // A discovery source that fails (registry unreachable, empty DNS answer) leaves
+                // its upstream on the last known endpoints: `degraded`, named in `discovery_failing`.
                 let table = self.routes.load();
+                let discovered = &self.routes.registries().discovered;
                 let mut body = json!({
                     "ready": true,
                     "status": "ok",
                     "routes_version": table.version,
-                    "upstreams": upstreams_json(&table),
+                    "upstreams": upstreams_json(&table, discovered),
                 });
+                let failing = failing_discovery(&table, discovered);
+                if !failing.is_empty() {
+                    body["status"] = json!("degraded");
+                    body["discovery_failing"] = json!(failing);
+                }
                 if let Some(cluster) = &self.push.cluster {
                     if !cluster.healthy() {
                         body["status"] = json!("degraded");

@@ -48,5 +48,21 @@ impl Scrape {
                 .with_label_values(&[&up.name, &ep.addr.to_string()])
                 .set(i64::from(ep.state.available()));
         }
+        m.discovery_up.reset();
+        m.discovery_endpoints.reset();
+        let discovered = &self.routes.registries().discovered;
+        for up in table.upstreams.values() {
+            let Some(source) = &up.discovery else {
+                continue;
+            };
+            let status = discovered.status(source).unwrap_or_default();
+            let labels = [up.name.as_str(), source.kind()];
+            m.discovery_up
+                .with_label_values(&labels)
+                .set(i64::from(status.ok));
+            m.discovery_endpoints
+                .with_label_values(&labels)
+                .set(status.endpoints.len() as i64);
+        }
     }
 }

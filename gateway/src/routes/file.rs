@@ -22,7 +22,11 @@ pub struct RoutesFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
+    /// The static endpoints; may be empty when `discovery` finds them.
+    #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    /// Where (more) endpoints are looked up: DNS or etcd.
+    pub discovery: Option<DiscoverySpec>,
     #[serde(default)]
     pub lb: LbPolicy,
     pub health_check: Option<HealthCheckSpec>,
@@ -52,6 +56,30 @@ pub struct WeightedEndpoint {
 
 fn one() -> u32 {
     1
+}
+
+/// `discovery: { dns: "user.internal:50051" }`, `{ dns: "_grpc._tcp.user.internal" }` (SRV) or
+/// `{ etcd: { endpoints: ["127.0.0.1:2379"], prefix: "/im/services/im.user.v1.UserService/" } }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySpec {
+    /// `host:port` (A and AAAA records) or an SRV name without a port.
+    pub dns: Option<String>,
+    pub etcd: Option<EtcdSpec>,
+    /// DNS: the longest time between lookups (a shorter TTL makes them sooner); default 30s.
+    pub interval: Option<HumanDuration>,
+    /// DNS: name servers to ask, `ip:port`; default: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSpec {
+    /// etcd client URLs or `host:port`s.
+    pub endpoints: Vec<String>,
+    /// Key prefix of the service's registrations, ending in `/`.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -49,6 +49,9 @@ pub struct RouteStore {
     registries: Registries,
     // A std Mutex: held only to copy or update a few fields, never across `.await`.
     status: Mutex<ReloadStatus>,
+    /// Held from build to swap by reloads and discovery rebuilds, so neither swaps in a table
+    /// built before the other's (a rebuild never undoes a reload). Never held across `.await`.
+    swapping: Mutex<()>,
     /// Bumped on every successful swap; the health supervisor reconciles on it.
     swapped: watch::Sender<u64>,
     metrics: Arc<Metrics>,
@@ -69,6 +72,7 @@ impl RouteStore {
             source,
             registries,
             status: Mutex::default(),
+            swapping: Mutex::default(),
             swapped: watch::channel(0).0,
             metrics,
         })
@@ -97,6 +101,7 @@ impl RouteStore {
 
     /// Like [`Self::reload`], but a file whose content (and descriptors) did not change is a no-op.
     pub fn reload_if_changed(&self, trigger: &str) -> Result<Arc<RouteTable>, RoutesError> {
+        let _swapping = self.swapping.lock().unwrap_or_else(PoisonError::into_inner);
         let result = self.source.build(&self.registries);
         if let Ok(table) = &result {
             if table.version == self.load().version {
@@ -108,8 +113,27 @@ impl RouteStore {
 
     /// Rebuilds from the source and swaps the new table in, or keeps the old one and records why not.
     pub fn reload(&self, trigger: &str) -> Result<Arc<RouteTable>, RoutesError> {
+        let _swapping = self.swapping.lock().unwrap_or_else(PoisonError::into_inner);
         let result = self.source.build(&self.registries);
         self.apply(trigger, result)
+    }
+
+    /// Rebuilds the current table from its own file with the endpoints discovery knows now, and
+    /// swaps it in. Not a reload: nothing is read from disk and the reload counters stay.
+    pub fn refresh_endpoints(&self) {
+        let _swapping = self.swapping.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.load();
+        match current.rebuild(&self.registries) {
+            Ok(table) => {
+                let endpoints = table.endpoints().count();
+                self.current.store(Arc::new(table));
+                self.swapped.send_modify(|n| *n += 1);
+                tracing::info!(version = %current.version, endpoints, "endpoints rediscovered");
+            }
+            // The file built once already; only a registry in a state no build accepts could
+            // fail here, and the serving table stays.
+            Err(e) => tracing::error!(error = %e, "rebuilding with discovered endpoints failed"),
+        }
     }
 
     fn apply(

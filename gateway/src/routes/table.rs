@@ -15,6 +15,7 @@ use super::file::RoutesFile;
 use super::registries::Registries;
 use super::route::{PassThroughRoute, Route, UnaryRoute};
 use super::upstreams::build_upstream;
+use crate::discovery::Source;
 use crate::upstream::{Endpoint, Upstream};
 
 /// Why a request matched no route.
@@ -27,6 +28,8 @@ pub enum RouteMiss {
 pub struct RouteTable {
     /// Content hash of the routes file and descriptor set.
     pub version: String,
+    /// The routes file this table was built from (discovery rebuilds the table from it).
+    text: String,
     pub loaded_at: SystemTime,
     pub descriptors: DescriptorPool,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -45,11 +48,32 @@ impl RouteTable {
         descriptor_bytes: &[u8],
         registries: &Registries,
     ) -> Result<Self, RoutesError> {
+        let version = version_of(text, descriptor_bytes);
+        Self::from_text(text, descriptors, version, registries)
+    }
+
+    /// The same file built again against the registries as they are now: what discovery does
+    /// when a source's endpoints change. The version stays: it names the file, not the endpoints.
+    pub fn rebuild(&self, registries: &Registries) -> Result<Self, RoutesError> {
+        Self::from_text(
+            &self.text,
+            self.descriptors.clone(),
+            self.version.clone(),
+            registries,
+        )
+    }
+
+    fn from_text(
+        text: &str,
+        descriptors: DescriptorPool,
+        version: String,
+        registries: &Registries,
+    ) -> Result<Self, RoutesError> {
         let file: RoutesFile = serde_yaml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         let mut errors = Vec::new();
         let mut upstreams = BTreeMap::new();
         for (name, spec) in &file.upstreams {
-            match build_upstream(name, spec, &file, &registries.health) {
+            match build_upstream(name, spec, &file, registries) {
                 Ok(up) => {
                     upstreams.insert(name.clone(), Arc::new(up));
                 }
@@ -57,7 +81,8 @@ impl RouteTable {
             }
         }
         let mut table = RouteTable {
-            version: version_of(text, descriptor_bytes),
+            version,
+            text: text.to_owned(),
             loaded_at: SystemTime::now(),
             descriptors,
             upstreams,
@@ -182,6 +207,14 @@ impl RouteTable {
         self.by_service
             .get(service)
             .filter(|r| r.routes_method(method))
+    }
+
+    /// The discovery sources of the table's upstreams.
+    pub fn sources(&self) -> HashSet<Source> {
+        self.upstreams
+            .values()
+            .filter_map(|u| u.discovery.clone())
+            .collect()
     }
 
     /// Every endpoint address in use, with the active check of its pool (if any).

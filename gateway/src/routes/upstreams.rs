@@ -6,12 +6,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::error::{Problems, RouteError};
-use super::file::{EndpointSpec, RoutesFile, UpstreamSpec};
-use crate::upstream::{Endpoint, HealthCheck, HealthRegistry, Upstream};
+use super::file::{DiscoverySpec, EndpointSpec, RoutesFile, UpstreamSpec};
+use super::registries::Registries;
+use crate::discovery::{DnsTarget, EtcdTarget, Source};
+use crate::upstream::{Endpoint, HealthCheck, Upstream};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_RETRIES: u32 = 1;
 pub const DEFAULT_MAX_MESSAGE: u64 = 4 << 20;
+/// The longest time between two DNS lookups of a discovered upstream.
+pub const DEFAULT_DNS_INTERVAL: Duration = Duration::from_secs(30);
 /// Hard ceiling on any message size, whatever the file says.
 pub const MAX_MESSAGE_CEILING: u64 = 256 << 20;
 
@@ -19,12 +23,20 @@ pub(super) fn build_upstream(
     name: &str,
     spec: &UpstreamSpec,
     file: &RoutesFile,
-    health: &HealthRegistry,
+    registries: &Registries,
 ) -> Result<Upstream, Vec<RouteError>> {
+    let health = &registries.health;
     let mut p = Problems::new(format!("upstream `{name}`"));
-    if spec.endpoints.is_empty() {
-        p.add("endpoints", "must list at least one `host:port`");
+    if spec.endpoints.is_empty() && spec.discovery.is_none() {
+        p.add(
+            "endpoints",
+            "must list at least one `host:port`, or set `discovery` (dns or etcd)",
+        );
     }
+    let discovery = spec
+        .discovery
+        .as_ref()
+        .and_then(|d| discovery_source(d, &mut p));
     let check = spec.health_check.as_ref().map(|h| HealthCheck {
         grpc_service: h.grpc_service.clone(),
         interval: h.interval.map_or(Duration::from_secs(2), |d| d.0),
@@ -67,6 +79,7 @@ pub(super) fn build_upstream(
                 addr: a,
                 weight,
                 state: health.state(a, check.is_some()),
+                origin: "static",
             }),
             Err(_) => p.add(
                 &field,
@@ -96,7 +109,20 @@ pub(super) fn build_upstream(
     if !p.is_empty() {
         return Err(p.errors);
     }
-    Ok(Upstream::new(
+    if let Some(source) = &discovery {
+        // A listed address stays static; discovery adds the rest.
+        for found in registries.discovered.endpoints(source) {
+            if seen.insert(found.addr) {
+                endpoints.push(Endpoint {
+                    addr: found.addr,
+                    weight: found.weight,
+                    state: health.state(found.addr, check.is_some()),
+                    origin: source.kind(),
+                });
+            }
+        }
+    }
+    let mut upstream = Upstream::new(
         name.to_owned(),
         endpoints,
         spec.lb,
@@ -104,7 +130,91 @@ pub(super) fn build_upstream(
         timeout,
         retries,
         max_message as usize,
-    ))
+    );
+    upstream.discovery = discovery;
+    Ok(upstream)
+}
+
+/// Checks `discovery:` and fills in its defaults.
+fn discovery_source(spec: &DiscoverySpec, p: &mut Problems) -> Option<Source> {
+    match (&spec.dns, &spec.etcd) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.add("discovery", "set exactly one of `dns` and `etcd`");
+            None
+        }
+        (Some(name), None) => {
+            let interval = spec.interval.map_or(DEFAULT_DNS_INTERVAL, |d| d.0);
+            if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+                p.add("discovery.interval", "must be between 100ms and 1h");
+            }
+            let mut nameservers = Vec::new();
+            for (i, ns) in spec.nameservers.iter().enumerate() {
+                match ns.parse::<SocketAddr>() {
+                    Ok(a) => nameservers.push(a),
+                    Err(_) => p.add(
+                        &format!("discovery.nameservers[{i}]"),
+                        format!("`{ns}` is not an IP:port (for example 10.0.0.2:53)"),
+                    ),
+                }
+            }
+            let (host, port) = match name.rsplit_once(':') {
+                Some((host, port)) => match port.parse::<u16>() {
+                    Ok(port) if port > 0 => (host, Some(port)),
+                    _ => {
+                        p.add("discovery.dns", format!("`{port}` is not a port"));
+                        return None;
+                    }
+                },
+                None if name.starts_with('_') => (name.as_str(), None),
+                None => {
+                    p.add(
+                        "discovery.dns",
+                        format!("`{name}` needs a port (`{name}:50051`), or is an SRV name (`_grpc._tcp.{name}`)"),
+                    );
+                    return None;
+                }
+            };
+            let valid_host = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !valid_host {
+                p.add("discovery.dns", format!("`{host}` is not a DNS name"));
+                return None;
+            }
+            Some(Source::Dns(DnsTarget {
+                name: host.to_owned(),
+                port,
+                nameservers,
+                interval,
+            }))
+        }
+        (None, Some(etcd)) => {
+            if spec.interval.is_some() || !spec.nameservers.is_empty() {
+                p.add(
+                    "discovery",
+                    "`interval` and `nameservers` apply to `dns` only; etcd is watched",
+                );
+            }
+            if etcd.endpoints.is_empty() {
+                p.add(
+                    "discovery.etcd.endpoints",
+                    "list at least one etcd client address, e.g. `127.0.0.1:2379`",
+                );
+            }
+            if !etcd.prefix.starts_with('/') || !etcd.prefix.ends_with('/') {
+                p.add(
+                    "discovery.etcd.prefix",
+                    format!("`{}` must start and end with `/` (for example /im/services/im.user.v1.UserService/)", etcd.prefix),
+                );
+            }
+            Some(Source::Etcd(EtcdTarget {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+            }))
+        }
+    }
 }
 
 /// A message or body size: at least one byte, at most [`MAX_MESSAGE_CEILING`].

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+use crate::keyed_tasks::KeyedTasks;
 
 /// How long an endpoint without active checks is skipped after a failed connect.
 pub const PASSIVE_EJECTION: Duration = Duration::from_secs(5);
@@ -185,37 +186,25 @@ impl HealthRegistry {
 /// Runs one checker task per (address, check settings) of the current table.
 #[derive(Default)]
 pub struct HealthSupervisor {
-    tasks: HashMap<(SocketAddr, HealthCheck), JoinHandle<()>>,
+    tasks: KeyedTasks<(SocketAddr, HealthCheck)>,
 }
 
 impl HealthSupervisor {
     /// Starts checkers for new (address, settings) pairs and stops those no longer wanted.
     /// Must be called inside a tokio runtime.
     pub fn reconcile(&mut self, wanted: Vec<(SocketAddr, HealthCheck, Arc<EndpointState>)>) {
-        let keys: HashSet<(SocketAddr, HealthCheck)> = wanted
-            .iter()
-            .map(|(addr, check, _)| (*addr, check.clone()))
+        let states: HashMap<(SocketAddr, HealthCheck), Arc<EndpointState>> = wanted
+            .into_iter()
+            .map(|(addr, check, state)| ((addr, check), state))
             .collect();
-        self.tasks.retain(|key, task| {
-            let keep = keys.contains(key);
-            if !keep {
-                task.abort();
-            }
-            keep
+        let keys = states.keys().cloned().collect();
+        self.tasks.reconcile(&keys, |(addr, check)| {
+            run_checker(
+                *addr,
+                check.clone(),
+                states[&(*addr, check.clone())].clone(),
+            )
         });
-        for (addr, check, state) in wanted {
-            self.tasks
-                .entry((addr, check.clone()))
-                .or_insert_with(|| tokio::spawn(run_checker(addr, check, state)));
-        }
-    }
-}
-
-impl Drop for HealthSupervisor {
-    fn drop(&mut self) {
-        for task in self.tasks.values() {
-            task.abort();
-        }
     }
 }
 

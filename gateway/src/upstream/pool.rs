@@ -13,6 +13,7 @@ use pingora::lb::{Backend, Backends, LoadBalancer};
 use rand::Rng;
 
 use super::health::{EndpointState, HealthCheck};
+use crate::discovery::Source;
 use crate::policy::LbPolicy;
 
 /// How many candidates selection inspects before giving up (bounds ketama's linear walk).
@@ -22,6 +23,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     pub state: Arc<EndpointState>,
+    /// Where the endpoint came from: `static` (listed in routes.yaml), `dns` or `etcd`.
+    pub origin: &'static str,
 }
 
 pub struct Upstream {
@@ -35,6 +38,8 @@ pub struct Upstream {
     pub retries: u32,
     /// gRPC message limit (both directions) of the tonic client for this pool.
     pub max_message: usize,
+    /// Where more endpoints are looked up, if anywhere (set after [`Upstream::new`]).
+    pub discovery: Option<Source>,
     selector: Selector,
 }
 
@@ -89,6 +94,7 @@ impl Upstream {
             timeout,
             retries,
             max_message,
+            discovery: None,
             selector,
         }
     }
@@ -152,6 +158,7 @@ mod tests {
                     addr,
                     weight: *w,
                     state: reg.state(addr, false),
+                    origin: "static",
                 }
             })
             .collect();

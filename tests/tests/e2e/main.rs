@@ -10,6 +10,7 @@ mod client_ip;
 mod cluster;
 mod dashboard;
 mod diagnostics;
+mod discovery;
 mod failover;
 mod grpc_clients;
 mod health;
