@@ -28,6 +28,7 @@ mod reload;
 mod revocation;
 mod rolling;
 mod slowloris;
+mod speech;
 mod telemetry;
 mod tls;
 mod untrusted_bodies;
