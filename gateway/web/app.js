@@ -14,6 +14,7 @@ const state = {
   current: null, // open chat_session_id
   lastSeq: new Map(), // chat_session_id -> highest seq shown
   files: new Map(), // file_id -> data URL
+  recording: null, // { ctx, stream, node, chunks, rate, timer } while recording a voice message
   ws: null,
   backoff: 500,
 };
@@ -281,6 +282,15 @@ function onMessage(m) {
     loadImage(body).then((url) => { img.src = url; }).catch((e) => say(e.message));
   } else if (body.message_type === 'MESSAGE_TYPE_TEXT') {
     li.append(document.createTextNode(body.text));
+  } else if (body.message_type === 'MESSAGE_TYPE_VOICE') {
+    li.dataset.fileId = body.file_id;
+    const audio = document.createElement('audio');
+    audio.controls = true;
+    audio.preload = 'none';
+    const transcript = document.createElement('span');
+    transcript.className = 'transcript';
+    li.append(audio, button('Transcribe 转文字', () => transcribe(body, transcript), true), transcript);
+    loadFile(body, 'audio/wav').then((url) => { audio.src = url; }).catch((e) => say(e.message));
   } else {
     li.append(document.createTextNode(`[file] ${body.file_name}`));
   }
@@ -289,13 +299,114 @@ function onMessage(m) {
 }
 
 async function loadImage(body) {
+  const ext = (body.file_name.split('.').pop() || 'png').toLowerCase();
+  const mime = { jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', webp: 'image/webp', svg: 'image/svg+xml' }[ext] || 'image/png';
+  return loadFile(body, mime);
+}
+
+async function loadFile(body, mime) {
   if (!state.files.has(body.file_id)) {
     const rsp = await api('file/get_single_file', { file_id: body.file_id });
-    const ext = (body.file_name.split('.').pop() || 'png').toLowerCase();
-    const mime = { jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', webp: 'image/webp', svg: 'image/svg+xml' }[ext] || 'image/png';
     state.files.set(body.file_id, `data:${mime};base64,${rsp.file_data.file_content}`);
   }
   return state.files.get(body.file_id);
+}
+
+// ---- voice messages (语音) ----
+// Recorded with Web Audio (browsers' MediaRecorder makes WebM/Opus, which the speech service
+// does not take), downsampled in the page to 16 kHz mono 16-bit WAV, stored with the file
+// service, sent as a voice message, and transcribed by the speech service.
+
+const VOICE_RATE = 16000;
+const MAX_VOICE_SECONDS = 60;
+
+async function startRecording() {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
+  const ctx = new AudioContext();
+  const source = ctx.createMediaStreamSource(stream);
+  const node = ctx.createScriptProcessor(4096, 1, 1);
+  const rec = { ctx, stream, node, chunks: [], rate: ctx.sampleRate };
+  node.onaudioprocess = (ev) => rec.chunks.push(new Float32Array(ev.inputBuffer.getChannelData(0)));
+  source.connect(node);
+  node.connect(ctx.destination);
+  rec.timer = setTimeout(() => toggleRecording().catch((e) => say(e.message)), MAX_VOICE_SECONDS * 1000);
+  state.recording = rec;
+  $('record').textContent = 'Stop';
+  say('recording…');
+}
+
+async function stopRecording() {
+  const rec = state.recording;
+  state.recording = null;
+  clearTimeout(rec.timer);
+  rec.node.disconnect();
+  rec.stream.getTracks().forEach((t) => t.stop());
+  await rec.ctx.close();
+  $('record').textContent = 'Voice';
+  const length = rec.chunks.reduce((n, c) => n + c.length, 0);
+  const all = new Float32Array(length);
+  let at = 0;
+  for (const c of rec.chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return wav16k(all, rec.rate);
+}
+
+// Linear interpolation to 16 kHz, then a 16-bit PCM mono WAV.
+function wav16k(samples, rate) {
+  const n = Math.floor((samples.length * VOICE_RATE) / rate);
+  const pcm = new Int16Array(n);
+  const step = rate / VOICE_RATE;
+  for (let i = 0; i < n; i++) {
+    const pos = i * step;
+    const j = Math.floor(pos);
+    const a = samples[j] || 0;
+    const b = samples[Math.min(j + 1, samples.length - 1)] || 0;
+    const v = Math.max(-1, Math.min(1, a + (b - a) * (pos - j)));
+    pcm[i] = Math.round(v * 32767);
+  }
+  const out = new DataView(new ArrayBuffer(44 + pcm.length * 2));
+  const text = (at, t) => [...t].forEach((c, i) => out.setUint8(at + i, c.charCodeAt(0)));
+  text(0, 'RIFF');
+  out.setUint32(4, 36 + pcm.length * 2, true);
+  text(8, 'WAVEfmt ');
+  out.setUint32(16, 16, true);
+  out.setUint16(20, 1, true); // PCM
+  out.setUint16(22, 1, true); // mono
+  out.setUint32(24, VOICE_RATE, true);
+  out.setUint32(28, VOICE_RATE * 2, true);
+  out.setUint16(32, 2, true);
+  out.setUint16(34, 16, true);
+  text(36, 'data');
+  out.setUint32(40, pcm.length * 2, true);
+  pcm.forEach((v, i) => out.setInt16(44 + i * 2, v, true));
+  return new Blob([out.buffer], { type: 'audio/wav' });
+}
+
+async function toggleRecording() {
+  if (!state.recording) return startRecording();
+  const wav = await stopRecording();
+  if (wav.size <= 44 + VOICE_RATE / 5) return say('too short to send');
+  const audio = await readBase64(wav);
+  const name = `voice-${Date.now()}.wav`;
+  const rsp = await api('file/put_single_file', { file_data: { file_name: name, file_content: audio } });
+  const info = rsp.file_info;
+  state.files.set(info.file_id, `data:audio/wav;base64,${audio}`);
+  await send({ message_type: 'MESSAGE_TYPE_VOICE', file_id: info.file_id, file_name: info.file_name, file_size: info.file_size });
+  say('');
+  // The sender sees the transcript at once.
+  const shown = document.querySelector(`#messages li[data-file-id="${CSS.escape(info.file_id)}"] .transcript`);
+  if (shown) await transcribe(info, shown);
+}
+
+async function transcribe(body, target) {
+  target.textContent = '…';
+  const url = await loadFile(body, 'audio/wav');
+  const rsp = await api('speech/recognize', { audio: url.split(',', 2)[1], format: 'wav' });
+  target.textContent = rsp.text ? `“${rsp.text}”` : '(nothing heard)';
 }
 
 async function send(message) {
@@ -355,6 +466,7 @@ on('send-form', 'submit', async () => {
   await send({ message_type: 'MESSAGE_TYPE_TEXT', text });
   $('text').value = '';
 });
+on('record', 'click', toggleRecording);
 on('image', 'change', async (ev) => {
   const file = ev.target.files[0];
   if (file) await sendImage(file);

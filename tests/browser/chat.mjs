@@ -1,9 +1,10 @@
 // Two users in headless Chromium walk the demo web client served by the gateway:
 // register, search and add a friend, accept (push), chat both ways in real time, send an image,
-// reload and see history, catch up on a message missed while the socket was down (after_seq),
-// log out. Screenshots go to --shots.
+// record a voice message (Chromium's fake microphone plays --voice, a WAV) and see its transcript
+// on both sides, reload and see history, catch up on a message missed while the socket was down
+// (after_seq), log out. The signed-out page shows the sign-in form only. Screenshots go to --shots.
 //
-//   node chat.mjs --url http://127.0.0.1:8080 --shots ../../target/browser-shots
+//   node chat.mjs --url http://127.0.0.1:8080 --shots ../../target/browser-shots --voice goforward.wav
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -74,7 +75,10 @@ async function send(page, text) {
   await visible(page, '#messages li.mine', text);
 }
 
-const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
+const voiceArgs = args.voice
+  ? ['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${args.voice}%noloop`]
+  : [];
+const browser = await chromium.launch({ executablePath, args: ['--no-sandbox', ...voiceArgs] });
 try {
   const suffix = Date.now().toString(36).slice(-5);
   const [alice, bob] = [`alice_${suffix}`, `bob_${suffix}`];
@@ -82,6 +86,13 @@ try {
   const bContext = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   let b = await bContext.newPage();
   for (const p of [a, b]) p.on('pageerror', (e) => { throw e; });
+
+  step('signed out, the page shows only the sign-in form');
+  await a.goto(url);
+  await visible(a, '#auth-form');
+  for (const hidden of ['#app', '#search', '#sessions', '#logout']) {
+    if (await a.locator(hidden).isVisible()) throw new Error(`${hidden} is visible while signed out`);
+  }
 
   step('both register and are online');
   await signUp(a, alice);
@@ -117,6 +128,20 @@ try {
   await a.setInputFiles('#image', { name: 'gradient.png', mimeType: 'image/png', buffer: PNG });
   await visible(b, '#messages li img[src^="data:image/png;base64,"]');
 
+  if (args.voice) {
+    step('alice records a voice message; both see its transcript (语音转文字)');
+    await a.click('#record');
+    await visible(a, '#record', 'Stop');
+    await a.waitForTimeout(4500);
+    await a.click('#record');
+    await visible(a, '#messages li.mine .transcript', 'go forward');
+    const voice = await visible(b, '#messages li:not(.mine)', 'Transcribe');
+    await voice.locator('audio').waitFor({ state: 'attached', timeout: TIMEOUT });
+    await voice.locator('button', { hasText: 'Transcribe' }).click();
+    await visible(b, '#messages li:not(.mine) .transcript', 'go forward');
+    await b.screenshot({ path: join(shots, 'voice-bob.png') });
+  }
+
   step('bob reloads: still signed in, history is back');
   await b.reload();
   await visible(b, '#conn', 'online');
@@ -139,9 +164,10 @@ try {
   await a.screenshot({ path: join(shots, 'chat-alice.png') });
   await b.screenshot({ path: join(shots, 'chat-bob.png') });
 
-  step('bob logs out: back to the sign-in form');
+  step('bob logs out: back to the sign-in form, and only that');
   await b.click('#logout');
   await visible(b, '#auth');
+  if (await b.locator('#app').isVisible()) throw new Error('the chat panels stay visible after logout');
   console.log(`ok: screenshots in ${shots}`);
 } finally {
   await browser.close();
