@@ -294,6 +294,94 @@ routes:
     }
 
     #[test]
+    fn discovery_is_validated_and_merges_found_endpoints_by_address() {
+        let with = |discovery: &str| {
+            BASE.replace(
+                r#"    endpoints: ["127.0.0.1:50051", { addr: "127.0.0.1:50052", weight: 2 }]"#,
+                &format!("    discovery: {discovery}"),
+            )
+        };
+        for (discovery, field, fix) in [
+            ("{}", "field `discovery`", "exactly one of `dns` and `etcd`"),
+            (
+                r#"{ dns: "user.internal" }"#,
+                "field `discovery.dns`",
+                "needs a port",
+            ),
+            (
+                r#"{ dns: "bad name:1" }"#,
+                "field `discovery.dns`",
+                "not a DNS name",
+            ),
+            (
+                r#"{ dns: "a.b:1", interval: 1ms }"#,
+                "field `discovery.interval`",
+                "100ms and 1h",
+            ),
+            (
+                r#"{ dns: "a.b:1", nameservers: ["dns"] }"#,
+                "field `discovery.nameservers[0]`",
+                "IP:port",
+            ),
+            (
+                r#"{ etcd: { endpoints: [], prefix: "/p/" } }"#,
+                "field `discovery.etcd.endpoints`",
+                "at least one",
+            ),
+            (
+                r#"{ etcd: { endpoints: ["e:2379"], prefix: "p" } }"#,
+                "field `discovery.etcd.prefix`",
+                "start and end with `/`",
+            ),
+        ] {
+            let e = errors(&with(discovery));
+            assert!(
+                e.contains("upstream `echo`") && e.contains(field) && e.contains(fix),
+                "{discovery}: {e}"
+            );
+        }
+        let no_endpoints = errors(&with("null"));
+        assert!(
+            no_endpoints.contains("or set `discovery`"),
+            "{no_endpoints}"
+        );
+
+        // Found endpoints join listed ones; a listed address stays static.
+        let text = BASE.replace(
+            "    timeout: 2s\n",
+            "    timeout: 2s\n    discovery: { dns: \"echo.internal:50051\" }\n",
+        );
+        let registries = Registries::default();
+        let (pool, bytes) = super::super::descriptors::load(None).unwrap();
+        let t = RouteTable::build(&text, pool, &bytes, &registries).unwrap();
+        let source = t.upstreams["echo"].discovery.clone().unwrap();
+        assert_eq!(t.sources().len(), 1);
+        let found = |port: u16, weight| crate::discovery::Found {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+        };
+        registries
+            .discovered
+            .found(&source, vec![found(50051, 9), found(50060, 3)]);
+        let t = t.rebuild(&registries).unwrap();
+        let eps: Vec<_> = t.upstreams["echo"]
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.port(), e.weight, e.origin))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                (50051, 1, "static"),
+                (50052, 2, "static"),
+                (50060, 3, "dns")
+            ]
+        );
+        // Health is by address and the pool is checked: the found endpoint waits for a check.
+        assert!(!t.upstreams["echo"].endpoints[2].state.available());
+    }
+
+    #[test]
     fn a_cmd_binds_another_method_per_protocol_version() {
         let versioned = BASE.replace(
             "    auth: none\n  - name: echo_grpc",

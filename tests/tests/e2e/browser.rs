@@ -26,9 +26,13 @@ async fn two_users_chat_in_headless_chromium() {
     let raw = std::fs::read("/usr/share/pocketsphinx/test/data/goforward.raw")
         .expect("pocketsphinx-testdata installed (scripts/bootstrap.sh)");
     let mut samples = vec![0i16; 8_000];
-    samples.extend(raw.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+    samples.extend(
+        raw.chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]])),
+    );
     samples.extend(std::iter::repeat_n(0i16, 32_000));
-    std::fs::write(&voice, im_backends::audio::wav_bytes(&samples, 16_000, 1)).expect("write voice");
+    std::fs::write(&voice, im_backends::audio::wav_bytes(&samples, 16_000, 1))
+        .expect("write voice");
     let run = tokio::process::Command::new("node")
         .arg("chat.mjs")
         .arg("--url")
