@@ -163,20 +163,22 @@ async fn servers(client: &reqwest::Client, gw: &TestGateway, calls: usize) -> Ha
     seen
 }
 
+fn only(addrs: &[SocketAddr]) -> HashSet<String> {
+    addrs.iter().map(SocketAddr::to_string).collect()
+}
+
 async fn readyz(gw: &TestGateway) -> Value {
     gw.admin_json("/readyz").await
 }
 
-async fn metric(gw: &TestGateway, line_start: &str) -> Option<String> {
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+/// The value of `im_gateway_discovery_<name>` for the `echo` upstream.
+async fn gauge(gw: &TestGateway, name: &str, source: &str) -> String {
+    let series = format!("im_gateway_discovery_{name}{{source=\"{source}\",upstream=\"echo\"}} ");
+    let text = gw.metrics().await;
+    let line = text.lines().find(|l| l.starts_with(&series));
+    line.and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("")
+        .to_owned()
 }
 
 async fn set_serving(addr: SocketAddr, serving: bool) {
@@ -208,10 +210,7 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
         listed(&gw).await,
         vec![(a.addr.to_string(), "dns".into(), "healthy".into())]
     );
-    assert_eq!(
-        servers(&client, &gw, 4).await,
-        HashSet::from([a.addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 4).await, only(&[a.addr]));
 
     // An added address whose health check fails is listed but takes no traffic...
     set_serving(b.addr, false).await;
@@ -219,17 +218,11 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
     wait_listed(&gw, "the added address listed", &[a.addr, b.addr]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_ne!(gw.endpoint_health("echo", b.addr).await, "healthy");
-    assert_eq!(
-        servers(&client, &gw, 6).await,
-        HashSet::from([a.addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 6).await, only(&[a.addr]));
     // ...until its first passing check.
     set_serving(b.addr, true).await;
     wait_healthy(&gw, b.addr).await;
-    assert_eq!(
-        servers(&client, &gw, 6).await,
-        HashSet::from([a.addr.to_string(), b.addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 6).await, only(&[a.addr, b.addr]));
 
     // A removed address drains: calls already on it finish.
     let slow: Vec<_> = (0..4)
@@ -263,10 +256,7 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
         drained.contains(&b.addr.to_string()),
         "a call was on the removed endpoint: {drained:?}"
     );
-    assert_eq!(
-        servers(&client, &gw, 4).await,
-        HashSet::from([a.addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 4).await, only(&[a.addr]));
 
     // An empty answer keeps the last set; /readyz and the metric say so.
     dns.answer(&[]);
@@ -281,43 +271,16 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
         .as_str()
         .unwrap()
         .contains("no address"));
-    assert_eq!(
-        metric(
-            &gw,
-            "im_gateway_discovery_up{source=\"dns\",upstream=\"echo\"}"
-        )
-        .await
-        .as_deref(),
-        Some("0")
-    );
-    assert_eq!(
-        metric(
-            &gw,
-            "im_gateway_discovery_endpoints{source=\"dns\",upstream=\"echo\"}"
-        )
-        .await
-        .as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        servers(&client, &gw, 4).await,
-        HashSet::from([a.addr.to_string()])
-    );
+    assert_eq!(gauge(&gw, "up", "dns").await, "0");
+    assert_eq!(gauge(&gw, "endpoints", "dns").await, "1");
+    assert_eq!(servers(&client, &gw, 4).await, only(&[a.addr]));
 
     dns.answer(&[Ipv4Addr::new(127, 0, 0, 2)]);
     wait_for("readyz ok again", Duration::from_secs(10), || async {
         (readyz(&gw).await["status"] == "ok").then_some(())
     })
     .await;
-    assert_eq!(
-        metric(
-            &gw,
-            "im_gateway_discovery_up{source=\"dns\",upstream=\"echo\"}"
-        )
-        .await
-        .as_deref(),
-        Some("1")
-    );
+    assert_eq!(gauge(&gw, "up", "dns").await, "1");
     let status = gw.admin_json("/admin/routes").await;
     assert_eq!(status["reloads_ok"], 0, "discovery never reloads the file");
     assert_eq!(
@@ -344,10 +307,7 @@ async fn dns_srv_records_give_ports_and_weights() {
         (Some("dns"), Some(5))
     );
     let client = reqwest::Client::new();
-    assert_eq!(
-        servers(&client, &gw, 2).await,
-        HashSet::from([b.addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 2).await, only(&[b.addr]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,10 +332,7 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
     wait_listed(&gw, "a registered backend joins", &[a_addr]).await;
     wait_healthy(&gw, a_addr).await;
     assert_eq!(listed(&gw).await[0].1, "etcd");
-    assert_eq!(
-        servers(&client, &gw, 3).await,
-        HashSet::from([a_addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 3).await, only(&[a_addr]));
 
     // A backend started later joins without a reload.
     let b_addr = loopback(free_port());
@@ -387,18 +344,12 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
     .await;
     wait_listed(&gw, "a later backend joins", &[a_addr, b_addr]).await;
     wait_healthy(&gw, b_addr).await;
-    assert_eq!(
-        servers(&client, &gw, 6).await,
-        HashSet::from([a_addr.to_string(), b_addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 6).await, only(&[a_addr, b_addr]));
 
     // A killed one leaves when its lease lapses.
     a.kill();
     wait_listed(&gw, "the killed backend leaves", &[b_addr]).await;
-    assert_eq!(
-        servers(&client, &gw, 4).await,
-        HashSet::from([b_addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 4).await, only(&[b_addr]));
 
     // etcd down: the last set keeps serving, /readyz and the metric say so.
     etcd.kill();
@@ -410,20 +361,9 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
         readyz(&gw).await["discovery_failing"],
         serde_json::json!(["echo"])
     );
-    assert_eq!(
-        metric(
-            &gw,
-            "im_gateway_discovery_up{source=\"etcd\",upstream=\"echo\"}"
-        )
-        .await
-        .as_deref(),
-        Some("0")
-    );
-    assert_eq!(
-        servers(&client, &gw, 4).await,
-        HashSet::from([b_addr.to_string()])
-    );
-    assert_eq!(addrs(&gw).await, HashSet::from([b_addr.to_string()]));
+    assert_eq!(gauge(&gw, "up", "etcd").await, "0");
+    assert_eq!(servers(&client, &gw, 4).await, only(&[b_addr]));
+    assert_eq!(addrs(&gw).await, only(&[b_addr]));
 
     // etcd back: nothing that was serving changed.
     etcd.restart();
@@ -435,10 +375,7 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
         listed(&gw).await,
         vec![(b_addr.to_string(), "etcd".into(), "healthy".into())]
     );
-    assert_eq!(
-        servers(&client, &gw, 4).await,
-        HashSet::from([b_addr.to_string()])
-    );
+    assert_eq!(servers(&client, &gw, 4).await, only(&[b_addr]));
 
     // A graceful stop revokes the lease: gone well before its 30 s TTL.
     let stopped = std::time::Instant::now();
