@@ -132,7 +132,7 @@ try {
     step('alice records a voice message; both see its transcript (语音转文字)');
     await a.click('#record');
     await visible(a, '#record', 'Stop');
-    await a.waitForTimeout(4500);
+    await a.waitForTimeout(5500);
     await a.click('#record');
     await visible(a, '#messages li.mine .transcript', 'go forward');
     const voice = await visible(b, '#messages li:not(.mine)', 'Transcribe');
