@@ -28,9 +28,11 @@ from run import BIN, LOAD_CPU, PROXY_CPU, ROOT, free_port, wait_port, write_sect
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
-def start_bridge_gateway(binary, tmp, name, backend_port, public_key, extra="", rust_log="error", log=None):
+def start_bridge_gateway(binary, tmp, name, backend_port, public_key, extra="", rust_log="error", log=None,
+                         wrapper=(), timeout=30):
     """A gateway with the bench's echo bridge routes, `extra` appended to its gateway.yaml, its
-    stderr to `log` (a path) when given; returns (process, edge port)."""
+    stderr to `log` (a path) when given, run under `wrapper` (e.g. valgrind) within `timeout`
+    seconds; returns (process, edge port)."""
     edge, admin = free_port(), free_port()
     routes = os.path.join(tmp, f"{name}-routes.yaml")
     with open(routes, "w") as f:
@@ -55,11 +57,11 @@ client_ip: {{ trusted_proxies: ["127.0.0.0/8"] }}
 auth: {{ public_keys: [{{ alg: RS256, file: {public_key} }}] }}
 {extra}""")
     stderr = open(log, "w") if log else None
-    proc = subprocess.Popen(PROXY_CPU + [binary, "run", "--config", config, "--routes", routes],
+    proc = subprocess.Popen(PROXY_CPU + list(wrapper) + [binary, "run", "--config", config, "--routes", routes],
                             env=dict(os.environ, RUST_LOG=rust_log), stdout=subprocess.DEVNULL, stderr=stderr)
-    wait_port(edge)
-    wait_port(admin)
-    deadline = time.time() + 20
+    wait_port(edge, timeout)
+    wait_port(admin, timeout)
+    deadline = time.time() + max(20, timeout)
     while time.time() < deadline:  # the endpoint joins rotation after its first passing check
         ready = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz"))
         if ready["upstreams"]["echo"]["healthy"]:
