@@ -210,7 +210,6 @@ impl Dispatcher {
                 otel.name = %path,
                 otel.kind = "client",
                 rpc.system = "grpc",
-                rpc.method = %path,
                 server.address = %endpoint.addr,
                 im.upstream = %upstream.name,
                 im.attempt = attempt,

@@ -162,7 +162,7 @@ impl Pipeline {
         let admitted = self
             .guard
             .admit(route, admission, creds, client_ip)
-            .instrument(tracing::info_span!("admission", im.route = %route))
+            .instrument(tracing::info_span!("admission"))
             .await?;
         let ctx = CallContext::new(
             meta.request_id,

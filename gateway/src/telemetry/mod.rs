@@ -116,12 +116,11 @@ pub fn call_span(
     if let Some(parent) = traceparent {
         im_telemetry::traceparent::set_parent(&span, parent);
     }
-    let own = im_telemetry::traceparent::of(&span);
-    let trace_id = own
-        .as_deref()
-        .or(traceparent)
+    // A caller's valid traceparent names the trace this span joins; else the span's own.
+    let trace_id = traceparent
         .and_then(im_telemetry::traceparent::trace_id)
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .or_else(|| im_telemetry::traceparent::own_trace_id(&span));
     if let Some(id) = &trace_id {
         span.record("trace_id", id.as_str());
     }
