@@ -41,14 +41,6 @@ impl<K: Hash + Eq + Clone> KeyedTasks<K> {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
 }
 
 impl<K> Drop for KeyedTasks<K> {

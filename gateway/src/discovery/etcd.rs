@@ -5,7 +5,6 @@
 //! prefix is an answer (every backend left), not a failure.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions};
@@ -32,11 +31,8 @@ fn one() -> u32 {
 pub fn parse_entry(value: &[u8]) -> Result<Found, String> {
     let entry: Entry = serde_json::from_slice(value)
         .map_err(|e| format!("expected {{\"addr\": \"host:port\", \"weight\": 1}}: {e}"))?;
-    let addr: SocketAddr = entry
-        .addr
-        .replace("localhost:", "127.0.0.1:")
-        .parse()
-        .map_err(|_| format!("`{}` is not an IP:port", entry.addr))?;
+    let addr = super::endpoint_addr(&entry.addr)
+        .ok_or_else(|| format!("`{}` is not an IP:port", entry.addr))?;
     if addr.port() == 0 || addr.ip().is_unspecified() {
         return Err(format!("`{addr}` is not an address a gateway can call"));
     }

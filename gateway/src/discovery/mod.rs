@@ -75,6 +75,11 @@ pub struct Found {
     pub weight: u32,
 }
 
+/// An endpoint address as routes.yaml and registrations write it: `IP:port`, or `localhost:port`.
+pub fn endpoint_addr(text: &str) -> Option<SocketAddr> {
+    text.replace("localhost:", "127.0.0.1:").parse().ok()
+}
+
 /// Most endpoints one source may contribute; the rest are ignored with a warning.
 pub const MAX_FOUND: usize = 1024;
 

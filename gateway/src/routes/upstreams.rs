@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::error::{Problems, RouteError};
 use super::file::{DiscoverySpec, EndpointSpec, RoutesFile, UpstreamSpec};
 use super::registries::Registries;
-use crate::discovery::{DnsTarget, EtcdTarget, Source};
+use crate::discovery::{endpoint_addr, DnsTarget, EtcdTarget, Source};
 use crate::upstream::{Endpoint, HealthCheck, Upstream};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -66,22 +66,19 @@ pub(super) fn build_upstream(
             EndpointSpec::Weighted(w) => (w.addr.as_str(), w.weight),
         };
         let field = format!("endpoints[{i}]");
-        let parsed = addr
-            .replace("localhost:", "127.0.0.1:")
-            .parse::<SocketAddr>();
-        match parsed {
-            Ok(a) if a.port() == 0 => p.add(&field, format!("`{addr}` needs a port")),
-            Ok(a) if !seen.insert(a) => p.add(&field, format!("`{addr}` is listed twice")),
-            Ok(_) if weight == 0 || weight > 1000 => {
+        match endpoint_addr(addr) {
+            Some(a) if a.port() == 0 => p.add(&field, format!("`{addr}` needs a port")),
+            Some(a) if !seen.insert(a) => p.add(&field, format!("`{addr}` is listed twice")),
+            Some(_) if weight == 0 || weight > 1000 => {
                 p.add(&field, "weight must be between 1 and 1000")
             }
-            Ok(a) => endpoints.push(Endpoint {
+            Some(a) => endpoints.push(Endpoint {
                 addr: a,
                 weight,
                 state: health.state(a, check.is_some()),
                 origin: "static",
             }),
-            Err(_) => p.add(
+            None => p.add(
                 &field,
                 format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)"),
             ),

@@ -130,11 +130,43 @@ async fn wait_listed(gw: &TestGateway, what: &str, want: &[SocketAddr]) {
     .await;
 }
 
-async fn wait_healthy(gw: &TestGateway, addr: SocketAddr) {
+async fn wait_health(gw: &TestGateway, addr: SocketAddr, want: &str) {
     wait_for(
-        &format!("{addr} healthy"),
+        &format!("{addr} {want}"),
         Duration::from_secs(15),
-        || async move { (gw.endpoint_health("echo", addr).await == "healthy").then_some(()) },
+        || async move { (gw.endpoint_health("echo", addr).await == want).then_some(()) },
+    )
+    .await;
+}
+
+async fn wait_healthy(gw: &TestGateway, addr: SocketAddr) {
+    wait_health(gw, addr, "healthy").await;
+}
+
+/// Waits until `/readyz` says `status` (`ok` or `degraded`).
+async fn wait_ready_status(gw: &TestGateway, status: &str) {
+    wait_for(
+        &format!("readyz {status}"),
+        Duration::from_secs(15),
+        || async { (readyz(gw).await["status"] == status).then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until `addr` has a call in flight, as `/admin/routes` counts them.
+async fn wait_inflight(gw: &TestGateway, addr: SocketAddr) {
+    wait_for(
+        &format!("a call in flight on {addr}"),
+        Duration::from_secs(10),
+        || async move {
+            let routes = gw.admin_json("/admin/routes").await;
+            let endpoints = routes["upstreams"]["echo"]["endpoints"].as_array().cloned();
+            endpoints
+                .into_iter()
+                .flatten()
+                .any(|e| e["addr"] == addr.to_string() && e["inflight"].as_u64() > Some(0))
+                .then_some(())
+        },
     )
     .await;
 }
@@ -216,7 +248,7 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
     set_serving(b.addr, false).await;
     dns.answer(&[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)]);
     wait_listed(&gw, "the added address listed", &[a.addr, b.addr]).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_health(&gw, b.addr, "unhealthy").await;
     assert_ne!(gw.endpoint_health("echo", b.addr).await, "healthy");
     assert_eq!(servers(&client, &gw, 6).await, only(&[a.addr]));
     // ...until its first passing check.
@@ -243,7 +275,7 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_inflight(&gw, b.addr).await;
     dns.answer(&[Ipv4Addr::new(127, 0, 0, 2)]);
     wait_listed(&gw, "the removed address gone", &[a.addr]).await;
     let mut drained = HashSet::new();
@@ -260,10 +292,7 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
 
     // An empty answer keeps the last set; /readyz and the metric say so.
     dns.answer(&[]);
-    wait_for("readyz degraded", Duration::from_secs(10), || async {
-        (readyz(&gw).await["status"] == "degraded").then_some(())
-    })
-    .await;
+    wait_ready_status(&gw, "degraded").await;
     let ready = readyz(&gw).await;
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["discovery_failing"], serde_json::json!(["echo"]));
@@ -276,10 +305,7 @@ async fn dns_answers_that_change_move_traffic_without_a_reload() {
     assert_eq!(servers(&client, &gw, 4).await, only(&[a.addr]));
 
     dns.answer(&[Ipv4Addr::new(127, 0, 0, 2)]);
-    wait_for("readyz ok again", Duration::from_secs(10), || async {
-        (readyz(&gw).await["status"] == "ok").then_some(())
-    })
-    .await;
+    wait_ready_status(&gw, "ok").await;
     assert_eq!(gauge(&gw, "up", "dns").await, "1");
     let status = gw.admin_json("/admin/routes").await;
     assert_eq!(status["reloads_ok"], 0, "discovery never reloads the file");
@@ -353,10 +379,7 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
 
     // etcd down: the last set keeps serving, /readyz and the metric say so.
     etcd.kill();
-    wait_for("readyz degraded", Duration::from_secs(15), || async {
-        (readyz(&gw).await["status"] == "degraded").then_some(())
-    })
-    .await;
+    wait_ready_status(&gw, "degraded").await;
     assert_eq!(
         readyz(&gw).await["discovery_failing"],
         serde_json::json!(["echo"])
@@ -367,10 +390,7 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
 
     // etcd back: nothing that was serving changed.
     etcd.restart();
-    wait_for("readyz ok again", Duration::from_secs(15), || async {
-        (readyz(&gw).await["status"] == "ok").then_some(())
-    })
-    .await;
+    wait_ready_status(&gw, "ok").await;
     assert_eq!(
         listed(&gw).await,
         vec![(b_addr.to_string(), "etcd".into(), "healthy".into())]
