@@ -31,6 +31,9 @@ from telemetry_cost import CONFIGS, SINK, SINK_PY  # noqa: E402
 
 FLUSH_WAIT = 7.0
 
+# Every call traced: what one traced call costs, and where (callgrind_annotate the kept dumps).
+PROFILE = {"export 1": (CONFIGS["export 0.1"][0].replace("sample_ratio: 0.1", "sample_ratio: 1.0"), "error")}
+
 
 def total(path):
     """The instruction total of one callgrind dump."""
@@ -58,7 +61,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(BIN, "im-gateway"))
     ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--only", help="comma-separated configurations (default: off, export 0, export 0.1)")
+    ap.add_argument("--only", help="comma-separated configurations (default: off, export 0, export 0.1; also `export 1`, every "
+                    "call traced, to profile one)")
     args = ap.parse_args()
     names = (args.only or "off,export 0,export 0.1").split(",")
 
@@ -79,7 +83,7 @@ def main():
         wait_port(sink_port)
         wait_port(backend_port)
         for i, name in enumerate(names):
-            extra, rust_log = CONFIGS[name]
+            extra, rust_log = {**CONFIGS, **PROFILE}[name]
             out = os.path.join(tmp, f"cg{i}.out")
             wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-line=no"]
             proc, edge = start_bridge_gateway(args.binary, tmp, f"cfg{i}", backend_port, key + ".pub",
@@ -99,8 +103,8 @@ def main():
                 proc.terminate()
                 proc.wait()
             results[name] = (busy - idle) / args.requests
-            print(f"{name}: {results[name]:,.0f} instructions/request (load {busy:,}, idle {idle:,})",
-                  file=sys.stderr)
+            print(f"{name}: {results[name]:,.0f} instructions/request (load {busy:,}, idle {idle:,}; "
+                  f"dumps {out}.*)", file=sys.stderr)
     finally:
         for p in (backend, sink):
             p.terminate()

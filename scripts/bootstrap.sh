@@ -3,7 +3,8 @@
 # Pingora's zlib-ng needs cmake; the TLS test uses openssl and curl; the browser test drives
 # Debian's Chromium with playwright-core from npm (no browser download), and a CJK font makes
 # Chinese text legible in its screenshots. The gRPC contract tests use clients the project did not
-# write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm. Cluster
+# write: python grpcio (in a venv under tests/grpc-clients) and @grpc/grpc-js from npm; the span
+# export is checked against a collector made of grpcio and PyPI's opentelemetry-proto. Cluster
 # mode's tests need redis-server 7 (sharded pub/sub, RESP3); the dashboard test, Prometheus.
 # Service discovery: the etcd-client crate compiles etcd's protos with protoc, and its tests start
 # Debian's etcd. Speech-to-text: the reference backend runs PocketSphinx's recognizer with its
@@ -42,8 +43,8 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "bootstrap: npm ci (tests/browser: playwright-core)"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
-if ! tests/grpc-clients/.venv/bin/python -c "import grpc" 2>/dev/null; then
-  echo "bootstrap: python venv with grpcio (tests/grpc-clients)"
+if ! tests/grpc-clients/.venv/bin/python -c "import grpc, opentelemetry.proto.collector.trace.v1.trace_service_pb2" 2>/dev/null; then
+  echo "bootstrap: python venv with grpcio and opentelemetry-proto (tests/grpc-clients)"
   python3 -m venv tests/grpc-clients/.venv
   tests/grpc-clients/.venv/bin/pip install -q --disable-pip-version-check -r tests/grpc-clients/requirements.txt
 fi

@@ -15,13 +15,13 @@
 //! - [`traceparent`]: W3C trace context in and out (HTTP headers, frame fields, gRPC metadata).
 
 pub mod metrics;
+mod span_export;
 pub mod traceparent;
 
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
@@ -108,6 +108,8 @@ pub struct Telemetry {
 struct Export {
     provider: SdkTracerProvider,
     runtime: tokio::runtime::Runtime,
+    /// The collector, for spans and metrics.
+    channel: tonic::transport::Channel,
     endpoint: String,
     /// `service.name` and `service.instance.id`, as OTLP attributes for metrics.
     resource: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
@@ -229,6 +231,9 @@ where
     }
 }
 
+/// How long one export (a batch of spans, one metrics report) may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn start_export(cfg: &TraceExport) -> Result<Export, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -236,16 +241,22 @@ fn start_export(cfg: &TraceExport) -> Result<Export, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("telemetry: cannot start the export runtime: {e}"))?;
-    // Built inside the runtime: the channel's I/O runs there, whichever thread exports.
-    let exporter = runtime
-        .block_on(async {
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(cfg.endpoint.clone())
-                .with_timeout(Duration::from_secs(5))
-                .build()
-        })
-        .map_err(|e| format!("telemetry.otlp_endpoint {}: {e}", cfg.endpoint))?;
+    // One connection to the collector for spans and metrics, made inside the runtime: its I/O
+    // runs there, whichever thread exports.
+    let channel = {
+        let _in = runtime.enter();
+        tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
+            .map_err(|e| format!("telemetry.otlp_endpoint {}: {e}", cfg.endpoint))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(EXPORT_TIMEOUT)
+            .connect_lazy()
+    };
+    let exporter = span_export::SpanSender::new(
+        runtime.handle().clone(),
+        channel.clone(),
+        &cfg.endpoint,
+        EXPORT_TIMEOUT,
+    );
     let resource = Resource::builder()
         .with_service_name(cfg.service_name.clone())
         .with_attribute(KeyValue::new(
@@ -263,6 +274,7 @@ fn start_export(cfg: &TraceExport) -> Result<Export, String> {
     Ok(Export {
         provider,
         runtime,
+        channel,
         endpoint: cfg.endpoint.clone(),
         resource: vec![
             metrics::resource_attr("service.name", &cfg.service_name),
@@ -291,7 +303,12 @@ impl Telemetry {
             return;
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let sender = metrics::Sender::new(&export.endpoint, export.resource.clone(), gather);
+        let sender = metrics::Sender::new(
+            export.channel.clone(),
+            &export.endpoint,
+            export.resource.clone(),
+            gather,
+        );
         let done = export.runtime.spawn(sender.run(interval, stopped));
         export.metrics = Some(MetricsTask { stop, done });
     }

@@ -185,7 +185,7 @@ fn histogram_point(
 
 /// Sends the gathered families to a collector's `MetricsService`.
 pub(crate) struct Sender {
-    client: Option<MetricsServiceClient<tonic::transport::Channel>>,
+    client: MetricsServiceClient<tonic::transport::Channel>,
     endpoint: String,
     resource: Vec<KeyValue>,
     gather: crate::Gather,
@@ -193,9 +193,14 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    pub(crate) fn new(endpoint: &str, resource: Vec<KeyValue>, gather: crate::Gather) -> Self {
+    pub(crate) fn new(
+        channel: tonic::transport::Channel,
+        endpoint: &str,
+        resource: Vec<KeyValue>,
+        gather: crate::Gather,
+    ) -> Self {
         Self {
-            client: None,
+            client: MetricsServiceClient::new(channel),
             endpoint: endpoint.to_owned(),
             resource,
             gather,
@@ -239,21 +244,7 @@ impl Sender {
                 ..Default::default()
             }],
         };
-        let client = match &mut self.client {
-            Some(c) => c,
-            None => match tonic::transport::Endpoint::from_shared(self.endpoint.clone()) {
-                Ok(e) => self.client.insert(MetricsServiceClient::new(
-                    e.connect_timeout(Duration::from_secs(2))
-                        .timeout(Duration::from_secs(5))
-                        .connect_lazy(),
-                )),
-                Err(e) => {
-                    tracing::warn!(endpoint = %self.endpoint, error = %e, "metrics export: bad endpoint");
-                    return;
-                }
-            },
-        };
-        if let Err(status) = client.export(request).await {
+        if let Err(status) = self.client.export(request).await {
             tracing::warn!(endpoint = %self.endpoint, error = %status, "metrics export failed");
         }
     }

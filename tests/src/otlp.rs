@@ -31,7 +31,10 @@ pub struct Span {
     pub span_id: String,
     /// Empty for a root span.
     pub parent_id: String,
+    /// Every attribute as text (an int as its digits).
     pub attributes: HashMap<String, String>,
+    /// The attributes sent as ints (counts must be numbers, not text, for trace queries).
+    pub ints: HashMap<String, i64>,
 }
 
 #[derive(Clone, Default)]
@@ -139,6 +142,14 @@ impl TraceService for Collected {
                         span_id: hex(&s.span_id),
                         parent_id: hex(&s.parent_span_id),
                         attributes: attributes(&s.attributes),
+                        ints: s
+                            .attributes
+                            .iter()
+                            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                                AnyValue::IntValue(i) => Some((kv.key.clone(), *i)),
+                                _ => None,
+                            })
+                            .collect(),
                     });
                 }
             }

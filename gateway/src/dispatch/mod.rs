@@ -207,12 +207,12 @@ impl Dispatcher {
             let _inflight = endpoint.state.begin();
             let span = tracing::info_span!(
                 "upstream",
-                otel.name = %path,
+                otel.name = path.as_str(),
                 otel.kind = "client",
                 rpc.system = "grpc",
                 server.address = %endpoint.addr,
-                im.upstream = %upstream.name,
-                im.attempt = attempt,
+                im.upstream = upstream.name.as_str(),
+                im.attempt = i64::from(attempt),
                 otel.status_code = tracing::field::Empty,
             );
             let started = std::time::Instant::now();

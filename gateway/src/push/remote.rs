@@ -423,7 +423,7 @@ async fn apply(deps: &Arc<PushDeps>, inbound: Inbound) {
                     "cluster.deliver",
                     otel.kind = "consumer",
                     im.from_node = %msg.from_node,
-                    im.push.users = d.user_ids.len(),
+                    im.push.users = d.user_ids.len() as i64,
                     im.push.delivered = tracing::field::Empty,
                     im.forwarded = d.forwarded,
                 );
@@ -458,7 +458,7 @@ async fn apply(deps: &Arc<PushDeps>, inbound: Inbound) {
                     },
                 );
                 if let Ok(reply) = &delivered {
-                    span.record("im.push.delivered", reply.delivered);
+                    span.record("im.push.delivered", i64::from(reply.delivered));
                 }
                 match delivered {
                     Err(e) => {

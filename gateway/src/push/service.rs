@@ -83,7 +83,7 @@ impl PushService for PushSvc {
             "push",
             otel.kind = "server",
             im.push.kind = %push.kind,
-            im.push.users = req.user_ids.len(),
+            im.push.users = req.user_ids.len() as i64,
             im.push.delivered = tracing::field::Empty,
             im.push.online = tracing::field::Empty,
             im.push.offline = tracing::field::Empty,
@@ -115,9 +115,9 @@ impl PushService for PushSvc {
             ),
         }
         .map_err(Status::invalid_argument)?;
-        span.record("im.push.delivered", reply.delivered);
-        span.record("im.push.online", reply.users_online);
-        span.record("im.push.offline", reply.users_offline);
+        span.record("im.push.delivered", i64::from(reply.delivered));
+        span.record("im.push.online", i64::from(reply.users_online));
+        span.record("im.push.offline", i64::from(reply.users_offline));
         self.deps
             .hub
             .metrics

@@ -106,11 +106,11 @@ pub fn call_span(
     let span = im_telemetry::root_span!(
         sampled(traceparent, ratio),
         "call",
-        otel.name = %route,
+        otel.name = route,
         otel.kind = "server",
-        http.route = %route,
+        http.route = route,
         im.transport = transport,
-        request_id = %request_id,
+        request_id = request_id,
         trace_id = tracing::field::Empty,
     );
     if let Some(parent) = traceparent {

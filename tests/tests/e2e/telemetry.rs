@@ -363,7 +363,11 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     );
     let push = child_of(&spans, "im-gateway", "push", &handler.span_id);
     assert_eq!(push.attributes["im.push.kind"], "chat_message_notify");
-    assert_eq!(push.attributes["im.push.delivered"], "1", "{push:?}");
+    assert_eq!(push.ints.get("im.push.delivered"), Some(&1), "{push:?}");
+    // The receiver and the sender's own devices (the sender, alice, has none other online).
+    assert_eq!(push.ints.get("im.push.users"), Some(&2), "{push:?}");
+    assert_eq!(push.ints.get("im.push.online"), Some(&1), "{push:?}");
+    assert_eq!(push.ints.get("im.push.offline"), Some(&1), "{push:?}");
 
     let _ = backends.kill();
     let _ = backends.wait();
@@ -503,4 +507,172 @@ async fn json_logs_have_one_access_line_per_request_and_frame_and_never_a_token(
     let lines = json_lines(&dir);
     assert!(!lines.is_empty(), "the gateway still logs (JSON)");
     assert!(lines.iter().all(|l| l["message"] != "access"), "{lines:#?}");
+}
+
+/// `tests/grpc-clients/collector.py`: an OTLP trace receiver of python grpcio and PyPI's
+/// opentelemetry-proto, printing one JSON line per span it decodes.
+struct ForeignCollector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    _child: tokio::process::Child,
+}
+
+impl ForeignCollector {
+    async fn start_on(port: u16) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc-clients");
+        let mut child = tokio::process::Command::new(format!("{dir}/.venv/bin/python"))
+            .arg(format!("{dir}/collector.py"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python collector (scripts/bootstrap.sh installs it)");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the collector starts")
+            .unwrap()
+            .expect("the collector's first line");
+        assert_eq!(first, format!("{{\"listening\": {port}}}"));
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let span: Value = serde_json::from_str(&line).expect("a JSON span line");
+                sink.lock().unwrap().push(span);
+            }
+        });
+        Self {
+            spans,
+            _child: child,
+        }
+    }
+
+    fn spans(&self, trace: &str) -> Vec<Value> {
+        let spans = self.spans.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s["trace_id"] == trace)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The gateway writes OTLP's bytes itself (`im_telemetry`'s span export): a collector built from
+/// a gRPC stack and protobuf runtime the project did not write decodes every field of its spans.
+/// Before that collector is up, export fails: one warning for the whole outage, one line when it
+/// works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_the_project_did_not_write_decodes_the_gateway_s_spans() {
+    let port = free_port();
+    let backend = EchoBackend::start().await;
+    let dir = ScratchDir::new("foreign-collector");
+    let tail = format!(
+        "push: {{internal_token_file: internal.token, drain_window: 0s}}\n\
+         shutdown: {{grace_period: 0s, graceful_timeout: 1s}}\n\
+         telemetry: {{otlp_endpoint: \"http://127.0.0.1:{port}\", service_name: im-edge-7}}\n"
+    );
+    let gw = GatewayProcess::spawn_with_env(
+        env!("CARGO_BIN_EXE_gateway_process"),
+        &dir,
+        &echo_routes(&[backend.addr], ""),
+        &tail,
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100"), ("RUST_LOG", "info")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let echo = |trace: &str| {
+        http.post(format!("http://{}/service/echo", gw.edge))
+            .header("content-type", "application/json")
+            .header("traceparent", traceparent(trace, "40f067aa0ba902b1"))
+            .bearer_auth(user_token("alice"))
+            .body(r#"{"text":"hi"}"#)
+            .send()
+    };
+    let log_lines = |text: &str| {
+        std::fs::read_to_string(dir.path("gateway.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
+    };
+    let failed = "span export failed";
+    for n in 0..3 {
+        let lost = format!("5bf92f3577b34da6a3ce929d0e0e473{n}");
+        assert_eq!(echo(&lost).await.unwrap().status(), 200);
+        // Each in a batch of its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for(
+        "the export failure logged",
+        Duration::from_secs(10),
+        || async { (log_lines(failed) > 0).then_some(()) },
+    )
+    .await;
+
+    let collector = ForeignCollector::start_on(port).await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4739";
+    assert_eq!(echo(trace).await.unwrap().status(), 200);
+
+    let spans = wait_for(
+        "3 spans at the collector",
+        Duration::from_secs(20),
+        || async {
+            let spans = collector.spans(trace);
+            (spans.len() >= 3).then_some(spans)
+        },
+    )
+    .await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no span {name}: {spans:#?}"))
+    };
+    let (call, admission, upstream) = (
+        named("echo"),
+        named("admission"),
+        named("/im.echo.v1.EchoService/Echo"),
+    );
+    // Parent links, kinds (SERVER 2, CLIENT 3, INTERNAL 1) and flags (sampled 0x1, whether the
+    // parent is remote is known 0x100, and it is 0x200 for the client's own span).
+    assert_eq!(call["parent_span_id"], "40f067aa0ba902b1");
+    assert_eq!(admission["parent_span_id"], call["span_id"]);
+    assert_eq!(upstream["parent_span_id"], call["span_id"]);
+    assert_eq!(
+        [&call["kind"], &admission["kind"], &upstream["kind"]],
+        [2, 1, 3]
+    );
+    assert_eq!(call["flags"], 0x301);
+    assert_eq!(upstream["flags"], 0x101);
+    for span in &spans {
+        assert_eq!(span["span_id"].as_str().map(str::len), Some(16), "{span}");
+        assert_eq!(span["status"], 0, "unset: {span}");
+        let (start, end) = (span["start"].as_u64(), span["end"].as_u64());
+        assert!(start > Some(0) && end >= start, "{span}");
+        assert_eq!(span["scope"], "im");
+        assert_eq!(span["resource"]["service.name"], "im-edge-7");
+        assert!(
+            span["resource"]["service.instance.id"].is_string(),
+            "{span}"
+        );
+    }
+    assert_eq!(call["attributes"]["http.route"], "echo");
+    assert_eq!(call["attributes"]["im.transport"], "http");
+    assert_eq!(call["attributes"]["trace_id"], trace);
+    assert_eq!(upstream["attributes"]["rpc.system"], "grpc");
+    assert_eq!(upstream["attributes"]["im.upstream"], "echo");
+    assert_eq!(
+        upstream["attributes"]["server.address"],
+        backend.addr.to_string()
+    );
+    // A oneof holding its default value (int 0) is still a value.
+    assert_eq!(upstream["attributes"]["im.attempt"], 0);
+    wait_for("the recovery logged", Duration::from_secs(10), || async {
+        (log_lines("span export works again") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(log_lines(failed), 1, "one warning for the whole outage");
+    drop(gw);
 }
