@@ -117,8 +117,12 @@ def main():
                                                   extra=extra.format(sink=sink_port), rust_log=rust_log,
                                                   log=os.path.join(tmp, f"cfg{i}.log"))
             load(gateways[name][1], 5000)  # warm-up
+        order = list(gateways.items())
         for run in range(args.runs):
-            for name, (proc, edge) in gateways.items():
+            # The order rotates every round: whichever runs first in a round was measured slower
+            # than its identical twin (a position effect of several per cent on this machine).
+            shift = run % len(order)
+            for name, (proc, edge) in order[shift:] + order[:shift]:
                 before = cpu_seconds(proc.pid)
                 r = load(edge, args.requests)
                 r.setdefault("failed", sum(e["count"] for e in r.get("errors", [])))
@@ -149,7 +153,8 @@ def write_report(args, results, calls, received, logs):
         f"{f' --only {chr(39)}{args.only}{chr(39)}' if args.only else ''}`; "
         f"date {datetime.date.today().isoformat()}.",
         f"One release `im-gateway`, {len(results)} configurations started side by side and alternating in every round",
-        "(JSON bridge, auth off, im-bench 8 connections x 16 streams, the same echo backend); each gateway on",
+        "(in an order that rotates by one every round; JSON bridge, auth off, im-bench 8 connections x 16",
+        "streams, the same echo backend); each gateway on",
         "core 0, load tool and OTLP sink on core 1. \"paired\" is the median over rounds of config / off",
         "within the round. \"export\" sends spans (batched) and metrics (every 15 s) over OTLP/gRPC; the",
         "sampling decision is taken where a call's span opens, so an unsampled call builds nothing for",
