@@ -251,12 +251,8 @@ fn start_export(cfg: &TraceExport) -> Result<Export, String> {
             .timeout(EXPORT_TIMEOUT)
             .connect_lazy()
     };
-    let exporter = span_export::SpanSender::new(
-        runtime.handle().clone(),
-        channel.clone(),
-        &cfg.endpoint,
-        EXPORT_TIMEOUT,
-    );
+    let exporter =
+        span_export::SpanSender::new(runtime.handle().clone(), channel.clone(), &cfg.endpoint);
     let resource = Resource::builder()
         .with_service_name(cfg.service_name.clone())
         .with_attribute(KeyValue::new(

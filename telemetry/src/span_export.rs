@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
@@ -29,13 +29,13 @@ use tonic::transport::Channel;
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The exporter the batch processor calls: it encodes on the processor's thread and sends on the
-/// export runtime (tonic's I/O needs one; the processor's thread has none).
+/// export runtime (tonic's I/O needs one; the processor's thread has none). The channel's own
+/// timeout bounds each export.
 #[derive(Debug)]
 pub(crate) struct SpanSender {
     runtime: tokio::runtime::Handle,
     channel: Channel,
     endpoint: String,
-    timeout: Duration,
     /// The encoded `Resource` message (its fields, without tag and length).
     resource: Vec<u8>,
     resource_schema: String,
@@ -45,18 +45,12 @@ pub(crate) struct SpanSender {
 }
 
 impl SpanSender {
-    /// `channel` must have been made on `runtime`.
-    pub(crate) fn new(
-        runtime: tokio::runtime::Handle,
-        channel: Channel,
-        endpoint: &str,
-        timeout: Duration,
-    ) -> Self {
+    /// `channel` must have been made on `runtime`, with a timeout.
+    pub(crate) fn new(runtime: tokio::runtime::Handle, channel: Channel, endpoint: &str) -> Self {
         Self {
             runtime,
             channel,
             endpoint: endpoint.to_owned(),
-            timeout,
             resource: Vec::new(),
             resource_schema: String::new(),
             failing: Arc::new(AtomicBool::new(false)),
@@ -69,23 +63,17 @@ impl SpanExporter for SpanSender {
         let body = Bytes::from(encode(&batch, &self.resource, &self.resource_schema));
         drop(batch);
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        let timeout = self.timeout;
         let (endpoint, failing) = (self.endpoint.clone(), self.failing.clone());
         let sent = self.runtime.spawn(async move {
-            let mut request = tonic::Request::new(body);
-            request.set_timeout(timeout);
             let call = async {
                 grpc.ready().await.map_err(|e| e.to_string())?;
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                grpc.unary(request, path, RawRequest)
+                grpc.unary(tonic::Request::new(body), path, RawRequest)
                     .await
                     .map(tonic::Response::into_inner)
                     .map_err(|status| status.to_string())
             };
-            let result = match tokio::time::timeout(timeout, call).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-            };
+            let result = call.await;
             report(&endpoint, &failing, &result);
             result.map(|_| ())
         });
@@ -477,6 +465,7 @@ mod tests {
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
+    use std::time::Duration;
 
     fn span(n: u8, scope: &InstrumentationScope, parent: SpanId) -> SpanData {
         let cx = SpanContext::new(
