@@ -227,8 +227,9 @@ struct HeadTracker {
     phase: Phase,
     /// How much of `CRLF CRLF` the bytes read so far end with.
     matched: u8,
-    /// Whether any byte was read yet (the h2c preface check).
-    seen_bytes: bool,
+    /// How many of the connection's first bytes matched the h2c preface so far (it may arrive
+    /// split over several reads); `None` once one did not.
+    preface: Option<u8>,
 }
 
 impl HeadTracker {
@@ -240,7 +241,7 @@ impl HeadTracker {
                 Phase::Head(Instant::now())
             },
             matched: 0,
-            seen_bytes: false,
+            preface: Some(0),
         }
     }
 
@@ -250,12 +251,17 @@ impl HeadTracker {
         if bytes.is_empty() {
             return false;
         }
-        if !self.seen_bytes {
-            self.seen_bytes = true;
-            if bytes.starts_with(H2_PREFACE) {
+        if let Some(done) = self.preface {
+            let rest = &H2_PREFACE[usize::from(done)..];
+            let n = rest.len().min(bytes.len());
+            self.preface = (bytes[..n] == rest[..n]).then_some(done + n as u8);
+            if n == rest.len() && self.preface.is_some() {
                 self.phase = Phase::Exempt;
+                self.preface = None;
                 return true;
             }
+            // A preface begun but not finished is also followed as a head: it holds no blank
+            // line, and the head deadline stays on until it is complete.
         }
         if let Phase::Idle(_) = self.phase {
             self.phase = Phase::Head(Instant::now());
@@ -495,6 +501,20 @@ mod tests {
         assert!(h2.saw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert_eq!(h2.phase, Phase::Exempt);
         assert!(!h2.saw(b"GET / HTTP/1.1\r\n\r\n"));
+
+        // The preface split over reads (one byte, then the rest) is recognized too.
+        let mut split = HeadTracker::new(false);
+        assert!(!split.saw(b"P"));
+        assert!(!split.saw(b"RI * HTTP/"));
+        assert!(split.saw(b"2.0\r\n\r\nSM\r\n\r\n"));
+        assert_eq!(split.phase, Phase::Exempt);
+        // A head that only begins like it is not.
+        let mut almost = HeadTracker::new(false);
+        assert!(!almost.saw(b"PR"));
+        assert!(!almost.saw(b"OPFIND / HTTP/1.1\r\n"));
+        assert!(matches!(almost.phase, Phase::Head(_)));
+        assert!(almost.saw(b"\r\n"));
+        assert_eq!(almost.phase, Phase::Message);
     }
 
     #[test]

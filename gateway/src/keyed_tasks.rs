@@ -21,15 +21,16 @@ impl<K> Default for KeyedTasks<K> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedTasks<K> {
-    /// Aborts the tasks of keys not in `wanted` and starts `start(key)` for new ones. Must be
-    /// called inside a tokio runtime.
+    /// Aborts the tasks of keys not in `wanted` and starts `start(key)` for new ones and for
+    /// kept ones whose task ended. Must be called inside a tokio runtime.
     pub fn reconcile<F, Fut>(&mut self, wanted: &HashSet<K>, mut start: F)
     where
         F: FnMut(&K) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        // A task that ended (returned or panicked) is started again, like a new key.
         self.tasks.retain(|key, task| {
-            let keep = wanted.contains(key);
+            let keep = wanted.contains(key) && !task.is_finished();
             if !keep {
                 task.abort();
             }
@@ -48,5 +49,40 @@ impl<K> Drop for KeyedTasks<K> {
         for task in self.tasks.values() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::KeyedTasks;
+
+    #[tokio::test]
+    async fn a_task_that_ended_is_started_again_and_a_running_one_is_left_alone() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let mut tasks = KeyedTasks::default();
+        let wanted: HashSet<&str> = ["ends", "runs"].into();
+        let start = |key: &&str| {
+            starts.fetch_add(1, Ordering::Relaxed);
+            let runs = *key == "runs";
+            async move {
+                if runs {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tasks.reconcile(&wanted, start);
+        assert_eq!(starts.load(Ordering::Relaxed), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tasks.reconcile(&wanted, start);
+        assert_eq!(
+            starts.load(Ordering::Relaxed),
+            3,
+            "only the task that ended is started again"
+        );
     }
 }

@@ -44,6 +44,7 @@ impl Maintenance {
         supervisor.reconcile(wanted);
         registries.health.retain(&addrs);
         self.dispatcher.channels().retain(&addrs);
+        self.dispatcher.metrics().forget_endpoints(&addrs);
         let limiters = table
             .routes
             .iter()
@@ -68,6 +69,9 @@ impl BackgroundService for Maintenance {
                 _ = sweep.tick() => {
                     self.routes.registries().limiters.sweep();
                     self.guard.auth.revocation().sweep(unix_now());
+                    // Also restarts a watcher or health check whose task ended, and drops the
+                    // series an attempt still in flight at the last change wrote.
+                    self.reconcile(&mut supervisor, &mut discovery);
                 }
                 changed = swapped.changed() => {
                     if changed.is_err() { break; }

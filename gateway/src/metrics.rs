@@ -116,6 +116,8 @@ pub struct Metrics {
     pub cluster_forwards: IntCounterVec,
     /// Cluster mode: live nodes, this one included, at the last heartbeat.
     pub cluster_nodes: IntGauge,
+    /// Cluster mode: registry operations (register, unregister) queued and not yet done.
+    pub cluster_registry_queue: IntGauge,
     /// Cluster mode: seconds from a node sending a message to this node reading it.
     pub cluster_lag: prometheus::Histogram,
     /// Cluster mode: seconds per Redis command or pipeline, answered or not.
@@ -366,6 +368,10 @@ impl Metrics {
             "cluster_subscription_stale_total",
             "Cluster mode: times the Redis subscription stopped delivering probes and was rebuilt",
         );
+        let cluster_registry_queue = gauge(
+            "cluster_registry_queue",
+            "Cluster mode: registry operations (a session's register or unregister) queued and not yet done",
+        );
         let cluster_nodes = gauge(
             "cluster_nodes",
             "Cluster mode: live gateway nodes at the last heartbeat, this one included",
@@ -404,6 +410,7 @@ impl Metrics {
             Box::new(cluster_subscription_stale.clone()),
             Box::new(cluster_forwards.clone()),
             Box::new(cluster_nodes.clone()),
+            Box::new(cluster_registry_queue.clone()),
             Box::new(cluster_lag.clone()),
             Box::new(own_latency.clone()),
             Box::new(ws_by_platform.clone()),
@@ -486,11 +493,36 @@ impl Metrics {
             cluster_subscription_stale,
             cluster_forwards,
             cluster_nodes,
+            cluster_registry_queue,
             cluster_lag,
             cluster_redis_latency,
             pushes_offline,
             last_reload_ok,
             last_reload_ok_time,
+        }
+    }
+
+    /// Drops the per-endpoint series (`rpc_client_call_duration_seconds{server_address}`) of
+    /// endpoints outside `live`, where their channels are dropped: with discovery the addresses
+    /// seen over time are unbounded, the series must not be. Runs on table changes, never per
+    /// call (it reads the series back from the histogram itself).
+    pub fn forget_endpoints(&self, live: &std::collections::HashSet<std::net::SocketAddr>) {
+        use prometheus::core::Collector;
+        for family in self.upstream_latency.collect() {
+            for metric in family.get_metric() {
+                let labels: std::collections::HashMap<&str, &str> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.get_name(), l.get_value()))
+                    .collect();
+                let gone = labels
+                    .get("server_address")
+                    .and_then(|a| a.parse().ok())
+                    .is_some_and(|addr| !live.contains(&addr));
+                if gone {
+                    let _ = self.upstream_latency.remove(&labels);
+                }
+            }
         }
     }
 

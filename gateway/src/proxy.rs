@@ -28,6 +28,9 @@ use crate::upstream::health::InflightGuard;
 use crate::upstream::EndpointState;
 use crate::web::WebApp;
 
+/// What a body's buffer starts with at most; it grows (doubling) with the bytes received.
+const FIRST_RESERVE: u64 = 16 * 1024;
+
 pub struct EdgeProxy {
     pub routes: Arc<RouteStore>,
     pub pipeline: Pipeline,
@@ -196,14 +199,18 @@ impl EdgeProxy {
             .map(drop)
     }
 
-    /// Reads the body up to `limit` bytes; `None` when it is larger.
+    /// Reads the body up to `limit` bytes, the buffer growing with what arrives; `None` when
+    /// it is larger.
     async fn read_body(session: &mut Session, limit: u64) -> Result<Option<Bytes>> {
         let declared =
             header(session.req_header(), "content-length").and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Ok(None);
         }
-        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        // Reserved up front: what a small body needs, never what a head merely claims (a
+        // client that declares `max_body` and stalls holds only this).
+        let mut body =
+            BytesMut::with_capacity(declared.unwrap_or(0).min(limit).min(FIRST_RESERVE) as usize);
         while let Some(chunk) = session.read_request_body().await? {
             if (body.len() + chunk.len()) as u64 > limit {
                 return Ok(None);

@@ -24,7 +24,7 @@ use crate::admin::access::AdminAccess;
 use crate::admin::AdminApp;
 use crate::cluster::node::NodeService;
 use crate::cluster::Cluster;
-use crate::config::{GatewayConfig, TlsFiles};
+use crate::config::{GatewayConfig, Listen, TlsFiles};
 use crate::dispatch::Dispatcher;
 use crate::filters::auth::{AuthConfigError, Authenticator};
 use crate::filters::cluster_limit::ClusterLimits;
@@ -33,6 +33,7 @@ use crate::filters::revocation::MemoryRevocation;
 use crate::filters::secret;
 use crate::filters::Guard;
 use crate::http_guard::GuardedApp;
+use crate::listeners::{BindError, Bound, PreBound};
 use crate::maintenance::Maintenance;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -41,6 +42,7 @@ use crate::push::listener::PushApp;
 use crate::push::remote::RemoteService;
 use crate::push::service::InternalGrpc;
 use crate::push::{Hub, PushDeps};
+use crate::readiness::{Readiness, Supervised};
 use crate::routes::reloader::Reloader;
 use crate::routes::{Registries, RouteSource, RouteStore, RoutesError};
 use crate::upstream::HealthRegistry;
@@ -63,6 +65,8 @@ pub enum BuildError {
     Admin(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::link::LinkError),
+    #[error("{0}: {1}")]
+    Listen(&'static str, String),
 }
 
 /// Everything a running gateway shares, built without binding sockets.
@@ -80,6 +84,8 @@ pub struct Gateway {
     /// Who may call the admin listener, decided at build (after command-line overrides).
     admin_access: AdminAccess,
     routes_path: PathBuf,
+    /// Services the gateway cannot work without, and whether each still runs (`/readyz`).
+    pub readiness: Arc<Readiness>,
     /// Cluster mode: what the node task hands the push plugin, until the server takes it.
     cluster_inbox: Option<(
         mpsc::Sender<crate::cluster::node::Inbound>,
@@ -100,6 +106,11 @@ impl Gateway {
 
     /// Loads the route table (a broken file is an error here) and wires the shared parts.
     pub fn build(config: GatewayConfig, routes_path: PathBuf) -> Result<Self, BuildError> {
+        // Again here: command-line overrides and embedders skip the file's validation.
+        config
+            .listen
+            .check_distinct()
+            .map_err(|(field, message)| BuildError::Listen(field, message))?;
         let metrics = Arc::new(Metrics::new());
         let revocation = Arc::new(match &config.auth.revocation_file {
             Some(file) => MemoryRevocation::persistent(config.auth.max_revoked, file)
@@ -170,13 +181,22 @@ impl Gateway {
             internal_tls,
             admin_access,
             routes_path,
+            readiness: Arc::default(),
             cluster_inbox,
         })
     }
 
-    /// The Pingora server with the edge, admin and reloader services. Fails only on TLS material
-    /// that does not load.
-    pub fn into_server(mut self, sighup: bool) -> Result<Server, ServeError> {
+    /// The Pingora server with the edge, push, admin and background services, its listeners
+    /// already bound. Fails on a listener that cannot be bound, TLS material that does not load
+    /// or a routes directory that cannot be watched.
+    pub fn into_server(self, sighup: bool) -> Result<Server, ServeError> {
+        Ok(self.into_bound_server(sighup)?.0)
+    }
+
+    /// [`into_server`](Self::into_server), with the addresses bound (port 0 resolved).
+    pub fn into_bound_server(mut self, sighup: bool) -> Result<(Server, Listen), ServeError> {
+        let bound = Bound::bind(&self.config.listen)?;
+        let addrs = bound.addrs.clone();
         let cfg = &self.config;
         let conf = ServerConf {
             threads: cfg.threads,
@@ -212,10 +232,11 @@ impl Gateway {
             Some(tls) => {
                 let mut settings = tls_settings(tls)?;
                 settings.enable_h2();
-                edge.add_tls_with_settings(&cfg.listen.edge.to_string(), None, settings);
+                edge.add_tls_with_settings(&addrs.edge.to_string(), None, settings);
             }
-            None => edge.add_tcp(&cfg.listen.edge.to_string()),
+            None => edge.add_tcp(&addrs.edge.to_string()),
         }
+        let edge = PreBound::new(edge, vec![bound.edge]);
 
         let mut admin = Service::new(
             "admin".to_owned(),
@@ -226,10 +247,12 @@ impl Gateway {
                 push: self.push.clone(),
                 access: self.admin_access.clone(),
                 scrape: self.scrape(),
+                readiness: self.readiness.clone(),
             }),
         );
         admin.threads = Some(1);
-        admin.add_tcp(&cfg.listen.admin.to_string());
+        admin.add_tcp(&addrs.admin.to_string());
+        let admin = PreBound::new(admin, vec![bound.admin]);
 
         let watch_dir = cfg.reload.watch.then(|| {
             self.routes_path
@@ -237,16 +260,16 @@ impl Gateway {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), PathBuf::from)
         });
-        let reloader = background_service(
-            "route reloader",
-            Reloader {
-                routes: self.routes.clone(),
-                watch_dir,
-                sighup: sighup || cfg.reload.sighup,
-                debounce: cfg.reload.debounce.0,
-            },
-        );
-        let maintenance = background_service(
+        let reloader = Reloader::new(
+            self.routes.clone(),
+            watch_dir.as_deref(),
+            sighup || cfg.reload.sighup,
+            cfg.reload.debounce.0,
+        )
+        .map_err(ServeError::Watch)?;
+        let readiness = &self.readiness;
+        let reloader = supervised("route reloader", reloader, readiness);
+        let maintenance = supervised(
             "maintenance",
             Maintenance {
                 routes: self.routes.clone(),
@@ -254,6 +277,7 @@ impl Gateway {
                 guard: self.guard.clone(),
                 sweep_interval: cfg.rate_limit.sweep_interval.0,
             },
+            readiness,
         );
         let mut push = Service::new(
             "push".to_owned(),
@@ -265,19 +289,21 @@ impl Gateway {
             // WebSockets upgrade from HTTP/1.1: no h2 in this listener's ALPN.
             Some(tls) => {
                 let settings = tls_settings(tls)?;
-                push.add_tls_with_settings(&cfg.listen.push.to_string(), None, settings);
+                push.add_tls_with_settings(&addrs.push.to_string(), None, settings);
             }
             // tungstenite keeps its own (small) read buffer: no second one in Pingora's stream.
             None => push.add_listener(
-                ListenerConfig::tcp(cfg.listen.push.to_string())
+                ListenerConfig::tcp(addrs.push.to_string())
                     .l4_buffer(L4BufferSettings::unbuffered()),
             ),
         }
         let push = PushRuntime {
-            listener: push,
+            listener: PreBound::new(push, vec![bound.push]),
+            readiness: self.readiness.clone(),
             internal: Some(InternalGrpc {
                 deps: self.push.clone(),
-                addr: cfg.listen.internal,
+                listener: std::sync::Mutex::new(Some(bound.internal)),
+                addr: addrs.internal,
                 tls: self.internal_tls.clone(),
                 token_sha256: self.internal_token,
                 serve_after_shutdown: cfg
@@ -295,20 +321,38 @@ impl Gateway {
         if let (Some(cluster), Some((tx, rx))) =
             (self.push.cluster.clone(), self.cluster_inbox.take())
         {
-            server.add_service(background_service(
+            server.add_service(supervised(
                 "cluster node",
                 NodeService { cluster, inbox: tx },
+                &self.readiness,
             ));
-            server.add_service(background_service(
+            server.add_service(supervised(
                 "cluster inbox",
                 RemoteService {
                     deps: self.push.clone(),
                     inbox: std::sync::Mutex::new(Some(rx)),
                 },
+                &self.readiness,
             ));
         }
-        Ok(server)
+        Ok((server, addrs))
     }
+}
+
+/// A Pingora background service named `name` that marks the gateway not ready if it ends early.
+fn supervised<S: BackgroundService + Send + Sync + 'static>(
+    name: &'static str,
+    service: S,
+    readiness: &Arc<Readiness>,
+) -> pingora::services::background::GenBackgroundService<Supervised<S>> {
+    background_service(
+        name,
+        Supervised {
+            name,
+            service,
+            readiness: readiness.clone(),
+        },
+    )
 }
 
 /// Why a built gateway could not become a server.
@@ -320,6 +364,10 @@ pub enum ServeError {
         key: PathBuf,
         detail: String,
     },
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("reload.watch: {0}")]
+    Watch(String),
     #[error("cannot start the gateway thread: {0}")]
     Thread(std::io::Error),
 }
@@ -337,8 +385,9 @@ fn tls_settings(tls: &TlsFiles) -> Result<TlsSettings, ServeError> {
 /// The push listener and PushService on one runtime: a Push call then queues frames and wakes
 /// session writers on the threads that own them, without a wake-up across runtimes per call.
 struct PushRuntime {
-    listener: Service<PushApp>,
+    listener: PreBound<Service<PushApp>>,
     internal: Option<InternalGrpc>,
+    readiness: Arc<Readiness>,
 }
 
 #[async_trait]
@@ -351,6 +400,11 @@ impl PingoraService for PushRuntime {
     ) {
         if let Some(internal) = self.internal.take() {
             let shutdown = shutdown.clone();
+            let internal = Supervised {
+                name: "PushService listener",
+                service: internal,
+                readiness: self.readiness.clone(),
+            };
             tokio::spawn(async move { internal.start(shutdown).await });
         }
         self.listener
@@ -386,6 +440,8 @@ impl ShutdownSignalWatch for ChannelSignal {
 pub struct RunningGateway {
     pub routes: Arc<RouteStore>,
     pub metrics: Arc<Metrics>,
+    /// The addresses its listeners are bound to.
+    pub addrs: Listen,
     stop: mpsc::Sender<ShutdownSignal>,
     thread: Option<JoinHandle<()>>,
 }
@@ -395,7 +451,7 @@ impl RunningGateway {
         let routes = gateway.routes.clone();
         let metrics = gateway.metrics.clone();
         let (stop, rx) = mpsc::channel(1);
-        let server = gateway.into_server(false)?;
+        let (server, addrs) = gateway.into_bound_server(false)?;
         let thread = std::thread::Builder::new()
             .name("im-gateway".into())
             .spawn(move || {
@@ -407,6 +463,7 @@ impl RunningGateway {
         Ok(Self {
             routes,
             metrics,
+            addrs,
             stop,
             thread: Some(thread),
         })

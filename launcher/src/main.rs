@@ -159,11 +159,17 @@ fn main() -> ExitCode {
         }
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("im-launcher: cannot start the backends' runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (stop_backends, backends_stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = match runtime.block_on(tokio::net::TcpListener::bind(args.backends)) {
         Ok(l) => l,
@@ -180,16 +186,22 @@ fn main() -> ExitCode {
     }));
 
     let metrics_interval = cfg.telemetry.metrics_interval.0;
-    let gateway = match Gateway::build(cfg, args.routes.clone())
-        .map_err(|e| e.to_string())
-        .and_then(|g| {
-            let scrape = g.scrape();
-            telemetry.export_metrics(metrics_interval, Box::new(move || scrape.families()));
-            RunningGateway::start(g).map_err(|e| e.to_string())
-        }) {
+    let gateway = match Gateway::build(cfg, args.routes.clone()) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("im-launcher: {} rejected:\n{e}", args.routes.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let scrape = gateway.scrape();
+    telemetry.export_metrics(metrics_interval, Box::new(move || scrape.families()));
+    // Every listener is bound before anything serves: a port that is taken (or a TLS file that
+    // does not load) stops the start here, naming the listener, instead of a gateway that
+    // answers ready while pushes from the backends fail.
+    let gateway = match RunningGateway::start(gateway) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("im-launcher: the gateway cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -205,10 +217,22 @@ fn main() -> ExitCode {
     );
 
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let mut term = match term {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; stop with Ctrl-C");
+                None
+            }
+        };
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => drop(t.recv().await),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = term.recv() => {}
+            () = terminated => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     });

@@ -311,20 +311,36 @@ impl Telemetry {
 
     fn stop(&mut self) {
         if let Some(export) = self.export.take() {
-            if let Some(task) = export.metrics {
-                let _ = task.stop.send(());
-                let flushed = export.runtime.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(3), task.done).await
-                });
-                if flushed.is_err() {
-                    eprintln!("telemetry: the last metrics export did not finish within 3 s");
-                }
+            // On a thread of its own: waiting on the export runtime (and shutting it down) from
+            // inside another runtime, as a drop in async code does, would panic.
+            let flushing = std::thread::Builder::new()
+                .name("otel-flush".into())
+                .spawn(move || export.flush());
+            match flushing.map(std::thread::JoinHandle::join) {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => eprintln!("telemetry: flushing the export failed"),
+                Err(e) => eprintln!("telemetry: cannot start the thread that flushes: {e}"),
             }
-            if let Err(e) = export.provider.shutdown() {
-                eprintln!("telemetry: flushing spans at shutdown failed: {e}");
-            }
-            export.runtime.shutdown_timeout(Duration::from_secs(1));
         }
+    }
+}
+
+impl Export {
+    /// The last metrics report and the queued spans, sent; then the export runtime stops.
+    fn flush(self) {
+        if let Some(task) = self.metrics {
+            let _ = task.stop.send(());
+            let flushed = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(3), task.done).await });
+            if flushed.is_err() {
+                eprintln!("telemetry: the last metrics export did not finish within 3 s");
+            }
+        }
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("telemetry: flushing spans at shutdown failed: {e}");
+        }
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
     }
 }
 
@@ -340,6 +356,21 @@ mod tests {
 
     /// What a call costs to trace is decided where its root opens: an unsampled root, with logs
     /// above `info`, must not exist at all (no registry entry, nothing entered or closed).
+    /// A `Telemetry` dropped in async code (a test's, a `main` that returns early) flushes on
+    /// its own thread: blocking on the export runtime here used to panic.
+    #[tokio::test]
+    async fn dropped_inside_a_runtime_it_flushes_without_panicking() {
+        let export = TraceExport {
+            endpoint: "http://127.0.0.1:9".into(),
+            sample_ratio: 1.0,
+            service_name: "test".into(),
+            instance_id: "test".into(),
+        };
+        let mut telemetry = init(LogFormat::Text, Some(&export)).unwrap();
+        telemetry.export_metrics(Duration::from_secs(60), Box::new(Vec::new));
+        drop(telemetry);
+    }
+
     #[test]
     fn an_unsampled_call_creates_no_span() {
         let provider = SdkTracerProvider::builder().build();

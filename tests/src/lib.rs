@@ -50,12 +50,34 @@ pub fn user_token(user: &str) -> String {
     )
 }
 
-/// A port that was free a moment ago (Pingora cannot report the port it bound).
+/// A port for a listener a test configures (a gateway's, a child process's), given to no other
+/// caller in this process. Ports come from below the kernel's ephemeral range, so no `bind` to
+/// port 0 and no outgoing connection can take one between this call and the listener's bind (a
+/// port bound and dropped in the ephemeral range could be handed out again at once, to another
+/// test's listener or client). Each process starts at its own offset; a port something else
+/// already holds is skipped.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 10_000;
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW;
+    let offset = u64::from(std::process::id()).wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (offset + n) % span) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port left in {LOW}..{high}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 unless configured otherwise).
+fn ephemeral_low() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -134,26 +156,10 @@ impl GatewayProcess {
         tail: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        std::fs::write(dir.path("routes.yaml"), routes).unwrap();
-        std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
-        std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
-        let [edge, admin, push, internal] = [0; 4].map(|_| loopback(free_port()));
-        std::fs::write(
-            dir.path("gateway.yaml"),
-            format!(
-                "listen: {{edge: \"{edge}\", admin: \"{admin}\", push: \"{push}\", internal: \"{internal}\"}}\n\
-                 threads: 1\nroutes: routes.yaml\n\
-                 auth: {{hs256_secret_file: hs256.key}}\n{tail}"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(dir.path("gateway.yaml"))
-            .env("RUST_LOG", "warn")
+        let listeners = [0; 4].map(|_| loopback(free_port()));
+        let [edge, admin, push, internal] = listeners;
+        let child = Self::command(bin, dir, routes, tail, listeners)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.path("gateway.log")).expect("gateway.log"))
             .spawn()
             .expect("spawn gateway");
         wait_for(
@@ -174,6 +180,39 @@ impl GatewayProcess {
             push,
             internal,
         }
+    }
+
+    /// The command that runs `bin` with its files written to `dir`: `routes`, the test keys and
+    /// gateway.yaml with `listeners` (edge, admin, push, internal) and `tail`; its log goes to
+    /// `gateway.log`. For a start that is meant to fail; [`Self::spawn`] otherwise.
+    pub fn command(
+        bin: &str,
+        dir: &ScratchDir,
+        routes: &str,
+        tail: &str,
+        listeners: [SocketAddr; 4],
+    ) -> Command {
+        let [edge, admin, push, internal] = listeners;
+        std::fs::write(dir.path("routes.yaml"), routes).unwrap();
+        std::fs::write(dir.path("hs256.key"), TEST_SECRET).unwrap();
+        std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).unwrap();
+        std::fs::write(
+            dir.path("gateway.yaml"),
+            format!(
+                "listen: {{edge: \"{edge}\", admin: \"{admin}\", push: \"{push}\", internal: \"{internal}\"}}\n\
+                 threads: 1\nroutes: routes.yaml\n\
+                 auth: {{hs256_secret_file: hs256.key}}\n{tail}"
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(bin);
+        command
+            .args(["run", "--config"])
+            .arg(dir.path("gateway.yaml"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.path("gateway.log")).expect("gateway.log"));
+        command
     }
 
     /// SIGTERM: the graceful drain (`child.wait()` for its end).

@@ -56,6 +56,8 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            // `DEBUG SLEEP`: a Redis that is slow for a while (the heartbeat tests).
+            .args(["--enable-debug-command", "local"])
             .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
@@ -104,6 +106,43 @@ impl RedisServer {
         }
         let out = child.wait_with_output().expect("redis-cli ends");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `commands` sent in one pipeline (`redis-cli --pipe`), each as its arguments; the
+    /// summary `redis-cli` prints.
+    pub fn pipe(&self, commands: impl IntoIterator<Item = Vec<Vec<u8>>>) -> String {
+        use std::io::Write;
+        let mut resp = Vec::new();
+        for args in commands {
+            resp.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                resp.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                resp.extend_from_slice(&a);
+                resp.extend_from_slice(b"\r\n");
+            }
+        }
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--pipe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli runs");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(&resp).expect("write to redis-cli");
+        }
+        let out = child.wait_with_output().expect("redis-cli ends");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a Redis that hangs without closing a connection.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("redis-server running");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} delivered");
     }
 
     /// How many times Redis has run `command` (lower case), from `INFO commandstats`.

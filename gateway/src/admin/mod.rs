@@ -32,6 +32,8 @@ pub struct AdminApp {
     pub guard: Arc<Guard>,
     pub access: access::AdminAccess,
     pub scrape: scrape::Scrape,
+    /// Background services that stopped: each one makes the gateway not ready.
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Largest admin request body read.
@@ -199,12 +201,20 @@ impl AdminApp {
             Ok(r) if !r.sid.is_empty() && r.sid.len() <= 256 => {
                 // `exp`: the session's end; absent, the longest a session lives.
                 let until = r.exp.unwrap_or_else(|| unix_now() + MAX_SESSION_SECS);
-                let closed =
+                let (closed, persisted) =
                     control::end_session(&self.push, &r.sid, until, control::Ending::Revoked);
-                json_response(
-                    200,
-                    json!({ "revoked": r.sid, "until": until, "closed": closed }),
-                )
+                // Answered once on disk (with `auth.revocation_file`).
+                match persisted.wait(control::PERSIST_TIMEOUT).await {
+                    Ok(()) => json_response(
+                        200,
+                        json!({ "revoked": r.sid, "until": until, "closed": closed }),
+                    ),
+                    Err(e) => json_response(
+                        500,
+                        json!({ "revoked": r.sid, "until": until, "closed": closed,
+                                "error": format!("in effect, but not persisted (a restart would forget it): {e}") }),
+                    ),
+                }
             }
             Ok(_) => json_response(400, json!({ "error": "`sid` must be 1 to 256 characters" })),
             Err(e) => json_response(
@@ -260,7 +270,20 @@ impl ServeHttp for AdminApp {
                     }
                     body["cluster"] = cluster.status();
                 }
-                json_response(200, body)
+                // A service the gateway cannot work without stopped (PushService's listener,
+                // the reloader, maintenance, the cluster node task): not ready, naming it.
+                let failed = self.readiness.failures();
+                if failed.is_empty() {
+                    return json_response(200, body);
+                }
+                body["ready"] = json!(false);
+                body["status"] = json!("failed");
+                body["failed"] = failed
+                    .into_iter()
+                    .map(|(service, reason)| (service.to_owned(), json!(reason)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                json_response(503, body)
             }
             ("GET", "/metrics") => {
                 let text = crate::metrics::render(&self.scrape.families());

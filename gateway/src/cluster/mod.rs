@@ -12,6 +12,7 @@ pub mod config;
 pub mod keys;
 pub mod link;
 pub mod node;
+pub mod registrations;
 pub mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,8 @@ pub struct Cluster {
     /// Other runs draining (their leave announced) at the last heartbeat.
     leaving: RwLock<HashSet<NodeRun>>,
     health: Health,
+    /// Sessions' register and unregister operations, in order per connection.
+    pub registrations: registrations::Registrations,
     sends: Semaphore,
     /// Pushes being forwarded to users who left this node (`push::remote`).
     forwards: Arc<Semaphore>,
@@ -158,6 +161,10 @@ pub enum ClusterError {
     Link(#[from] LinkError),
     #[error("too many cross-node sends in flight")]
     Busy,
+    /// Redis is known to be away (a heartbeat or a request found it so): request-path
+    /// operations go straight to their fallback instead of waiting `command_timeout` each.
+    #[error("Redis is unreachable; using the fallback until a heartbeat reaches it")]
+    Down,
 }
 
 /// Where the policy is applied in Redis, by the names the Lua script knows.
@@ -208,6 +215,7 @@ impl Cluster {
             dead: RwLock::default(),
             leaving: RwLock::default(),
             health: Health::default(),
+            registrations: Default::default(),
             register: Script::new(REGISTER_LUA),
             bucket: Script::new(BUCKET_LUA),
             lookup: Script::new(&lookup_lua(config_cluster)),
@@ -235,6 +243,36 @@ impl Cluster {
         })
     }
 
+    /// For operations on a request's path: `Down` at once while Redis is known to be away
+    /// (counted under `op`), so a request never waits on a link the node already knows is
+    /// broken. The heartbeat, which keeps trying, opens the way again.
+    fn reachable(&self, op: &str) -> Result<(), ClusterError> {
+        if self.health.redis_up.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.metrics.cluster_errors.with_label_values(&[op]).inc();
+        Err(ClusterError::Down)
+    }
+
+    /// [`Self::fail`] for request-path operations: a timeout or a broken connection marks Redis
+    /// away at once (not at the next heartbeat), so the requests behind this one skip it.
+    fn fail_request(&self, op: &str, e: LinkError) -> ClusterError {
+        let unreachable = match &e {
+            LinkError::Timeout(_) | LinkError::NotConnected => true,
+            LinkError::Redis(r) => {
+                r.is_timeout()
+                    || r.is_io_error()
+                    || r.is_connection_dropped()
+                    || r.is_connection_refusal()
+            }
+            LinkError::Url(_) => false,
+        };
+        if unreachable && self.health.redis_up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(op, error = %e, "cluster: Redis unreachable; requests use their fallbacks until a heartbeat reaches it");
+        }
+        self.fail(op, e)
+    }
+
     /// Counts a failed Redis operation by its name (one of [`OPS`]).
     fn fail(&self, op: &str, e: LinkError) -> ClusterError {
         self.metrics.cluster_errors.with_label_values(&[op]).inc();
@@ -256,6 +294,7 @@ impl Cluster {
         per_second: f64,
         burst: u32,
     ) -> Result<(bool, f64), ClusterError> {
+        self.reachable("rate_limit")?;
         let mut inv = self
             .bucket
             .key(format!("{}rl:{{{bucket}}}", self.config.prefix));
@@ -264,7 +303,7 @@ impl Cluster {
             .link
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await
-            .map_err(|e| self.fail("rate_limit", e))?;
+            .map_err(|e| self.fail_request("rate_limit", e))?;
         Ok((allowed == 1, milli_tokens as f64 / 1000.0))
     }
 
@@ -448,16 +487,32 @@ impl Cluster {
             })
             .await;
         if let Err(e) = done {
-            let mut retry = self
-                .retry_unregister
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if retry.len() < MAX_RETRIED_UNREGISTERS {
-                retry.push((user.to_owned(), conn_id));
-            }
+            self.retry_unregister_later(user, conn_id);
             return Err(self.fail("unregister", e));
         }
         Ok(())
+    }
+
+    /// Leaves a removal to the next heartbeat that reaches Redis (bounded: past the cap the
+    /// entry expires with the user key instead).
+    pub fn retry_unregister_later(&self, user: &str, conn_id: u64) {
+        let mut retry = self
+            .retry_unregister
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if retry.len() < MAX_RETRIED_UNREGISTERS {
+            retry.push((user.to_owned(), conn_id));
+        }
+    }
+
+    /// A registration found its queue full: counted, and left to the next resync, which
+    /// re-registers every open session.
+    pub fn registry_queue_full(&self) {
+        self.metrics
+            .cluster_errors
+            .with_label_values(&["register_queue_full"])
+            .inc();
+        self.health.resync_wanted.store(true, Ordering::Relaxed);
     }
 
     fn registering_set(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
@@ -509,6 +564,7 @@ impl Cluster {
     /// The live connections of `users` on every node: one script call per shard, the shards at
     /// once. Entries of dead node runs are left out (and removed in the background).
     pub async fn locate(&self, users: &[String]) -> Result<Vec<Vec<Entry>>, ClusterError> {
+        self.reachable("locate")?;
         let raw = match self.lookup_hashes(users).await {
             // Redis restarted (or a shard failed over) and forgot the script, or a Redis
             // Cluster's slots moved: once more after loading it and reading the shards again.
@@ -519,7 +575,7 @@ impl Cluster {
             }
             other => other,
         }
-        .map_err(|e| self.fail("locate", e))?;
+        .map_err(|e| self.fail_request("locate", e))?;
         let now = unix_ms();
         let mut stale = Vec::new();
         let located = raw

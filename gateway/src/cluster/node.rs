@@ -30,7 +30,9 @@ pub enum Inbound {
 }
 
 /// Messages read from the subscription and not yet applied; beyond it they are dropped (counted).
-const INBOX: usize = 4096;
+/// The subscription is read by its own loop (never behind a heartbeat), so this absorbs bursts,
+/// not outages.
+const INBOX: usize = 16_384;
 
 pub fn inbox() -> (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>) {
     mpsc::channel(INBOX)
@@ -44,6 +46,7 @@ pub struct NodeService {
 #[async_trait]
 impl BackgroundService for NodeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.cluster.registrations.start(&self.cluster);
         let run = run(self.cluster.clone(), self.inbox.clone());
         tokio::pin!(run);
         tokio::select! {
@@ -110,6 +113,22 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
     }
     tracing::info!(node = %cluster.run.node, epoch = cluster.run.epoch, "cluster: connected to Redis");
     let (tx, mut rx) = mpsc::channel(INBOX);
+    // The subscription is read by a loop of its own, polled beside the heartbeat's: a heartbeat
+    // waiting on a slow Redis never leaves node messages (or probes) unread.
+    let read = async {
+        while let Some(info) = rx.recv().await {
+            receive(&cluster, &inbox, info);
+        }
+    };
+    tokio::join!(read, keep_alive(&cluster, &inbox, tx));
+}
+
+/// Heartbeats, resyncs and the probe that proves the subscription, forever.
+async fn keep_alive(
+    cluster: &Arc<Cluster>,
+    inbox: &mpsc::Sender<Inbound>,
+    tx: mpsc::Sender<PushInfo>,
+) {
     let mut subscription = None;
     let mut heartbeat = tokio::time::interval(cluster.config.heartbeat.0);
     let mut probe = tokio::time::interval(cluster.config.probe_interval.0);
@@ -125,7 +144,7 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
                 if cluster.health.leaving.load(Ordering::Relaxed) {
                     continue;
                 }
-                match beat(&cluster).await {
+                match beat(cluster).await {
                     Ok(new_member) => {
                         if !synced || new_member {
                             cluster.prepare().await;
@@ -140,9 +159,9 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
                         }
                         cluster.retry_unregisters().await;
                         if subscription.is_none() {
-                            subscription = subscribe(&cluster, tx.clone()).await;
+                            subscription = subscribe(cluster, tx.clone()).await;
                             if subscription.is_some() {
-                                pending = send_probe(&cluster).await.then(unix_ms);
+                                pending = send_probe(cluster).await.then(unix_ms);
                             }
                         }
                     }
@@ -167,14 +186,13 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
                         tracing::warn!("cluster: the subscription stopped delivering; rebuilding it");
                     }
                     cluster.metrics.cluster_subscription_stale.inc();
-                    subscription = subscribe(&cluster, tx.clone()).await;
+                    subscription = subscribe(cluster, tx.clone()).await;
                     pending = None;
                 }
-                if subscription.is_some() && send_probe(&cluster).await && pending.is_none() {
+                if subscription.is_some() && send_probe(cluster).await && pending.is_none() {
                     pending = Some(now);
                 }
             }
-            Some(info) = rx.recv() => receive(&cluster, &inbox, info),
         }
     }
 }

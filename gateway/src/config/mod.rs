@@ -340,14 +340,49 @@ impl GatewayConfig {
         if self.threads == 0 || self.threads > 256 {
             return Err(invalid("threads", "must be between 1 and 256"));
         }
-        if self.listen.edge.port() != 0 && self.listen.edge == self.listen.admin {
-            return Err(invalid(
-                "listen.admin",
-                "must differ from listen.edge; give the admin listener its own port",
-            ));
+        if let Err((field, message)) = self.listen.check_distinct() {
+            return Err(invalid(field, &message));
         }
         Ok(())
     }
+}
+
+impl Listen {
+    /// The listeners in the order their fields are written, with those fields' names.
+    pub fn named(&self) -> [(&'static str, SocketAddr); 4] {
+        [
+            ("listen.edge", self.edge),
+            ("listen.push", self.push),
+            ("listen.internal", self.internal),
+            ("listen.admin", self.admin),
+        ]
+    }
+
+    /// No two listeners may share a port on overlapping addresses (the same IP, or either one
+    /// the wildcard): the second bind would fail, or, through Pingora's table of listening
+    /// sockets keyed by address, two listeners would own one descriptor and close it twice.
+    /// Port 0 (any free port) never collides. The error names the later field.
+    pub fn check_distinct(&self) -> Result<(), (&'static str, String)> {
+        let named = self.named();
+        for (i, (field, addr)) in named.iter().enumerate() {
+            for (earlier, other) in &named[..i] {
+                if addr.port() != 0 && overlap(*addr, *other) {
+                    return Err((
+                        field,
+                        format!(
+                            "{addr} collides with {earlier} ({other}): give every listener its own port"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two listen addresses would compete for one socket.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[cfg(test)]
@@ -367,6 +402,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("edgee"), "{err}");
+    }
+
+    #[test]
+    fn colliding_listeners_are_refused_by_field() {
+        for (yaml, field) in [
+            (
+                "listen: { edge: 127.0.0.1:7000, push: 127.0.0.1:7000 }",
+                "listen.push",
+            ),
+            ("listen: { admin: 127.0.0.1:8080 }", "listen.admin"),
+            (
+                "listen: { edge: 127.0.0.1:7001, internal: 127.0.0.1:7001 }",
+                "listen.internal",
+            ),
+            (
+                "listen: { push: 127.0.0.1:9001, admin: 127.0.0.1:9001 }",
+                "listen.admin",
+            ),
+        ] {
+            let err = GatewayConfig::parse(yaml, Path::new("g.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(field) && err.contains("collides"),
+                "{yaml}: {err}"
+            );
+        }
+        let apart = "listen: { edge: 127.0.0.1:0, push: 127.0.0.1:0, admin: 127.0.0.2:9901 }";
+        assert!(GatewayConfig::parse(apart, Path::new("g.yaml")).is_ok());
     }
 
     #[test]

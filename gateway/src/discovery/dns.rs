@@ -114,11 +114,24 @@ async fn lookup(
 
 /// Resolves `target` until aborted, publishing each answer to `sets`.
 pub async fn watch(target: DnsTarget, source: Source, sets: DiscoveredSets) {
-    let resolver = match resolver(&target) {
-        Ok(r) => r,
-        Err(e) => {
-            sets.failed(&source, e);
-            return;
+    watch_with(target, source, sets, resolver).await;
+}
+
+/// [`watch`] with the resolver built by `build`: a resolver that cannot be built (the system's
+/// `/etc/resolv.conf` unreadable, say) is reported and tried again, never given up on.
+async fn watch_with(
+    target: DnsTarget,
+    source: Source,
+    sets: DiscoveredSets,
+    mut build: impl FnMut(&DnsTarget) -> Result<TokioResolver, String>,
+) {
+    let resolver = loop {
+        match build(&target) {
+            Ok(r) => break r,
+            Err(e) => {
+                sets.failed(&source, e);
+                tokio::time::sleep(target.interval.min(RETRY)).await;
+            }
         }
     };
     loop {
@@ -145,5 +158,52 @@ pub async fn watch(target: DnsTarget, source: Source, sets: DiscoveredSets) {
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{resolver, watch_with, DiscoveredSets, DnsTarget, Source};
+
+    #[tokio::test]
+    async fn a_resolver_that_cannot_be_built_is_tried_again() {
+        // A name server nobody listens on: once the resolver builds, lookups fail visibly.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let target = DnsTarget {
+            name: "user.internal".into(),
+            port: Some(50051),
+            nameservers: vec![silent.local_addr().unwrap()],
+            interval: Duration::from_millis(20),
+        };
+        drop(silent);
+        let source = Source::Dns(target.clone());
+        let sets = DiscoveredSets::default();
+        let mut builds = 0;
+        let watcher = tokio::spawn(watch_with(target, source.clone(), sets.clone(), move |t| {
+            builds += 1;
+            if builds <= 2 {
+                Err("reading the system's resolvers: no /etc/resolv.conf".into())
+            } else {
+                resolver(t)
+            }
+        }));
+        let error = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let error = sets.status(&source).and_then(|s| s.error);
+                if error.as_deref().is_some_and(|e| e.starts_with("resolving")) {
+                    return error;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        watcher.abort();
+        assert!(
+            error.is_ok(),
+            "the watcher went on to look the name up after the failed builds: {:?}",
+            sets.status(&source)
+        );
     }
 }

@@ -165,6 +165,10 @@ impl Dispatcher {
         &self.channels
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// A backend reply that does not match the route's output type (it cannot be rendered as
     /// JSON): logged and counted here for HTTP and WebSocket alike; the caller answers 502 /
     /// INTERNAL with [`crate::pipeline::INVALID_REPLY`].

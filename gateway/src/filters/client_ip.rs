@@ -19,7 +19,16 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Whether `ip` is in the network. Addresses are compared in their canonical form (an
+    /// IPv4-mapped peer is IPv4), and a network written IPv4-mapped (`::ffff:10.0.0.0/104`)
+    /// holds the IPv4 addresses it maps.
     pub fn contains(&self, ip: IpAddr) -> bool {
+        let v6 = |n: std::net::Ipv6Addr, a: std::net::Ipv6Addr| {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(self.prefix))
+                .unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        };
         match (self.net, ip.to_canonical()) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX
@@ -27,13 +36,9 @@ impl Cidr {
                     .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
+            (IpAddr::V6(n), IpAddr::V6(a)) => v6(n, a),
+            (IpAddr::V6(n), IpAddr::V4(a)) => v6(n, a.to_ipv6_mapped()),
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
@@ -223,6 +228,10 @@ mod tests {
         assert!(Cidr::from_str("ten").is_err());
         // IPv4-mapped IPv6 peers match IPv4 ranges.
         assert!(c.contains(ip("::ffff:10.1.2.3")));
+        // And ranges written IPv4-mapped hold IPv4 peers, mapped or not.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")) && mapped.contains(ip("::ffff:10.1.2.3")));
+        assert!(!mapped.contains(ip("11.0.0.1")) && !mapped.contains(ip("2001:db8::1")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod ratelimit;
 pub mod request_id;
 pub mod revocation;
+pub mod revocation_log;
 pub mod secret;
 
 use std::net::IpAddr;

@@ -4,26 +4,39 @@
 //! token the session can still get. Behind a trait so cluster mode can back it with Redis while
 //! keeping the check synchronous (a local copy answers `is_revoked`).
 //!
-//! Single node: with `auth.revocation_file` the denylist survives a restart. Every change rewrites
-//! the file atomically (temporary file, fsync, rename, fsync of the directory) under the write
-//! lock, so the file always holds a state the gateway had; it is bounded like the list
-//! (`auth.max_revoked`). An unreadable or corrupt file stops start-up.
+//! Single node: with `auth.revocation_file` the denylist survives a restart. The file is an
+//! append-only log written off the request path by its own thread ([`super::revocation_log`]):
+//! a revocation is in effect at once, on disk after the writer's next sync (one sync covers every
+//! revocation queued meanwhile), and [`Persisted::wait`] says when. The lock that every request
+//! reads is held only to change the map, never for I/O. An unreadable or corrupt file stops
+//! start-up.
 
 use crate::clock::unix_now;
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+pub use super::revocation_log::Persisted;
+use super::revocation_log::{Entries, LogFile, RevocationLog};
 
 /// The longest a session lives from its login (the backends' `--max-session-secs` default): the
 /// one fallback for revocations without an end and for tokens without `sxp`.
 pub const MAX_SESSION_SECS: u64 = 30 * 86_400;
 
+/// At the bound, this share of the entries (the first to end) is evicted at once, so a full list
+/// pays the scan once per this many revocations, not on each.
+const EVICT_SHARE: usize = 100;
+
 pub trait Revocation: Send + Sync {
     /// Synchronous and in-memory: called on every request and frame.
     fn is_revoked(&self, sid: &str) -> bool;
-    /// Denies `sid` until `until` (unix seconds, the session's end).
-    fn revoke(&self, sid: &str, until: u64);
+    /// Denies `sid` until `until` (unix seconds, the session's end), at once; the handle says
+    /// when that is on disk too.
+    fn revoke(&self, sid: &str, until: u64) -> Persisted {
+        self.revoke_many(vec![(sid.to_owned(), until)])
+    }
+    /// Several at once (a cluster resync): one lock, one write.
+    fn revoke_many(&self, entries: Vec<(String, u64)>) -> Persisted;
     /// Drops entries whose sessions have ended anyway.
     fn sweep(&self, now: u64);
     fn len(&self) -> usize;
@@ -32,117 +45,66 @@ pub trait Revocation: Send + Sync {
     }
 }
 
-/// The single-node denylist, bounded: when full, the entry expiring first makes room.
+/// The single-node denylist, bounded: when full, the entries expiring first make room.
 pub struct MemoryRevocation {
-    // RwLock: reads on every request, writes only on revocation and sweeps. It never poisons
-    // in practice (nothing under it panics); a poisoned one is recovered, not propagated.
-    entries: RwLock<HashMap<String, u64>>,
+    // RwLock: reads on every request, writes only on revocation and sweeps, each a map change
+    // and nothing more. It never poisons in practice (nothing under it panics); a poisoned one
+    // is recovered, not propagated.
+    entries: Entries,
     max_entries: usize,
-    file: Option<PathBuf>,
-}
-
-/// The file format: one JSON object, `{"version": 1, "revoked": {"<sid>": <until>, ...}}`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    version: u32,
-    revoked: HashMap<String, u64>,
+    log: Option<RevocationLog>,
 }
 
 impl MemoryRevocation {
     pub fn new(max_entries: usize) -> Self {
         Self {
-            entries: RwLock::default(),
+            entries: Arc::default(),
             max_entries: max_entries.max(1),
-            file: None,
+            log: None,
         }
     }
 
-    /// A denylist kept in `file` too: loaded now (a missing file is an empty list), rewritten on
-    /// every change. Errors name the file and what is wrong with it.
+    /// A denylist kept in `file` too: loaded now (a missing file is an empty list), appended to
+    /// on every revocation. Errors name the file and what is wrong with it.
     pub fn persistent(max_entries: usize, file: &Path) -> Result<Self, String> {
-        let mut list = Self::new(max_entries);
-        match std::fs::read(file) {
-            Ok(bytes) => {
-                let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| {
-                    format!(
-                        "auth.revocation_file {}: not a revocation file ({e}); fix or remove it",
-                        file.display()
-                    )
-                })?;
-                if stored.version != 1 {
-                    return Err(format!(
-                        "auth.revocation_file {}: version {} is not supported (1 is)",
-                        file.display(),
-                        stored.version
-                    ));
-                }
-                let now = unix_now();
-                let mut live: Vec<(String, u64)> = stored
-                    .revoked
-                    .into_iter()
-                    .filter(|(_, u)| *u >= now)
-                    .collect();
-                // Over the bound (a smaller max_revoked than before): keep the longest-lived.
-                live.sort_by_key(|e| std::cmp::Reverse(e.1));
-                live.truncate(list.max_entries);
-                list.entries = RwLock::new(live.into_iter().collect());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(format!(
-                    "auth.revocation_file {}: cannot read it: {e}",
-                    file.display()
-                ))
-            }
-        }
-        list.file = Some(file.to_owned());
-        // Proves the file can be written before the gateway relies on it.
-        list.persist(&list.read())?;
-        Ok(list)
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, u64>> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, u64>> {
-        self.entries.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes `entries` to the file, if there is one: temporary file, fsync, rename, fsync dir.
-    fn persist(&self, entries: &HashMap<String, u64>) -> Result<(), String> {
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
-        let stored = Stored {
-            version: 1,
-            revoked: entries.clone(),
-        };
-        let tmp = file.with_extension("tmp");
-        let written = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&stored).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, file)?;
-            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        written.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!(
-                "auth.revocation_file {}: cannot write it: {e}",
-                file.display()
-            )
+        let max_entries = max_entries.max(1);
+        let (file, live) = LogFile::open(file, max_entries, unix_now())?;
+        let entries: Entries = Arc::new(RwLock::new(live));
+        let log = RevocationLog::start(file, entries.clone())?;
+        Ok(Self {
+            entries,
+            max_entries,
+            log: Some(log),
         })
     }
 
-    fn persist_or_log(&self, entries: &HashMap<String, u64>) {
-        if let Err(e) = self.persist(entries) {
-            // The in-memory list still denies the session; only a restart would forget it.
-            tracing::error!("{e}");
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, u64>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, u64>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Room for one more: ended sessions first, then the share ending soonest.
+    fn make_room(&self, entries: &mut HashMap<String, u64>) {
+        let now = unix_now();
+        entries.retain(|_, u| *u >= now);
+        if entries.len() < self.max_entries {
+            return;
         }
+        let mut ends: Vec<u64> = entries.values().copied().collect();
+        let k = (entries.len() / EVICT_SHARE).max(1) - 1;
+        let (_, cut, _) = ends.select_nth_unstable(k);
+        let cut = *cut;
+        let mut evict = k + 1;
+        entries.retain(|_, u| {
+            let keep = *u > cut || evict == 0;
+            if !keep {
+                evict -= 1;
+            }
+            keep
+        });
     }
 }
 
@@ -153,32 +115,26 @@ impl Revocation for MemoryRevocation {
             .is_some_and(|until| *until >= unix_now())
     }
 
-    fn revoke(&self, sid: &str, until: u64) {
-        let mut entries = self.write();
-        if entries.len() >= self.max_entries && !entries.contains_key(sid) {
-            entries.retain(|_, u| *u >= unix_now());
-            if entries.len() >= self.max_entries {
-                let first = entries
-                    .iter()
-                    .min_by_key(|(_, u)| **u)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = first {
-                    entries.remove(&k);
+    fn revoke_many(&self, revoked: Vec<(String, u64)>) -> Persisted {
+        {
+            let mut entries = self.write();
+            for (sid, until) in &revoked {
+                if entries.len() >= self.max_entries && !entries.contains_key(sid) {
+                    self.make_room(&mut entries);
                 }
+                let slot = entries.entry(sid.clone()).or_insert(*until);
+                *slot = (*slot).max(*until);
             }
         }
-        let slot = entries.entry(sid.to_owned()).or_insert(until);
-        *slot = (*slot).max(until);
-        self.persist_or_log(&entries);
+        match &self.log {
+            Some(log) => log.append(revoked),
+            None => Persisted::in_memory(),
+        }
     }
 
     fn sweep(&self, now: u64) {
-        let mut entries = self.write();
-        let before = entries.len();
-        entries.retain(|_, until| *until >= now);
-        if entries.len() != before {
-            self.persist_or_log(&entries);
-        }
+        // Ended entries leave the file at its next compaction; on load they are skipped.
+        self.write().retain(|_, until| *until >= now);
     }
 
     fn len(&self) -> usize {
@@ -189,13 +145,14 @@ impl Revocation for MemoryRevocation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn revoked_until_the_end_then_swept() {
         let r = MemoryRevocation::new(10);
         let now = unix_now();
-        r.revoke("s1", now + 100);
-        r.revoke("s2", now.saturating_sub(5));
+        let _ = r.revoke("s1", now + 100);
+        let _ = r.revoke("s2", now.saturating_sub(5));
         assert!(r.is_revoked("s1"));
         assert!(!r.is_revoked("s2"), "an ended session needs no entry");
         r.sweep(now);
@@ -207,29 +164,92 @@ mod tests {
         let r = MemoryRevocation::new(3);
         let now = unix_now();
         for i in 0..10 {
-            r.revoke(&format!("s{i}"), now + 100 + i);
+            let _ = r.revoke(&format!("s{i}"), now + 100 + i);
         }
         assert_eq!(r.len(), 3);
         assert!(r.is_revoked("s9"));
     }
 
-    #[test]
-    fn a_file_keeps_the_list_and_a_corrupt_one_is_refused() {
-        let dir = std::env::temp_dir().join(format!("im-revoked-{}", std::process::id()));
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("im-revoked-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_file_keeps_the_list_and_a_corrupt_one_is_refused() {
+        let dir = scratch("keep");
         let file = dir.join("revoked.json");
-        let _ = std::fs::remove_file(&file);
         let r = MemoryRevocation::persistent(10, &file).unwrap();
-        r.revoke("s1", unix_now() + 100);
+        r.revoke("s1", unix_now() + 100)
+            .wait(Duration::from_secs(5))
+            .await
+            .unwrap();
+        // Not waited on: written when the log is dropped.
+        let _ = r.revoke("s\n2 \"odd\"", unix_now() + 100);
         drop(r);
         let again = MemoryRevocation::persistent(10, &file).unwrap();
         assert!(again.is_revoked("s1"));
+        assert!(
+            again.is_revoked("s\n2 \"odd\""),
+            "queued at drop, written then"
+        );
+        drop(again);
         std::fs::write(&file, "{not json").unwrap();
         let err = MemoryRevocation::persistent(10, &file).err().unwrap();
         assert!(
             err.contains("auth.revocation_file") && err.contains("revoked.json"),
             "{err}"
         );
+        std::fs::write(&file, "im-revocations 2\n12 \"a\"\nnonsense\n").unwrap();
+        let err = MemoryRevocation::persistent(10, &file).err().unwrap();
+        assert!(err.contains("line 3"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_version_1_is_read() {
+        let dir = scratch("torn");
+        let file = dir.join("revoked.json");
+        let until = unix_now() + 100;
+        std::fs::write(
+            &file,
+            format!("im-revocations 2\n{until} \"a\"\n{until} \"b"),
+        )
+        .unwrap();
+        let r = MemoryRevocation::persistent(10, &file).unwrap();
+        assert!(r.is_revoked("a") && !r.is_revoked("b"));
+        drop(r);
+        let v1 = format!(r#"{{"version": 1, "revoked": {{"old": {until}}}}}"#);
+        std::fs::write(&file, v1).unwrap();
+        drop(MemoryRevocation::persistent(10, &file).unwrap());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            text,
+            format!("im-revocations 2\n{until} \"old\"\n"),
+            "rewritten as v2"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_log_of_mostly_dead_lines_is_compacted() {
+        let dir = scratch("compact");
+        let file = dir.join("revoked.json");
+        let r = MemoryRevocation::persistent(100, &file).unwrap();
+        let until = unix_now() + 100;
+        // The same 10 sids again and again: the log grows, the list does not.
+        let mut last = Persisted::in_memory();
+        for round in 0..1_200 {
+            last = r.revoke_many((0..10).map(|i| (format!("s{i}"), until + round)).collect());
+        }
+        last.wait(Duration::from_secs(10)).await.unwrap();
+        drop(r);
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        assert!(lines < 12_000, "never compacted: {lines} lines");
+        let again = MemoryRevocation::persistent(100, &file).unwrap();
+        assert_eq!(again.len(), 10);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -11,6 +11,11 @@ use super::hub::{close, SessionHandle};
 use super::registry::{Connection, SessionRegistry};
 use super::PushDeps;
 use crate::filters::request_id;
+use crate::filters::revocation::Persisted;
+
+/// How long a revocation's caller waits for it to reach the revocation file before answering
+/// with an error (the denial is in effect either way).
+pub const PERSIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a session ends, and so how its sockets close.
 #[derive(Debug, Clone, Copy)]
@@ -25,9 +30,9 @@ pub enum Ending<'a> {
 }
 
 /// Denies `sid` until `until` (unix seconds) and closes every socket of it; how many on this
-/// node. In cluster mode every other node does the same within a second (the denial is also
-/// kept in Redis for nodes that start later).
-pub fn end_session(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -> u32 {
+/// node, and the denial's way to this node's revocation file. In cluster mode every other node
+/// does the same within a second (the denial is also kept in Redis for nodes that start later).
+pub fn end_session(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -> (u32, Persisted) {
     if let Some(cluster) = &deps.cluster {
         let (cluster, sid) = (cluster.clone(), sid.to_owned());
         tokio::spawn(async move {
@@ -40,8 +45,13 @@ pub fn end_session(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -
 }
 
 /// [`end_session`] on this node only (a revocation announced by another node).
-pub fn end_session_here(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'_>) -> u32 {
-    deps.pipeline.guard.auth.revocation().revoke(sid, until);
+pub fn end_session_here(
+    deps: &PushDeps,
+    sid: &str,
+    until: u64,
+    ending: Ending<'_>,
+) -> (u32, Persisted) {
+    let persisted = deps.pipeline.guard.auth.revocation().revoke(sid, until);
     let sessions = deps
         .hub
         .registry
@@ -56,31 +66,37 @@ pub fn end_session_here(deps: &PushDeps, sid: &str, until: u64, ending: Ending<'
         ?ending,
         "session ended"
     );
-    sessions.len() as u32
+    (sessions.len() as u32, persisted)
 }
 
 /// Kicks `user`'s connections on this node (only `device_id`'s when it is not empty): each
 /// one's session is denied until its end and its sockets closed with `session_kicked` and 4002;
-/// how many. PushService's Kick also asks the other nodes holding the user (`remote::kick`).
-pub fn kick_user(deps: &PushDeps, user: &str, device_id: &str, reason: &str) -> u32 {
+/// how many, and the denials' way to disk (the last one's handle covers the earlier ones).
+/// PushService's Kick also asks the other nodes holding the user (`remote::kick`).
+pub fn kick_user(deps: &PushDeps, user: &str, device_id: &str, reason: &str) -> (u32, Persisted) {
     let ending = Ending::Kicked {
         reason,
         by_device_id: "",
     };
     let mut closed = 0;
+    let mut persisted = Persisted::in_memory();
     for conn in deps.hub.registry.connections(user) {
         if !device_id.is_empty() && conn.device.device_id != device_id {
             continue;
         }
         match &conn.handle.sid {
-            Some(sid) => closed += end_session(deps, sid, conn.handle.session_end, ending),
+            Some(sid) => {
+                let (n, p) = end_session(deps, sid, conn.handle.session_end, ending);
+                closed += n;
+                persisted = p;
+            }
             None => {
                 close_connection(deps, &conn, ending);
                 closed += 1;
             }
         }
     }
-    closed
+    (closed, persisted)
 }
 
 /// Closes one connection as `ending` says, without denying anything (the multi-device policy

@@ -142,6 +142,19 @@ pub struct ConnCounts {
 
 const IP_SHARDS: usize = 16;
 
+/// The shard of `ip`'s count. Counted addresses are IPv6 `/64` prefixes (the low half zero), so
+/// the high half is what is hashed: the low bits alone would put every IPv6 client in one shard.
+fn shard_index(ip: IpAddr) -> usize {
+    let h: u64 = match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits >> 64) as u64 ^ bits as u64
+        }
+    };
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize & (IP_SHARDS - 1)
+}
+
 impl ConnCounts {
     fn new() -> Self {
         Self {
@@ -151,11 +164,7 @@ impl ConnCounts {
     }
 
     fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
-        let h = match ip {
-            IpAddr::V4(v4) => u32::from(v4) as usize,
-            IpAddr::V6(v6) => u128::from(v6) as usize,
-        };
-        &self.per_ip[(h.wrapping_mul(0x9E37_79B9) >> 7) & (IP_SHARDS - 1)]
+        &self.per_ip[shard_index(ip)]
     }
 
     pub fn open(&self) -> usize {
@@ -301,5 +310,30 @@ impl Hub {
             max = max.max(q);
         });
         (total, max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::{shard_index, IP_SHARDS};
+
+    #[test]
+    fn ipv6_prefixes_spread_over_the_shards_like_ipv4_addresses() {
+        // 256 clients' /64 prefixes (low half zero, as counted) in one /48.
+        let v6: HashSet<usize> = (0..256u16)
+            .map(|i| {
+                shard_index(IpAddr::V6(Ipv6Addr::new(
+                    0x2001, 0xdb8, 0x42, i, 0, 0, 0, 0,
+                )))
+            })
+            .collect();
+        let v4: HashSet<usize> = (0..=255u8)
+            .map(|i| shard_index(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))))
+            .collect();
+        assert_eq!(v6.len(), IP_SHARDS, "IPv6 prefixes use every shard");
+        assert_eq!(v4.len(), IP_SHARDS, "IPv4 addresses use every shard");
     }
 }

@@ -9,72 +9,55 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use im_proto::im::gateway::v1::{
-    node_message, DevicePresence, NodeDeliver, NodeKick, Push, PushReply, UserPresence,
+    node_message, DevicePresence, NodeDeliver, NodeKick, NodeMessage, Push, PushReply, UserPresence,
 };
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::control::{self, Ending};
 use super::fanout::{fan_out_each, Targets};
 use super::registry::{Device, SessionRegistry};
 use super::PushDeps;
-use crate::cluster::keys::{Entry, NodeRun};
+use crate::cluster::keys::Entry;
 use crate::cluster::node::Inbound;
+use crate::cluster::registrations::Op;
 use crate::cluster::Cluster;
 
-const DISPLACED: &str = "signed in on another device";
-
-/// After a session registered here: adds it to the cluster registry and closes what the
-/// multi-device policy displaced on other nodes (the later registration in Redis's order wins).
+/// After a session registered here: queues its entry in the cluster registry (in order with
+/// its removal; `cluster::registrations`). A full queue leaves it to the next resync.
 pub fn registered(deps: &Arc<PushDeps>, user: &str, conn_id: u64, device: &Device) {
-    let Some(cluster) = deps.cluster.clone() else {
+    let Some(cluster) = &deps.cluster else {
         return;
     };
-    let (user, device) = (user.to_owned(), device.clone());
-    let policy = deps.config.multi_device;
-    tokio::spawn(async move {
-        let displaced = cluster
-            .register(&user, conn_id, &device.device_id, &device.platform, policy)
-            .await;
-        let Ok(displaced) = displaced else {
-            return; // counted; the resync after Redis returns registers it
-        };
-        for (run, conn_ids) in by_run(displaced) {
-            let body = node_message::Body::Kick(NodeKick {
-                user_id: user.clone(),
-                conn_ids,
-                epoch: run.epoch,
-                reason: DISPLACED.into(),
-                by_device_id: device.device_id.clone(),
-                ..NodeKick::default()
-            });
-            let _ = cluster.send(&run.node, None, body).await;
-        }
-    });
+    let op = Op::Register {
+        user: user.to_owned(),
+        conn_id,
+        device_id: device.device_id.clone(),
+        platform: device.platform.clone(),
+        policy: deps.config.multi_device,
+    };
+    if !cluster.registrations.queue(op) {
+        cluster.registry_queue_full();
+    }
 }
 
-/// After a session of this node closed. A session closed by the node's drain keeps its entry:
-/// its user counts as online until the presence grace ends or they register elsewhere.
+/// After a session of this node closed: queues its removal behind its registration. A session
+/// closed by the node's drain keeps its entry: its user counts as online until the presence
+/// grace ends or they register elsewhere.
 pub fn closed(deps: &PushDeps, user: &str, conn_id: u64, drained: bool) {
     if drained {
         return;
     }
-    if let Some(cluster) = deps.cluster.clone() {
-        let user = user.to_owned();
-        tokio::spawn(async move {
-            let _ = cluster.unregister(&user, conn_id).await;
-        });
+    if let Some(cluster) = &deps.cluster {
+        let op = Op::Unregister {
+            user: user.to_owned(),
+            conn_id,
+        };
+        if !cluster.registrations.queue(op) {
+            cluster.retry_unregister_later(user, conn_id);
+        }
     }
-}
-
-/// Connection ids by the node run that holds them.
-fn by_run(entries: Vec<Entry>) -> HashMap<NodeRun, Vec<u64>> {
-    let mut out: HashMap<NodeRun, Vec<u64>> = HashMap::new();
-    for e in entries {
-        out.entry(e.run).or_default().push(e.conn_id);
-    }
-    out
 }
 
 /// A push to `users` wherever they are: this node's sessions directly, every other node holding
@@ -400,97 +383,116 @@ impl BackgroundService for RemoteService {
             return;
         };
         // Through the drain too (the node task keeps its subscription until the process exits).
-        while let Some(msg) = inbox.recv().await {
-            apply(&self.deps, msg).await;
+        // A resync (several Redis round trips) runs beside the messages, not in front of them:
+        // a burst arriving as Redis comes back is applied, not dropped at a full inbox.
+        // Resyncs asked for while one runs coalesce into the next.
+        let wanted = Notify::new();
+        let messages = async {
+            while let Some(msg) = inbox.recv().await {
+                match msg {
+                    Inbound::Resync => wanted.notify_one(),
+                    Inbound::Message(msg, body) => apply(&self.deps, *msg, *body),
+                }
+            }
+        };
+        let resyncs = async {
+            loop {
+                wanted.notified().await;
+                if let Some(cluster) = &self.deps.cluster {
+                    resync(cluster, &self.deps).await;
+                }
+            }
+        };
+        tokio::select! {
+            () = messages => {}
+            () = resyncs => {}
         }
     }
 }
 
-async fn apply(deps: &Arc<PushDeps>, inbound: Inbound) {
+fn apply(deps: &Arc<PushDeps>, msg: NodeMessage, body: node_message::Body) {
     let Some(cluster) = &deps.cluster else {
         return;
     };
-    match inbound {
-        Inbound::Resync => resync(cluster, deps).await,
-        Inbound::Message(msg, body) => match *body {
-            node_message::Body::Deliver(d) => {
-                let Some(push) = &d.push else { return };
-                // One span per node hop, a child of the Push call's; traced only when that
-                // call was (an untraced call sends no sampled traceparent).
-                let caller = (!msg.traceparent.is_empty()).then_some(msg.traceparent.as_str());
-                let span = im_telemetry::root_span!(
-                    crate::telemetry::sampled(caller, 0.0),
-                    "cluster.deliver",
-                    otel.kind = "consumer",
-                    im.from_node = %msg.from_node,
-                    im.push.users = d.user_ids.len() as i64,
-                    im.push.delivered = tracing::field::Empty,
-                    im.forwarded = d.forwarded,
-                );
-                if !msg.traceparent.is_empty() {
-                    im_telemetry::traceparent::set_parent(&span, &msg.traceparent);
-                }
-                let _entered = span.enter();
-                let origin_here =
-                    d.origin_node == cluster.run.node && d.origin_epoch == cluster.run.epoch;
-                let targets = Targets {
-                    platforms: &d.platforms,
-                    exclude_device_ids: &d.exclude_device_ids,
-                    // A forward back to the first node: only sessions it did not reach.
-                    newer_than: if d.forwarded && origin_here {
-                        d.origin_watermark
-                    } else {
-                        0
-                    },
-                };
-                let table = deps.routes.load();
-                let mut missed = Vec::new();
-                let delivered = fan_out_each(
-                    &deps.hub,
-                    push,
-                    &d.user_ids,
-                    &targets,
-                    &table.descriptors,
-                    |i, here| {
-                        if !here {
-                            missed.push(d.user_ids[i].clone());
-                        }
-                    },
-                );
-                if let Ok(reply) = &delivered {
-                    span.record("im.push.delivered", i64::from(reply.delivered));
-                }
-                match delivered {
-                    Err(e) => {
-                        tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
+    match body {
+        node_message::Body::Deliver(d) => {
+            let Some(push) = &d.push else { return };
+            // One span per node hop, a child of the Push call's; traced only when that
+            // call was (an untraced call sends no sampled traceparent).
+            let caller = (!msg.traceparent.is_empty()).then_some(msg.traceparent.as_str());
+            let span = im_telemetry::root_span!(
+                crate::telemetry::sampled(caller, 0.0),
+                "cluster.deliver",
+                otel.kind = "consumer",
+                im.from_node = %msg.from_node,
+                im.push.users = d.user_ids.len() as i64,
+                im.push.delivered = tracing::field::Empty,
+                im.forwarded = d.forwarded,
+            );
+            if !msg.traceparent.is_empty() {
+                im_telemetry::traceparent::set_parent(&span, &msg.traceparent);
+            }
+            let _entered = span.enter();
+            let origin_here =
+                d.origin_node == cluster.run.node && d.origin_epoch == cluster.run.epoch;
+            let targets = Targets {
+                platforms: &d.platforms,
+                exclude_device_ids: &d.exclude_device_ids,
+                // A forward back to the first node: only sessions it did not reach.
+                newer_than: if d.forwarded && origin_here {
+                    d.origin_watermark
+                } else {
+                    0
+                },
+            };
+            let table = deps.routes.load();
+            let mut missed = Vec::new();
+            let delivered = fan_out_each(
+                &deps.hub,
+                push,
+                &d.user_ids,
+                &targets,
+                &table.descriptors,
+                |i, here| {
+                    if !here {
+                        missed.push(d.user_ids[i].clone());
                     }
-                    Ok(_) if !missed.is_empty() && !d.forwarded => {
-                        forward(deps, cluster, d, missed, msg.traceparent);
-                    }
-                    Ok(_) => {}
+                },
+            );
+            if let Ok(reply) = &delivered {
+                span.record("im.push.delivered", i64::from(reply.delivered));
+            }
+            match delivered {
+                Err(e) => {
+                    tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
+                }
+                Ok(_) if !missed.is_empty() && !d.forwarded => {
+                    forward(deps, cluster, d, missed, msg.traceparent);
+                }
+                Ok(_) => {}
+            }
+        }
+        node_message::Body::Kick(k) if k.conn_ids.is_empty() => {
+            // Another node's kick: its caller waited on that node's file, not on ours.
+            let (_, _persisted) = control::kick_user(deps, &k.user_id, &k.device_id, &k.reason);
+        }
+        // Connection ids of this node's previous run: not ours, whatever they collide with.
+        node_message::Body::Kick(k) if k.epoch != cluster.run.epoch => {}
+        node_message::Body::Kick(k) => {
+            let ending = Ending::Kicked {
+                reason: &k.reason,
+                by_device_id: &k.by_device_id,
+            };
+            for conn in deps.hub.registry.connections(&k.user_id) {
+                if k.conn_ids.contains(&conn.conn_id) {
+                    control::close_connection(deps, &conn, ending);
                 }
             }
-            node_message::Body::Kick(k) if k.conn_ids.is_empty() => {
-                control::kick_user(deps, &k.user_id, &k.device_id, &k.reason);
-            }
-            // Connection ids of this node's previous run: not ours, whatever they collide with.
-            node_message::Body::Kick(k) if k.epoch != cluster.run.epoch => {}
-            node_message::Body::Kick(k) => {
-                let ending = Ending::Kicked {
-                    reason: &k.reason,
-                    by_device_id: &k.by_device_id,
-                };
-                for conn in deps.hub.registry.connections(&k.user_id) {
-                    if k.conn_ids.contains(&conn.conn_id) {
-                        control::close_connection(deps, &conn, ending);
-                    }
-                }
-            }
-            node_message::Body::Revoke(r) if msg.from_node != cluster.run.node => {
-                control::end_session_here(deps, &r.sid, r.until, Ending::Revoked);
-            }
-            node_message::Body::Revoke(_) | node_message::Body::Probe(_) => {}
-        },
+        }
+        node_message::Body::Revoke(r) if msg.from_node != cluster.run.node => {
+            let (_, _persisted) = control::end_session_here(deps, &r.sid, r.until, Ending::Revoked);
+        }
+        node_message::Body::Revoke(_) | node_message::Body::Probe(_) => {}
     }
 }
 
@@ -510,9 +512,7 @@ async fn resync(cluster: &Cluster, deps: &PushDeps) {
         tracing::info!(sessions = conns.len(), "cluster: sessions registered");
     }
     if let Ok(revoked) = cluster.revoked().await {
-        let denylist = deps.pipeline.guard.auth.revocation();
-        for (sid, until) in &revoked {
-            denylist.revoke(sid, *until);
-        }
+        // One lock and one write for the whole set (it is in Redis too).
+        let _persisted = deps.pipeline.guard.auth.revocation().revoke_many(revoked);
     }
 }

@@ -128,10 +128,15 @@ impl PushService for PushSvc {
 
     async fn kick(&self, request: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
         let req = request.into_inner();
-        let mut closed = control::kick_user(&self.deps, &req.user_id, &req.device_id, &req.reason);
+        let (mut closed, persisted) =
+            control::kick_user(&self.deps, &req.user_id, &req.device_id, &req.reason);
         if let Some(cluster) = &self.deps.cluster {
             closed += remote::kick(cluster, &req.user_id, &req.device_id, &req.reason).await;
         }
+        persisted
+            .wait(control::PERSIST_TIMEOUT)
+            .await
+            .map_err(not_persisted)?;
         Ok(Response::new(KickReply { closed }))
     }
 
@@ -148,7 +153,13 @@ impl PushService for PushSvc {
             .ok()
             .filter(|e| *e > 0)
             .unwrap_or(unix_now() + MAX_SESSION_SECS);
-        let closed = control::end_session(&self.deps, &req.sid, until, control::Ending::Revoked);
+        let (closed, persisted) =
+            control::end_session(&self.deps, &req.sid, until, control::Ending::Revoked);
+        // Answered once on disk: an acknowledged logout survives a crash.
+        persisted
+            .wait(control::PERSIST_TIMEOUT)
+            .await
+            .map_err(not_persisted)?;
         Ok(Response::new(RevokeReply { closed }))
     }
 
@@ -188,6 +199,14 @@ impl PushService for PushSvc {
     }
 }
 
+/// A revocation in effect here that its file did not take: the caller must not take it as
+/// lasting beyond a restart.
+fn not_persisted(e: String) -> Status {
+    Status::internal(format!(
+        "revoked and closed, but not persisted (a restart would forget it): {e}"
+    ))
+}
+
 /// `push.internal_tls` loaded and checked: the listener's identity and, for mTLS, the CA that
 /// callers' certificates must chain to. Errors name the field and the file.
 pub fn internal_tls(cfg: &InternalTls) -> Result<ServerTlsConfig, String> {
@@ -222,6 +241,9 @@ pub fn internal_tls(cfg: &InternalTls) -> Result<ServerTlsConfig, String> {
 /// Runs PushService (and `grpc.health.v1`) on the internal listener until shutdown.
 pub struct InternalGrpc {
     pub deps: Arc<PushDeps>,
+    /// The listener, bound at start-up (a taken port stops it there); taken when serving starts.
+    // A std Mutex: taken once.
+    pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     pub addr: SocketAddr,
     /// TLS (and mTLS) of the listener, from [`internal_tls`]; plaintext (loopback) without.
     pub tls: Option<ServerTlsConfig>,
@@ -258,12 +280,18 @@ fn authorized(expected: Option<[u8; 32]>, req: &Request<()>) -> Result<(), Statu
 impl BackgroundService for InternalGrpc {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let serve_after = self.serve_after_shutdown;
-        let listener = match tokio::net::TcpListener::bind(self.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(addr = %self.addr, error = %e, "cannot bind the internal gRPC listener");
+        let taken = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let listener = match taken.map(tokio::net::TcpListener::from_std) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                tracing::error!(addr = %self.addr, error = %e, "cannot serve the internal gRPC listener");
                 return;
             }
+            None => return,
         };
         let expected = self.token_sha256;
         let svc = PushServiceServer::with_interceptor(
@@ -301,7 +329,8 @@ impl BackgroundService for InternalGrpc {
             )
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "internal gRPC listener failed");
+            // Its supervisor marks the gateway not ready (pushes cannot arrive any more).
+            tracing::error!(addr = %self.addr, error = %e, "internal gRPC listener failed");
         }
     }
 }

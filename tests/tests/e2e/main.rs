@@ -24,6 +24,7 @@ mod push_budget;
 mod push_limits;
 mod push_tls;
 mod ratelimit;
+mod reliability;
 mod reload;
 mod revocation;
 mod rolling;

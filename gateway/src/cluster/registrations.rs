@@ -1,0 +1,210 @@
+//! The order of a connection's registry operations. Opening a session registers it in Redis
+//! (the multi-device script), closing it removes it; both used to be tasks of their own, so a
+//! session that closed before its registration landed could be removed first and registered
+//! after, leaving an entry for a dead connection for a day. Here every operation goes through one
+//! bounded queue per shard (connections are spread over [`SHARDS`] by id), run by one task per
+//! shard, in order: a connection's removal always follows its registration, and a pair still
+//! queued together cancels out without touching Redis (a reconnect storm's short sessions).
+//!
+//! A full queue never blocks a session: a registration that does not fit is left to the next
+//! resync (which re-registers every open session), a removal to the retried unregistrations.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+
+use im_proto::im::gateway::v1::{node_message, NodeKick};
+
+use super::keys::NodeRun;
+use super::Cluster;
+use crate::policy::MultiDevicePolicy;
+
+/// Why a displaced connection on another node is closed.
+pub const DISPLACED: &str = "signed in on another device";
+
+/// Queues (and tasks) operations are spread over by connection id: Redis round trips in flight.
+const SHARDS: usize = 8;
+/// Operations waiting per shard; past it, the fallbacks above.
+const QUEUE: usize = 8_192;
+/// Operations one task takes from its queue at a time (a registered-then-closed pair in one
+/// batch cancels out).
+const BATCH: usize = 256;
+
+/// One registry operation of one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Register {
+        user: String,
+        conn_id: u64,
+        device_id: String,
+        platform: String,
+        policy: MultiDevicePolicy,
+    },
+    Unregister {
+        user: String,
+        conn_id: u64,
+    },
+}
+
+impl Op {
+    fn conn_id(&self) -> u64 {
+        match self {
+            Op::Register { conn_id, .. } | Op::Unregister { conn_id, .. } => *conn_id,
+        }
+    }
+}
+
+/// The per-shard queues; the receivers wait here until the node task starts the workers.
+pub struct Registrations {
+    shards: Vec<mpsc::Sender<Op>>,
+    // A std Mutex: taken once, when the workers start.
+    receivers: Mutex<Option<Vec<mpsc::Receiver<Op>>>>,
+    /// Operations queued and not yet done (also the `cluster_registry_queue` gauge).
+    pending: Arc<AtomicI64>,
+}
+
+impl Default for Registrations {
+    fn default() -> Self {
+        let (shards, receivers) = (0..SHARDS).map(|_| mpsc::channel(QUEUE)).unzip();
+        Self {
+            shards,
+            receivers: Mutex::new(Some(receivers)),
+            pending: Arc::default(),
+        }
+    }
+}
+
+impl Registrations {
+    /// Queues `op` behind the earlier operations of its connection; false when its shard is full.
+    pub fn queue(&self, op: Op) -> bool {
+        let shard = (op.conn_id() % SHARDS as u64) as usize;
+        let queued = self.shards[shard].try_send(op).is_ok();
+        if queued {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Operations queued and not yet done.
+    pub fn pending(&self) -> i64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Starts one task per shard on the current runtime (once; later calls do nothing).
+    pub fn start(&self, cluster: &Arc<Cluster>) {
+        let taken = self
+            .receivers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        for mut rx in taken.into_iter().flatten() {
+            let (cluster, pending) = (cluster.clone(), self.pending.clone());
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(BATCH);
+                while rx.recv_many(&mut batch, BATCH).await > 0 {
+                    let taken = batch.len() as i64;
+                    for op in cancel_pairs(std::mem::take(&mut batch)) {
+                        apply(&cluster, op).await;
+                    }
+                    let left = pending.fetch_sub(taken, Ordering::Relaxed) - taken;
+                    cluster.metrics.cluster_registry_queue.set(left);
+                }
+            });
+        }
+    }
+}
+
+/// Runs one operation against Redis. A registration closes what the multi-device policy
+/// displaced on other nodes (the later registration in Redis's order wins); failures are
+/// counted and left to the resync or the retried unregistrations.
+async fn apply(cluster: &Cluster, op: Op) {
+    match op {
+        Op::Register {
+            user,
+            conn_id,
+            device_id,
+            platform,
+            policy,
+        } => {
+            let Ok(displaced) = cluster
+                .register(&user, conn_id, &device_id, &platform, policy)
+                .await
+            else {
+                return;
+            };
+            let mut by_run: HashMap<NodeRun, Vec<u64>> = HashMap::new();
+            for e in displaced {
+                by_run.entry(e.run).or_default().push(e.conn_id);
+            }
+            for (run, conn_ids) in by_run {
+                let body = node_message::Body::Kick(NodeKick {
+                    user_id: user.clone(),
+                    conn_ids,
+                    epoch: run.epoch,
+                    reason: DISPLACED.into(),
+                    by_device_id: device_id.clone(),
+                    ..NodeKick::default()
+                });
+                let _ = cluster.send(&run.node, None, body).await;
+            }
+        }
+        Op::Unregister { user, conn_id } => {
+            let _ = cluster.unregister(&user, conn_id).await;
+        }
+    }
+}
+
+/// `ops` in order, without each registration whose removal follows in the same batch (nor
+/// that removal): the connection opened and closed before Redis heard of it.
+fn cancel_pairs(ops: Vec<Op>) -> Vec<Op> {
+    let mut keep = vec![true; ops.len()];
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Unregister { conn_id, .. } = op {
+            let open = ops[..i]
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(j, o)| keep[*j] && o.conn_id() == *conn_id);
+            if let Some((j, Op::Register { .. })) = open {
+                keep[j] = false;
+                keep[i] = false;
+            }
+        }
+    }
+    ops.into_iter()
+        .zip(keep)
+        .filter_map(|(op, keep)| keep.then_some(op))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(conn_id: u64) -> Op {
+        Op::Register {
+            user: "u".into(),
+            conn_id,
+            device_id: "d".into(),
+            platform: "web".into(),
+            policy: MultiDevicePolicy::default(),
+        }
+    }
+
+    fn unreg(conn_id: u64) -> Op {
+        Op::Unregister {
+            user: "u".into(),
+            conn_id,
+        }
+    }
+
+    #[test]
+    fn a_registration_and_its_removal_in_one_batch_cancel_out() {
+        let ops = vec![reg(1), reg(2), unreg(1), unreg(3), reg(4)];
+        assert_eq!(cancel_pairs(ops), vec![reg(2), unreg(3), reg(4)]);
+        // A removal whose registration was already applied stays.
+        assert_eq!(cancel_pairs(vec![unreg(2)]), vec![unreg(2)]);
+    }
+}
