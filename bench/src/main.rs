@@ -6,6 +6,14 @@
 //! `grpc-status` is 0; failures are reported with `status` = 1000 + the gRPC code.
 //! `im-bench ws-conns` / `ws-push` / `ws-storm`: see [`ws`].
 
+// A test harness: a failed unwrap is a failed test, not a crashed service.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

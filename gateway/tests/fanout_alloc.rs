@@ -1,6 +1,13 @@
 //! One Push to a 10,000-member group, measured with a counting allocator: the frame is encoded
 //! once and shared, so what each extra recipient costs in heap bytes is bounded (and stated here).
 
+// A test harness: a failed unwrap is a failed test, not a crashed service.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
+)]
 // A global allocator is unsafe by definition; this one only counts and forwards to `System`.
 #![allow(unsafe_code)]
 

@@ -1,6 +1,14 @@
 //! Test harness: real gateways, real tonic backends (in-process or as child processes), real
 //! sockets on loopback. Every helper waits on an observable event, never on a fixed sleep.
 
+// A test harness: a failed unwrap is a failed test, not a crashed service.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};

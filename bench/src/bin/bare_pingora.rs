@@ -1,6 +1,14 @@
 //! Baseline: the least a Pingora h2c pass-through does — every request to one upstream, no routing,
 //! no health, no metrics. The gateway's gRPC pass-through is measured against it in the same run.
 
+// A test harness: a failed unwrap is a failed test, not a crashed service.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use async_trait::async_trait;
 use clap::Parser;
 use pingora::apps::HttpServerOptions;

@@ -5,6 +5,14 @@
 //!
 //! Usage: bare-ws --ws 127.0.0.1:PORT --grpc 127.0.0.1:PORT
 
+// A test harness: a failed unwrap is a failed test, not a crashed service.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};

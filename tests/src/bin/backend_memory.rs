@@ -8,6 +8,14 @@
 //!
 //! Flags after `--` go to `im-backends`.
 
+// A test harness: a failed unwrap is a failed test, not a crashed service.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use std::process::ExitCode;
 
 use im_tests::backend_memory::{flood, multi_file, BackendProcess};
