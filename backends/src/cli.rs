@@ -290,10 +290,16 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("im-backends: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let code = runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,

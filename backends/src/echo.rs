@@ -139,14 +139,15 @@ pub async fn serve(
     calls: Arc<AtomicU64>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let addr: SocketAddr = listener
+    // A bound listener has an address; without one the echo names itself by its role.
+    let addr = listener
         .local_addr()
-        .expect("bound listener has an address");
+        .map_or_else(|_| "echo".to_owned(), |a: SocketAddr| a.to_string());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
-    let echo = Echo::new(addr.to_string(), health, calls, true);
+    let echo = Echo::new(addr, health, calls, true);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(

@@ -160,6 +160,11 @@ pub async fn serve(
         .any(|s| cfg.wants(s));
     let phones = phone::PhoneRules::new(&cfg.default_country_code)?;
     let db = stateful.then(|| db::Db::open(&cfg.database)).transpose()?;
+    // Opened above whenever a stateful service is wanted.
+    let db_for = |service: &str| {
+        db.clone()
+            .ok_or_else(|| format!("{service}: no database opened (a bug)"))
+    };
     if let Some(db) = &db {
         db.with_writer(|c| phones.normalize_stored(c))
             .map_err(|e| format!("{}: normalizing stored phones: {e}", cfg.database.display()))?;
@@ -199,7 +204,7 @@ pub async fn serve(
         )?;
         names.push(user::SERVICE_NAME);
         Some(limited!(UserServiceServer::new(user::UserSvc {
-            db: db.clone().expect("db opened"),
+            db: db_for("user")?,
             tokens,
             sms: cfg.sms.clone(),
             notifier: notifier.clone(),
@@ -212,19 +217,21 @@ pub async fn serve(
     } else {
         None
     };
-    let friend = cfg.wants("friend").then(|| {
+    let friend = if cfg.wants("friend") {
         names.push(friend::SERVICE_NAME);
-        limited!(FriendServiceServer::new(friend::FriendSvc {
-            db: db.clone().expect("db opened"),
+        Some(limited!(FriendServiceServer::new(friend::FriendSvc {
+            db: db_for("friend")?,
             notifier: notifier.clone(),
             phones: phones.clone(),
-        }))
-    });
+        })))
+    } else {
+        None
+    };
     let (transmit, storage) = if cfg.wants("message") {
         names.push(message::TRANSMIT_SERVICE_NAME);
         names.push(message::STORAGE_SERVICE_NAME);
         let svc = message::MessageSvc {
-            db: db.clone().expect("db opened"),
+            db: db_for("message")?,
             notifier: notifier.clone(),
         };
         (
@@ -238,7 +245,7 @@ pub async fn serve(
         names.push(file::SERVICE_NAME);
         let store = file::FileStore::open(&cfg.files_dir, cfg.max_file_size)?;
         Some(limited!(FileServiceServer::new(file::FileSvc {
-            db: db.clone().expect("db opened"),
+            db: db_for("file")?,
             store: Arc::new(store),
             max_reply: limit,
             max_storage_per_user: cfg.max_storage_per_user,
@@ -329,10 +336,18 @@ fn call_span(request: &http::Request<()>, ratio: f64) -> tracing::Span {
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let terminated = async {
+        match term {
+            Ok(mut t) => drop(t.recv().await),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler; stop with Ctrl-C");
+                std::future::pending().await
+            }
+        }
+    };
     tokio::select! {
-        _ = term.recv() => {}
+        () = terminated => {}
         _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde::Serialize;
 
+use crate::error::ApiError;
+
 #[derive(Clone)]
 pub struct TokenIssuer {
     key: EncodingKey,
@@ -74,7 +76,7 @@ impl TokenIssuer {
         device_id: Option<&str>,
         platform: Option<&str>,
         session_end: i64,
-    ) -> Minted {
+    ) -> Result<Minted, ApiError> {
         let now = crate::util::unix_secs();
         let exp = (now + self.ttl.as_secs() as i64).min(session_end);
         let claims = Claims {
@@ -88,11 +90,12 @@ impl TokenIssuer {
             iss: self.issuer.as_deref(),
             aud: self.audience.as_deref(),
         };
-        let token =
-            encode(&Header::default(), &claims, &self.key).expect("HS256 signing cannot fail");
-        Minted {
+        // HS256 over claims that always serialize: an error here is a bug, answered INTERNAL.
+        let token = encode(&Header::default(), &claims, &self.key)
+            .map_err(|e| ApiError::internal(format!("signing a token: {e}")))?;
+        Ok(Minted {
             token,
             expires_at: exp,
-        }
+        })
     }
 }

@@ -152,7 +152,12 @@ fn consume_code(
 }
 
 impl UserSvc {
-    fn login_rsp(&self, user_id: String, device_id: &str, platform: &str) -> LoginRsp {
+    fn login_rsp(
+        &self,
+        user_id: String,
+        device_id: &str,
+        platform: &str,
+    ) -> Result<LoginRsp, ApiError> {
         let sid = new_id();
         let minted = self.tokens.mint(
             &user_id,
@@ -160,13 +165,13 @@ impl UserSvc {
             Some(device_id).filter(|d| !d.is_empty()),
             Some(platform).filter(|p| !p.is_empty()),
             unix_secs() + self.max_session.as_secs() as i64,
-        );
+        )?;
         tracing::info!(user_id = %user_id, sid = %sid, "login");
-        LoginRsp {
+        Ok(LoginRsp {
             user_id,
             token: minted.token,
             expires_at: minted.expires_at,
-        }
+        })
     }
 
     async fn update_profile(
@@ -253,7 +258,7 @@ impl UserService for UserSvc {
             user_id,
             &req.device_id,
             &req.platform,
-        )))
+        )?))
     }
 
     async fn get_phone_verify_code(
@@ -364,7 +369,7 @@ impl UserService for UserSvc {
             user_id,
             &req.device_id,
             &req.platform,
-        )))
+        )?))
     }
 
     async fn refresh_token(&self, request: Request<RefreshTokenReq>) -> ApiResult<RefreshTokenRsp> {
@@ -390,7 +395,7 @@ impl UserService for UserSvc {
             caller.device_id.as_deref(),
             caller.platform.as_deref(),
             session_end,
-        );
+        )?;
         Ok(Response::new(RefreshTokenRsp {
             token: minted.token,
             expires_at: minted.expires_at,

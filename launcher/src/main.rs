@@ -216,26 +216,7 @@ fn main() -> ExitCode {
         args.data.display()
     );
 
-    runtime.block_on(async {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        let mut term = match term {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGTERM handler; stop with Ctrl-C");
-                None
-            }
-        };
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => drop(t.recv().await),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = terminated => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    });
+    runtime.block_on(im_backends::shutdown_signal());
     tracing::info!("stopping");
     gateway.stop();
     let _ = stop_backends.send(());

@@ -408,3 +408,75 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
     );
     assert_eq!(gw.admin_json("/admin/routes").await["reloads_ok"], 0);
 }
+
+/// The `server_address`es `rpc_client_call_duration_seconds` has series for.
+async fn addresses_in_metrics(gw: &TestGateway) -> HashSet<String> {
+    gw.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("rpc_client_call_duration_seconds_count{"))
+        .filter_map(|l| {
+            let rest = &l[l.find("server_address=\"")? + 16..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_endpoints_that_come_and_go_leave_series_only_for_the_live_one() {
+    let live = EchoBackend::start_on("127.0.0.2:0".parse().unwrap(), 1 << 20).await;
+    let port = live.addr.port();
+    let dns = DnsServer::start("echo.discovery.test", port).await;
+    dns.answer(&[Ipv4Addr::new(127, 0, 0, 2)]);
+    // No health check: a discovered endpoint takes calls at once (and nothing listens on the
+    // churned ones, so their calls fail fast and are retried on the live one).
+    let routes = discovery_routes(&format!(
+        r#"{{ dns: "echo.discovery.test:{port}", nameservers: ["{}"], interval: 100ms }}"#,
+        dns.addr
+    ))
+    .replace(
+        "    health_check: { grpc_service: im.echo.v1.EchoService, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }\n",
+        "",
+    );
+    let gw = TestGateway::start(&routes).await;
+    let client = reqwest::Client::new();
+    let mut seen = HashSet::new();
+    // 40 rounds of 25 addresses (one UDP answer each): 1,000 endpoints, each live for a round.
+    for round in 0..40u8 {
+        let mut ips: Vec<Ipv4Addr> = (1..=25).map(|i| Ipv4Addr::new(127, 1, round, i)).collect();
+        ips.push(Ipv4Addr::new(127, 0, 0, 2));
+        dns.answer(&ips);
+        let want: Vec<SocketAddr> = ips
+            .iter()
+            .map(|ip| SocketAddr::new((*ip).into(), port))
+            .collect();
+        wait_listed(&gw, &format!("round {round} listed"), &want).await;
+        for _ in 0..25 {
+            let _ = client
+                .post(gw.url("/service/echo"))
+                .header("content-type", "application/json")
+                .body(r#"{"text":"x"}"#)
+                .send()
+                .await;
+        }
+        seen.extend(addresses_in_metrics(&gw).await);
+    }
+    assert!(
+        seen.len() > 500,
+        "calls reached the churned endpoints: {} addresses had series",
+        seen.len()
+    );
+    dns.answer(&[Ipv4Addr::new(127, 0, 0, 2)]);
+    wait_listed(&gw, "only the live endpoint", &[live.addr]).await;
+    let _ = servers(&client, &gw, 2).await;
+    let left = wait_for(
+        "the gone endpoints' series dropped",
+        Duration::from_secs(15),
+        || async {
+            let now = addresses_in_metrics(&gw).await;
+            (now.len() <= 1).then_some(now)
+        },
+    )
+    .await;
+    assert_eq!(left, only(&[live.addr]), "of {} addresses seen", seen.len());
+}
