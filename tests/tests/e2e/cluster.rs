@@ -645,7 +645,7 @@ async fn cluster_wide_limits_hold_across_nodes_and_split_while_redis_is_away() {
 }
 
 /// A counter of `gw`'s metrics (0 when absent).
-async fn metric(gw: &TestGateway, line_prefix: &str) -> f64 {
+pub(crate) async fn metric(gw: &TestGateway, line_prefix: &str) -> f64 {
     gw.metrics()
         .await
         .lines()

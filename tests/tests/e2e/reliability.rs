@@ -20,6 +20,7 @@ use im_tests::{
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
 
+use crate::cluster::metric;
 use crate::push::{authed, connect, echo_push, push_client, token};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway_process");
@@ -222,16 +223,6 @@ async fn crowded_node(redis: &RedisServer, routes: &str, heartbeat: Duration) ->
         cfg.push.handshake_rate.burst = 100_000;
     })
     .await
-}
-
-/// The first sample of `name` (a line starting with it) in `gw`'s metrics; 0 when absent.
-async fn metric(gw: &TestGateway, name: &str) -> f64 {
-    gw.metrics()
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
