@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use im_proto::im::gateway::v1::{node_message, NodeMessage, NodeProbe};
+use im_proto::im::gateway::v1::{node_message, NodeKick, NodeMessage, NodeProbe};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::keys::NodeRun;
+use super::registrations::{cancel_pairs, Op, BATCH};
 use super::{wire, Cluster, ClusterError};
 use crate::clock::unix_ms;
 
@@ -46,7 +47,7 @@ pub struct NodeService {
 #[async_trait]
 impl BackgroundService for NodeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        self.cluster.registrations.start(&self.cluster);
+        start_registrations(&self.cluster);
         let run = run(self.cluster.clone(), self.inbox.clone());
         tokio::pin!(run);
         tokio::select! {
@@ -58,6 +59,68 @@ impl BackgroundService for NodeService {
         // still applies, and pushes for users who already left are forwarded to where they went.
         // The process ends this when it exits.
         run.await;
+    }
+}
+
+/// Why a displaced connection on another node is closed.
+const DISPLACED: &str = "signed in on another device";
+
+/// Runs the registry queue: one task per shard on the current runtime, each applying its
+/// shard's operations in order (once; later calls find no receivers).
+fn start_registrations(cluster: &Arc<Cluster>) {
+    for mut rx in cluster.registrations.take_receivers() {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let taken = batch.len();
+                for op in cancel_pairs(std::mem::take(&mut batch)) {
+                    apply(&cluster, op).await;
+                }
+                let left = cluster.registrations.done(taken);
+                cluster.metrics.cluster_registry_queue.set(left);
+            }
+        });
+    }
+}
+
+/// Runs one registry operation against Redis. A registration closes what the multi-device
+/// policy displaced on other nodes (the later registration in Redis's order wins); failures are
+/// counted and left to the resync or the retried unregistrations.
+async fn apply(cluster: &Cluster, op: Op) {
+    match op {
+        Op::Register {
+            user,
+            conn_id,
+            device_id,
+            platform,
+            policy,
+        } => {
+            let Ok(displaced) = cluster
+                .register(&user, conn_id, &device_id, &platform, policy)
+                .await
+            else {
+                return;
+            };
+            let mut by_run: HashMap<NodeRun, Vec<u64>> = HashMap::new();
+            for e in displaced {
+                by_run.entry(e.run).or_default().push(e.conn_id);
+            }
+            for (run, conn_ids) in by_run {
+                let body = node_message::Body::Kick(NodeKick {
+                    user_id: user.clone(),
+                    conn_ids,
+                    epoch: run.epoch,
+                    reason: DISPLACED.into(),
+                    by_device_id: device_id.clone(),
+                    ..NodeKick::default()
+                });
+                let _ = cluster.send(&run.node, None, body).await;
+            }
+        }
+        Op::Unregister { user, conn_id } => {
+            let _ = cluster.unregister(&user, conn_id).await;
+        }
     }
 }
 

@@ -9,20 +9,12 @@
 //! A full queue never blocks a session: a registration that does not fit is left to the next
 //! resync (which re-registers every open session), a removal to the retried unregistrations.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
-use im_proto::im::gateway::v1::{node_message, NodeKick};
-
-use super::keys::NodeRun;
-use super::Cluster;
 use crate::policy::MultiDevicePolicy;
-
-/// Why a displaced connection on another node is closed.
-pub const DISPLACED: &str = "signed in on another device";
 
 /// Queues (and tasks) operations are spread over by connection id: Redis round trips in flight.
 const SHARDS: usize = 8;
@@ -30,7 +22,7 @@ const SHARDS: usize = 8;
 const QUEUE: usize = 8_192;
 /// Operations one task takes from its queue at a time (a registered-then-closed pair in one
 /// batch cancels out).
-const BATCH: usize = 256;
+pub const BATCH: usize = 256;
 
 /// One registry operation of one connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +41,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn conn_id(&self) -> u64 {
+    pub fn conn_id(&self) -> u64 {
         match self {
             Op::Register { conn_id, .. } | Op::Unregister { conn_id, .. } => *conn_id,
         }
@@ -62,7 +54,7 @@ pub struct Registrations {
     // A std Mutex: taken once, when the workers start.
     receivers: Mutex<Option<Vec<mpsc::Receiver<Op>>>>,
     /// Operations queued and not yet done (also the `cluster_registry_queue` gauge).
-    pending: Arc<AtomicI64>,
+    pending: AtomicI64,
 }
 
 impl Default for Registrations {
@@ -71,7 +63,7 @@ impl Default for Registrations {
         Self {
             shards,
             receivers: Mutex::new(Some(receivers)),
-            pending: Arc::default(),
+            pending: AtomicI64::default(),
         }
     }
 }
@@ -92,73 +84,25 @@ impl Registrations {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Starts one task per shard on the current runtime (once; later calls do nothing).
-    pub fn start(&self, cluster: &Arc<Cluster>) {
-        let taken = self
-            .receivers
+    /// The shard receivers, once (the node task runs them; later calls get none).
+    pub fn take_receivers(&self) -> Vec<mpsc::Receiver<Op>> {
+        self.receivers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        for mut rx in taken.into_iter().flatten() {
-            let (cluster, pending) = (cluster.clone(), self.pending.clone());
-            tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(BATCH);
-                while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    let taken = batch.len() as i64;
-                    for op in cancel_pairs(std::mem::take(&mut batch)) {
-                        apply(&cluster, op).await;
-                    }
-                    let left = pending.fetch_sub(taken, Ordering::Relaxed) - taken;
-                    cluster.metrics.cluster_registry_queue.set(left);
-                }
-            });
-        }
+            .take()
+            .unwrap_or_default()
     }
-}
 
-/// Runs one operation against Redis. A registration closes what the multi-device policy
-/// displaced on other nodes (the later registration in Redis's order wins); failures are
-/// counted and left to the resync or the retried unregistrations.
-async fn apply(cluster: &Cluster, op: Op) {
-    match op {
-        Op::Register {
-            user,
-            conn_id,
-            device_id,
-            platform,
-            policy,
-        } => {
-            let Ok(displaced) = cluster
-                .register(&user, conn_id, &device_id, &platform, policy)
-                .await
-            else {
-                return;
-            };
-            let mut by_run: HashMap<NodeRun, Vec<u64>> = HashMap::new();
-            for e in displaced {
-                by_run.entry(e.run).or_default().push(e.conn_id);
-            }
-            for (run, conn_ids) in by_run {
-                let body = node_message::Body::Kick(NodeKick {
-                    user_id: user.clone(),
-                    conn_ids,
-                    epoch: run.epoch,
-                    reason: DISPLACED.into(),
-                    by_device_id: device_id.clone(),
-                    ..NodeKick::default()
-                });
-                let _ = cluster.send(&run.node, None, body).await;
-            }
-        }
-        Op::Unregister { user, conn_id } => {
-            let _ = cluster.unregister(&user, conn_id).await;
-        }
+    /// Marks `n` operations done; answers how many are still pending.
+    pub fn done(&self, n: usize) -> i64 {
+        let n = n as i64;
+        self.pending.fetch_sub(n, Ordering::Relaxed) - n
     }
 }
 
 /// `ops` in order, without each registration whose removal follows in the same batch (nor
 /// that removal): the connection opened and closed before Redis heard of it.
-fn cancel_pairs(ops: Vec<Op>) -> Vec<Op> {
+pub fn cancel_pairs(ops: Vec<Op>) -> Vec<Op> {
     let mut keep = vec![true; ops.len()];
     for (i, op) in ops.iter().enumerate() {
         if let Op::Unregister { conn_id, .. } = op {
