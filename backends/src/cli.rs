@@ -95,12 +95,13 @@ pub struct Args {
     /// OTLP/gRPC collector to export spans to (`http://127.0.0.1:4317`); without it, none are.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
-    /// Share of new traces sampled, 0.0 to 1.0 (a caller's sampled flag is followed).
-    #[arg(long, default_value_t = 1.0)]
-    pub trace_sample_ratio: f64,
-    /// `service.name` of this process's spans.
-    #[arg(long, default_value = "im-backends")]
-    pub service_name: String,
+    /// Share of new traces sampled, 0.0 to 1.0 (a caller's sampled flag is followed; default
+    /// `OTEL_TRACES_SAMPLER_ARG`, else 1.0).
+    #[arg(long)]
+    pub trace_sample_ratio: Option<f64>,
+    /// `service.name` of this process's spans (default `OTEL_SERVICE_NAME`, else im-backends).
+    #[arg(long)]
+    pub service_name: Option<String>,
     /// The speech service's recognizer: PocketSphinx's `pocketsphinx_continuous` (on PATH) or
     /// a path to it.
     #[arg(long, default_value = "pocketsphinx_continuous")]
@@ -134,20 +135,29 @@ pub struct Args {
 }
 
 impl Args {
-    /// The trace export the flags ask for.
+    /// The trace export the flags ask for, OpenTelemetry's `OTEL_*` environment filling what
+    /// they leave out (the flags win; `im_telemetry::settings` gives the rule).
     fn trace_export(&self) -> Result<Option<im_telemetry::TraceExport>, String> {
-        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+        if self
+            .trace_sample_ratio
+            .is_some_and(|r| !(0.0..=1.0).contains(&r))
+        {
             return Err("--trace-sample-ratio: use 0.0 to 1.0".into());
         }
-        Ok(self
-            .otlp_endpoint
-            .as_ref()
-            .map(|endpoint| im_telemetry::TraceExport {
-                endpoint: endpoint.clone(),
-                sample_ratio: self.trace_sample_ratio,
-                service_name: self.service_name.clone(),
-                instance_id: format!("{}-{}", self.listen, std::process::id()),
-            }))
+        let settings = im_telemetry::settings::ExportSettings {
+            endpoint: self.otlp_endpoint.clone(),
+            service_name: self.service_name.clone(),
+            sample_ratio: self.trace_sample_ratio,
+            ..Default::default()
+        };
+        let instance = format!("{}-{}", self.listen, std::process::id());
+        settings
+            .resolve(
+                &|name| std::env::var(name).ok(),
+                crate::SERVICE_NAME,
+                instance,
+            )
+            .map_err(|(setting, fix)| format!("{setting}: {fix}"))
     }
 }
 
@@ -205,7 +215,7 @@ impl Args {
         }
         cfg.hash_queue = self.hash_queue;
         cfg.diagnostics = self.diagnostics;
-        cfg.trace_sample_ratio = self.trace_sample_ratio;
+        cfg.trace_sample_ratio = self.trace_sample_ratio.unwrap_or(1.0);
         cfg.speech = crate::speech::SpeechConfig {
             recognizer: self.speech_recognizer,
             workers: self.speech_workers.unwrap_or_else(crate::cores),
@@ -273,8 +283,15 @@ fn push_tls(
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    let export = match args.trace_export() {
+        Ok(export) => export,
+        Err(e) => {
+            eprintln!("im-backends: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let telemetry = match im_telemetry::LogFormat::choose(args.log_format.as_deref())
-        .and_then(|format| im_telemetry::init(format, args.trace_export()?.as_ref()))
+        .and_then(|format| im_telemetry::init(format, export.as_ref()))
     {
         Ok(t) => t,
         Err(e) => {
@@ -284,7 +301,12 @@ pub fn main() -> ExitCode {
     };
     let listen = args.listen;
     let cfg = match args.into_config() {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Some(export) = &export {
+                c.trace_sample_ratio = export.sample_ratio;
+            }
+            c
+        }
         Err(e) => {
             eprintln!("im-backends: {e}");
             return ExitCode::FAILURE;

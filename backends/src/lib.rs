@@ -51,6 +51,9 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+/// `service.name` of the backends' spans, in their own process and inside the launcher's.
+pub const SERVICE_NAME: &str = "im-backends";
+
 /// Every service `--services` can name.
 pub const ALL_SERVICES: [&str; 6] = ["user", "friend", "message", "file", "speech", "echo"];
 

@@ -158,13 +158,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logging and, with `telemetry.otlp_endpoint`, trace and metrics export, for the process that runs this
-/// config. Settles the cluster node id first (when generated) so traces and the registry name
-/// the node alike.
+/// Logging and, with `telemetry.otlp_endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`), trace and
+/// metrics export, for the process that runs this config ([`trace_export`]).
 pub fn init_telemetry(
     cfg: &mut GatewayConfig,
     format: im_telemetry::LogFormat,
 ) -> Result<im_telemetry::Telemetry, String> {
+    let export = trace_export(cfg)?;
+    im_telemetry::init(format, export.as_ref())
+}
+
+/// The trace export `telemetry:` and the process's `OTEL_*` environment give. Settles the
+/// cluster node id first (when generated) so traces and the registry name the node alike, and
+/// writes the sample ratio the environment chose back into `cfg` (the call path reads it there).
+pub fn trace_export(cfg: &mut GatewayConfig) -> Result<Option<im_telemetry::TraceExport>, String> {
     let instance = match &mut cfg.cluster {
         Some(cluster) => {
             let id = cluster.resolved_node_id();
@@ -176,7 +183,13 @@ pub fn init_telemetry(
             std::process::id()
         ),
     };
-    im_telemetry::init(format, cfg.telemetry.export(instance).as_ref())
+    let export = cfg
+        .telemetry
+        .export(&|name| std::env::var(name).ok(), instance)?;
+    if let Some(export) = &export {
+        cfg.telemetry.sample_ratio = Some(export.sample_ratio);
+    }
+    Ok(export)
 }
 
 /// `RUST_LOG`-style filter, `info` by default (tests and tools; processes use [`init_telemetry`]).

@@ -165,7 +165,7 @@ impl Gateway {
                 guard: guard.clone(),
                 dispatcher: dispatcher.clone(),
                 access_log: config.telemetry.access_log,
-                sample_ratio: config.telemetry.sample_ratio,
+                sample_ratio: config.telemetry.sample_ratio(),
             },
             hub: Hub::new(&config.push, config.rate_limit.max_keys, metrics.clone()),
             cluster,

@@ -83,7 +83,7 @@ fn backend_config(
         .ok_or("push.internal_token_file is needed")?;
     cfg.internal_token = Some(read(token)?);
     cfg.push_addr = Some(gateway.listen.internal.to_string());
-    cfg.trace_sample_ratio = gateway.telemetry.sample_ratio;
+    cfg.trace_sample_ratio = gateway.telemetry.sample_ratio();
     Ok(cfg)
 }
 
@@ -131,8 +131,15 @@ fn main() -> ExitCode {
         }
     };
     drop(early);
-    // One process, one export: the gateway's and the backends' spans share `telemetry:`.
-    let mut telemetry = match im_gateway::cli::init_telemetry(&mut cfg, format) {
+    // One process, one export: the gateway's and the backends' spans share `telemetry:`, and
+    // the backends' spans still name their own service, as in a split deployment.
+    let export = im_gateway::cli::trace_export(&mut cfg).map(|export| {
+        export.map(|mut export| {
+            export.crate_services = vec![("im_backends", im_backends::SERVICE_NAME.to_owned())];
+            export
+        })
+    });
+    let mut telemetry = match export.and_then(|e| im_telemetry::init(format, e.as_ref())) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("im-launcher: {e}");

@@ -14,7 +14,9 @@
 //!   Prometheus registries gather every interval, and once more at shutdown ([`metrics`]).
 //! - [`traceparent`]: W3C trace context in and out (HTTP headers, frame fields, gRPC metadata).
 
+mod collector;
 pub mod metrics;
+pub mod settings;
 mod span_export;
 pub mod traceparent;
 
@@ -58,10 +60,10 @@ impl LogFormat {
     }
 }
 
-/// Where and how traces go.
-#[derive(Debug, Clone)]
+/// Where and how traces (and metrics) go, resolved ([`settings::ExportSettings::resolve`]).
+#[derive(Clone, PartialEq)]
 pub struct TraceExport {
-    /// OTLP/gRPC collector, `http://host:4317`.
+    /// OTLP/gRPC collector, `http://host:4317` or `https://...` (TLS).
     pub endpoint: String,
     /// Share of new traces sampled, 0.0 to 1.0 (a caller's own decision is followed); applied
     /// where root spans open ([`root_span!`]), so the process's code passes it there too.
@@ -70,6 +72,122 @@ pub struct TraceExport {
     pub service_name: String,
     /// `service.instance.id`: the node, so one trace shows which gateway served each hop.
     pub instance_id: String,
+    /// Further resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource_attributes: Vec<(String, String)>,
+    /// Sent with every export (lower-case names; the values are secrets, never logged).
+    pub headers: Vec<(String, String)>,
+    pub compression: settings::Compression,
+    pub tls: ClientTls,
+    /// Crates whose spans carry a `service.name` of their own (target prefix, service): the
+    /// launcher runs the backends in the gateway's process, and their spans still name them.
+    pub crate_services: Vec<(&'static str, String)>,
+}
+
+/// TLS towards the collector (an `https://` endpoint): the system's roots unless `ca_file`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for TraceExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let header_names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("TraceExport")
+            .field("endpoint", &self.endpoint)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("service_name", &self.service_name)
+            .field("instance_id", &self.instance_id)
+            .field("resource_attributes", &self.resource_attributes)
+            .field("headers (values hidden)", &header_names)
+            .field("compression", &self.compression)
+            .field("tls", &self.tls)
+            .field("crate_services", &self.crate_services)
+            .finish()
+    }
+}
+
+impl TraceExport {
+    /// Export to `endpoint` as `service_name`, sampling every new trace, no headers, no
+    /// compression, TLS (for `https://`) on the system's roots.
+    pub fn new(endpoint: String, service_name: &str, instance_id: String) -> Self {
+        Self {
+            endpoint,
+            sample_ratio: 1.0,
+            service_name: service_name.to_owned(),
+            instance_id,
+            resource_attributes: Vec::new(),
+            headers: Vec::new(),
+            compression: settings::Compression::None,
+            tls: ClientTls::default(),
+            crate_services: Vec::new(),
+        }
+    }
+
+    /// The first setting that cannot be used, and the fix (a header's value is never quoted).
+    pub fn validate(&self) -> Result<(), settings::SettingError> {
+        let bad = |field: &str, fix: &str| Err((field.to_owned(), fix.to_owned()));
+        let uri = self
+            .endpoint
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| u.authority().is_some());
+        let https = match uri.as_ref().and_then(http::Uri::scheme_str) {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return bad(
+                    "telemetry.otlp_endpoint",
+                    "use the collector's OTLP/gRPC address, e.g. http://127.0.0.1:4317 or https://collector:4317",
+                )
+            }
+        };
+        let tls = &self.tls;
+        if !https
+            && (tls.ca_file.is_some() || tls.client_cert.is_some() || tls.client_key.is_some())
+        {
+            return bad(
+                "telemetry.otlp_endpoint",
+                "TLS files are set: use an https:// endpoint, or drop ca_file, client_cert and client_key",
+            );
+        }
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(_), None) => {
+                return bad(
+                    "telemetry.client_key",
+                    "client_cert is set: give its key too (PEM)",
+                )
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "telemetry.client_cert",
+                    "client_key is set: give its certificate too (PEM)",
+                )
+            }
+            _ => {}
+        }
+        for (name, value) in &self.headers {
+            let field = format!("telemetry.headers.{name}");
+            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes())
+                .is_err()
+            {
+                return Err((
+                    field,
+                    "not a valid header name: use letters, digits and -".into(),
+                ));
+            }
+            if tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value.as_str())
+                .is_err()
+            {
+                return Err((
+                    field,
+                    "its value must be visible ASCII (no line breaks)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The last segment of a sampled root span's target ([`root_span!`]): the only spans exported
@@ -106,14 +224,20 @@ pub struct Telemetry {
 }
 
 struct Export {
-    provider: SdkTracerProvider,
+    /// One per `service.name` ([`TraceExport::crate_services`]), each with the crates it exports.
+    services: Vec<Service>,
     runtime: tokio::runtime::Runtime,
     /// The collector, for spans and metrics.
-    channel: tonic::transport::Channel,
-    endpoint: String,
+    collector: collector::Collector,
     /// `service.name` and `service.instance.id`, as OTLP attributes for metrics.
     resource: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
     metrics: Option<MetricsTask>,
+}
+
+/// The spans of some crates, exported under one `service.name`.
+struct Service {
+    crates: Targets,
+    provider: SdkTracerProvider,
 }
 
 /// What the process's registries gather, called on the export runtime.
@@ -160,17 +284,17 @@ fn env_filter() -> EnvFilter {
 /// call leaves the first in place); an exporter that cannot be built is an error naming it.
 pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, String> {
     let export = export.map(start_export).transpose()?;
-    let provider = export.as_ref().map(|e| &e.provider);
-    let _ = subscriber(format, env_filter(), provider).try_init();
+    let services = export.as_ref().map_or(&[][..], |e| &e.services[..]);
+    let _ = subscriber(format, env_filter(), services).try_init();
     Ok(Telemetry { export })
 }
 
-/// The registry with the exporter's layer (when `provider` is given) and the log layer, whose
-/// lines `log_filter` selects.
+/// The registry with one exporting layer per service and the log layer, whose lines
+/// `log_filter` selects.
 fn subscriber(
     format: LogFormat,
     log_filter: EnvFilter,
-    provider: Option<&SdkTracerProvider>,
+    services: &[Service],
 ) -> impl tracing::Subscriber + Send + Sync {
     let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
         t.with_target(*name, LevelFilter::INFO)
@@ -181,30 +305,38 @@ fn subscriber(
     // request, `bench/telemetry_instructions.py`). This global gate says no first: below the
     // log filter's most verbose level and not exported.
     let log_level = log_filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
-    let gate = provider.map(|_| {
+    let gate = (!services.is_empty()).then(|| {
         let roots = traced.clone();
         dynamic_filter_fn(move |meta, cx| *meta.level() <= log_level || exported(&roots, meta, cx))
             .with_max_level_hint(LevelFilter::INFO.max(log_level))
     });
-    let otel = provider.map(|provider| {
-        // The static part first: it answers per callsite once and caps the level (so the other
-        // crates' debug and trace callsites cost nothing); the dynamic part looks at the span
-        // stack only for what passes it.
-        let roots = traced.clone();
-        // Off: per-span source locations, thread and target attributes, busy/idle timing and
-        // context activation, which cost work on every span (the last two on every poll of an
-        // instrumented future) and answer nothing the dashboards ask.
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("im"))
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(traced.clone().and(dynamic_filter_fn(move |meta, cx| {
-                exported(&roots, meta, cx)
-            })))
-    });
+    let otel: Vec<_> = services
+        .iter()
+        .map(|service| {
+            // The static part first: it answers per callsite once and caps the level (so the
+            // other crates' debug and trace callsites cost nothing); the dynamic part looks at
+            // the span stack only for what passes it.
+            let roots = service.crates.clone();
+            // Off: per-span source locations, thread and target attributes, busy/idle timing
+            // and context activation, which cost work on every span (the last two on every
+            // poll of an instrumented future) and answer nothing the dashboards ask.
+            tracing_opentelemetry::layer()
+                .with_tracer(service.provider.tracer("im"))
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
+                .with_filter(
+                    service
+                        .crates
+                        .clone()
+                        .and(dynamic_filter_fn(move |meta, cx| {
+                            exported(&roots, meta, cx)
+                        })),
+                )
+        })
+        .collect();
     tracing_subscriber::registry()
         .with(otel)
         .with(log_layer(format, log_filter))
@@ -231,10 +363,9 @@ where
     }
 }
 
-/// How long one export (a batch of spans, one metrics report) may take.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
-
 fn start_export(cfg: &TraceExport) -> Result<Export, String> {
+    cfg.validate()
+        .map_err(|(field, fix)| format!("{field}: {fix}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("otel-export")
@@ -243,41 +374,70 @@ fn start_export(cfg: &TraceExport) -> Result<Export, String> {
         .map_err(|e| format!("telemetry: cannot start the export runtime: {e}"))?;
     // One connection to the collector for spans and metrics, made inside the runtime: its I/O
     // runs there, whichever thread exports.
-    let channel = {
+    let collector = {
         let _in = runtime.enter();
-        tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
-            .map_err(|e| format!("telemetry.otlp_endpoint {}: {e}", cfg.endpoint))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(EXPORT_TIMEOUT)
-            .connect_lazy()
+        collector::Collector::connect(cfg)?
     };
-    let exporter =
-        span_export::SpanSender::new(runtime.handle().clone(), channel.clone(), &cfg.endpoint);
-    let resource = Resource::builder()
-        .with_service_name(cfg.service_name.clone())
-        .with_attribute(KeyValue::new(
-            "service.instance.id",
-            cfg.instance_id.clone(),
-        ))
-        .build();
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        // Roots are decided before they exist (`root_span!`, `traceparent::sampled` at
-        // `sample_ratio`): whatever reaches the exporter as a root is kept.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
-        .with_resource(resource)
-        .build();
+    // The process's own service exports every traced crate but those named for another.
+    let own = cfg.crate_services.iter().fold(
+        TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
+            t.with_target(*name, LevelFilter::INFO)
+        }),
+        |t, (name, _)| t.with_target(*name, LevelFilter::OFF),
+    );
+    let mut services = vec![(own, cfg.service_name.as_str())];
+    services.extend(cfg.crate_services.iter().map(|(name, service)| {
+        (
+            Targets::new().with_target(*name, LevelFilter::INFO),
+            service.as_str(),
+        )
+    }));
+    let services = services
+        .into_iter()
+        .map(|(crates, service_name)| Service {
+            crates,
+            provider: provider(cfg, service_name, &runtime, &collector),
+        })
+        .collect();
     Ok(Export {
-        provider,
+        services,
         runtime,
-        channel,
-        endpoint: cfg.endpoint.clone(),
+        collector,
         resource: vec![
             metrics::resource_attr("service.name", &cfg.service_name),
             metrics::resource_attr("service.instance.id", &cfg.instance_id),
         ],
         metrics: None,
     })
+}
+
+/// A provider whose spans name `service_name` and go to `collector` in batches.
+fn provider(
+    cfg: &TraceExport,
+    service_name: &str,
+    runtime: &tokio::runtime::Runtime,
+    collector: &collector::Collector,
+) -> SdkTracerProvider {
+    let exporter = span_export::SpanSender::new(runtime.handle().clone(), collector.clone());
+    let attributes = cfg
+        .resource_attributes
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    let resource = Resource::builder()
+        .with_attributes(attributes)
+        .with_service_name(service_name.to_owned())
+        .with_attribute(KeyValue::new(
+            "service.instance.id",
+            cfg.instance_id.clone(),
+        ))
+        .build();
+    SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        // Roots are decided before they exist (`root_span!`, `traceparent::sampled` at
+        // `sample_ratio`): whatever reaches the exporter as a root is kept.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        .with_resource(resource)
+        .build()
 }
 
 impl Telemetry {
@@ -299,12 +459,7 @@ impl Telemetry {
             return;
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let sender = metrics::Sender::new(
-            export.channel.clone(),
-            &export.endpoint,
-            export.resource.clone(),
-            gather,
-        );
+        let sender = metrics::Sender::new(&export.collector, export.resource.clone(), gather);
         let done = export.runtime.spawn(sender.run(interval, stopped));
         export.metrics = Some(MetricsTask { stop, done });
     }
@@ -337,8 +492,10 @@ impl Export {
                 eprintln!("telemetry: the last metrics export did not finish within 3 s");
             }
         }
-        if let Err(e) = self.provider.shutdown() {
-            eprintln!("telemetry: flushing spans at shutdown failed: {e}");
+        for service in &self.services {
+            if let Err(e) = service.provider.shutdown() {
+                eprintln!("telemetry: flushing spans at shutdown failed: {e}");
+            }
         }
         self.runtime.shutdown_timeout(Duration::from_secs(1));
     }
@@ -360,12 +517,7 @@ mod tests {
     /// its own thread: blocking on the export runtime here used to panic.
     #[tokio::test]
     async fn dropped_inside_a_runtime_it_flushes_without_panicking() {
-        let export = TraceExport {
-            endpoint: "http://127.0.0.1:9".into(),
-            sample_ratio: 1.0,
-            service_name: "test".into(),
-            instance_id: "test".into(),
-        };
+        let export = TraceExport::new("http://127.0.0.1:9".into(), "test", "test".into());
         let mut telemetry = init(LogFormat::Text, Some(&export)).unwrap();
         telemetry.export_metrics(Duration::from_secs(60), Box::new(Vec::new));
         drop(telemetry);
@@ -373,8 +525,11 @@ mod tests {
 
     #[test]
     fn an_unsampled_call_creates_no_span() {
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = subscriber(LogFormat::Text, EnvFilter::new("error"), Some(&provider));
+        let service = Service {
+            crates: Targets::new().with_target("im_telemetry", LevelFilter::INFO),
+            provider: SdkTracerProvider::builder().build(),
+        };
+        let subscriber = subscriber(LogFormat::Text, EnvFilter::new("error"), &[service]);
         tracing::subscriber::with_default(subscriber, || {
             let unsampled = root_span!(false, "call", route = "r");
             assert!(unsampled.is_disabled(), "unsampled root created");

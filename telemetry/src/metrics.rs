@@ -186,7 +186,7 @@ fn histogram_point(
 /// Sends the gathered families to a collector's `MetricsService`.
 pub(crate) struct Sender {
     client: MetricsServiceClient<tonic::transport::Channel>,
-    endpoint: String,
+    collector: crate::collector::Collector,
     resource: Vec<KeyValue>,
     gather: crate::Gather,
     start_ns: u64,
@@ -194,14 +194,13 @@ pub(crate) struct Sender {
 
 impl Sender {
     pub(crate) fn new(
-        channel: tonic::transport::Channel,
-        endpoint: &str,
+        collector: &crate::collector::Collector,
         resource: Vec<KeyValue>,
         gather: crate::Gather,
     ) -> Self {
         Self {
-            client: MetricsServiceClient::new(channel),
-            endpoint: endpoint.to_owned(),
+            client: collector.metrics_client(),
+            collector: collector.clone(),
             resource,
             gather,
             start_ns: unix_nanos(),
@@ -244,8 +243,8 @@ impl Sender {
                 ..Default::default()
             }],
         };
-        if let Err(status) = self.client.export(request).await {
-            tracing::warn!(endpoint = %self.endpoint, error = %status, "metrics export failed");
+        if let Err(status) = self.client.export(self.collector.request(request)).await {
+            tracing::warn!(endpoint = %self.collector.endpoint, error = %status, "metrics export failed");
         }
     }
 }

@@ -24,7 +24,8 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Channel;
+
+use crate::collector::Collector;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -34,8 +35,7 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 #[derive(Debug)]
 pub(crate) struct SpanSender {
     runtime: tokio::runtime::Handle,
-    channel: Channel,
-    endpoint: String,
+    collector: Collector,
     /// The encoded `Resource` message (its fields, without tag and length).
     resource: Vec<u8>,
     resource_schema: String,
@@ -45,12 +45,11 @@ pub(crate) struct SpanSender {
 }
 
 impl SpanSender {
-    /// `channel` must have been made on `runtime`, with a timeout.
-    pub(crate) fn new(runtime: tokio::runtime::Handle, channel: Channel, endpoint: &str) -> Self {
+    /// `collector` must have been connected on `runtime`.
+    pub(crate) fn new(runtime: tokio::runtime::Handle, collector: Collector) -> Self {
         Self {
             runtime,
-            channel,
-            endpoint: endpoint.to_owned(),
+            collector,
             resource: Vec::new(),
             resource_schema: String::new(),
             failing: Arc::new(AtomicBool::new(false)),
@@ -62,13 +61,14 @@ impl SpanExporter for SpanSender {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
         let body = Bytes::from(encode(&batch, &self.resource, &self.resource_schema));
         drop(batch);
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        let (endpoint, failing) = (self.endpoint.clone(), self.failing.clone());
+        let mut grpc = self.collector.grpc();
+        let request = self.collector.request(body);
+        let (endpoint, failing) = (self.collector.endpoint.clone(), self.failing.clone());
         let sent = self.runtime.spawn(async move {
             let call = async {
                 grpc.ready().await.map_err(|e| e.to_string())?;
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                grpc.unary(tonic::Request::new(body), path, RawRequest)
+                grpc.unary(request, path, RawRequest)
                     .await
                     .map(tonic::Response::into_inner)
                     .map_err(|status| status.to_string())
@@ -288,8 +288,7 @@ fn nanos(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// A `KeyValue` in field `tag`. A value of a kind this encoder does not know (the SDK's enums
-/// are open) is sent without its value rather than wrongly.
+/// A `KeyValue` in field `tag`.
 fn attribute(buf: &mut Vec<u8>, tag: u32, name: &str, value: &Value) {
     // Spans carry many small attributes: their lengths are counted up front rather than moved
     // into place ([`message`] stays for arrays).
@@ -335,7 +334,9 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// The fields of an `AnyValue` (a oneof: one field even when it holds the default).
+/// The fields of an `AnyValue` (a oneof: one field even when it holds the default). A kind
+/// this encoder does not know (the SDK's enums are open; every kind of 0.33 is known) goes as
+/// its text rather than being dropped.
 fn any_value(buf: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Bool(b) => bool_value(buf, *b),
@@ -343,22 +344,23 @@ fn any_value(buf: &mut Vec<u8>, value: &Value) {
         Value::F64(f) => double_value(buf, *f),
         Value::String(s) => string_value(buf, s.as_str()),
         // An `ArrayValue`: its `AnyValue`s in field 1.
-        Value::Array(array) => message(buf, 5, |buf| match array {
-            Array::Bool(v) => v
-                .iter()
-                .for_each(|b| message(buf, 1, |buf| bool_value(buf, *b))),
-            Array::I64(v) => v
-                .iter()
-                .for_each(|i| message(buf, 1, |buf| int_value(buf, *i))),
-            Array::F64(v) => v
-                .iter()
-                .for_each(|f| message(buf, 1, |buf| double_value(buf, *f))),
-            Array::String(v) => v
-                .iter()
-                .for_each(|s| message(buf, 1, |buf| string_value(buf, s.as_str()))),
-            _ => {}
+        Value::Array(Array::Bool(v)) => message(buf, 5, |buf| {
+            v.iter()
+                .for_each(|b| message(buf, 1, |buf| bool_value(buf, *b)))
         }),
-        _ => {}
+        Value::Array(Array::I64(v)) => message(buf, 5, |buf| {
+            v.iter()
+                .for_each(|i| message(buf, 1, |buf| int_value(buf, *i)))
+        }),
+        Value::Array(Array::F64(v)) => message(buf, 5, |buf| {
+            v.iter()
+                .for_each(|f| message(buf, 1, |buf| double_value(buf, *f)))
+        }),
+        Value::Array(Array::String(v)) => message(buf, 5, |buf| {
+            v.iter()
+                .for_each(|s| message(buf, 1, |buf| string_value(buf, s.as_str())))
+        }),
+        other => string_value(buf, &other.to_string()),
     }
 }
 

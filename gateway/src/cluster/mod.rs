@@ -69,6 +69,9 @@ struct Health {
     subscribed: AtomicBool,
     /// Unix ms the last probe came back through the subscription.
     last_probe_ms: AtomicU64,
+    /// Unix ms the reader last took a message of this node's channel (a probe or not): a
+    /// subscription working through a backlog is alive even while its probe waits in line.
+    last_delivery_ms: AtomicU64,
     /// Live nodes (this one included) at the last heartbeat that reached Redis.
     last_known_nodes: std::sync::atomic::AtomicUsize,
     /// A registration failed: the next heartbeat that reaches Redis re-registers every session.

@@ -242,9 +242,12 @@ async fn keep_alive(
                 if pending.is_some_and(|since| last >= since) {
                     pending = None;
                 }
-                // A probe comes back in milliseconds: one unanswered for an interval means the
-                // subscription is dead, whatever the connection says.
-                if pending.is_some_and(|since| now.saturating_sub(since) >= window) {
+                // A probe comes back in milliseconds: one unanswered for an interval, with
+                // nothing else read from this node's channel in that interval either, means the
+                // subscription is dead, whatever the connection says. (A burst of node messages
+                // queues the probe behind it: rebuilding then would drop the rest of the burst.)
+                let idle = now.saturating_sub(cluster.health.last_delivery_ms.load(Ordering::Relaxed));
+                if pending.is_some_and(|since| now.saturating_sub(since) >= window) && idle >= window {
                     if cluster.health.subscribed.swap(false, Ordering::Relaxed) {
                         tracing::warn!("cluster: the subscription stopped delivering; rebuilding it");
                     }
@@ -351,7 +354,16 @@ fn receive(cluster: &Cluster, inbox: &mpsc::Sender<Inbound>, info: PushInfo) {
     let Some(Value::BulkString(bytes)) = info.data.get(1) else {
         return;
     };
-    match wire::decode(bytes) {
+    let decoded = wire::decode(bytes);
+    // Revocations come on a channel of their own (another shard, in Redis Cluster): only this
+    // node's channel proves this node's subscription.
+    if matches!(&decoded, Ok((_, body)) if !matches!(body, node_message::Body::Revoke(_))) {
+        cluster
+            .health
+            .last_delivery_ms
+            .store(unix_ms(), Ordering::Relaxed);
+    }
+    match decoded {
         Ok((_, node_message::Body::Probe(_))) => {
             cluster
                 .health

@@ -8,24 +8,41 @@
 
 pub mod access;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use im_telemetry::settings::Secret;
 use serde::Deserialize;
 
 use crate::units::HumanDuration;
 
-/// `telemetry:` in gateway.yaml.
+/// `telemetry:` in gateway.yaml. A key left out here may come from OpenTelemetry's
+/// environment (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...); what this file sets wins
+/// ([`im_telemetry::settings`] gives the whole rule).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); absent: no spans or metrics are exported.
+    /// OTLP/gRPC collector (`http://127.0.0.1:4317`, or `https://` for TLS); absent (and no
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`): no spans or metrics are exported.
     pub otlp_endpoint: Option<String>,
+    /// Headers every export carries (a hosted collector's key): a value, `{env: VAR}` or
+    /// `{file: path}`; never logged.
+    pub headers: BTreeMap<String, Secret>,
+    /// `gzip` or `none` (default none).
+    pub compression: Option<String>,
+    /// The CA that signed the collector's certificate (PEM); default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The certificate and key the gateway presents to the collector (mTLS, PEM).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// How often metrics are exported over OTLP (also once at shutdown).
     pub metrics_interval: HumanDuration,
-    /// Share of new traces sampled (0.0 to 1.0); a client's own sampled flag is followed.
-    pub sample_ratio: f64,
-    /// `service.name` of the gateway's spans.
-    pub service_name: String,
+    /// Share of new traces sampled (0.0 to 1.0, default 1.0); a client's own sampled flag is
+    /// followed.
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the gateway's spans (default im-gateway).
+    pub service_name: Option<String>,
     /// One log line per HTTP request and per cmd frame (target `im_gateway::access`).
     pub access_log: bool,
 }
@@ -34,13 +51,21 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            headers: BTreeMap::new(),
+            compression: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             metrics_interval: HumanDuration(Duration::from_secs(15)),
-            sample_ratio: 1.0,
-            service_name: "im-gateway".into(),
+            sample_ratio: None,
+            service_name: None,
             access_log: true,
         }
     }
 }
+
+/// `service.name` when neither the file nor the environment gives one.
+pub const DEFAULT_SERVICE: &str = "im-gateway";
 
 impl TelemetryConfig {
     /// The first field that cannot be used, with what to write instead.
@@ -56,6 +81,13 @@ impl TelemetryConfig {
                 ));
             }
         }
+        if self
+            .compression
+            .as_deref()
+            .is_some_and(|c| im_telemetry::settings::Compression::parse(c).is_none())
+        {
+            return Err(("telemetry.compression", "use gzip or none".into()));
+        }
         if !(Duration::from_millis(100)..=Duration::from_secs(3600))
             .contains(&self.metrics_interval.0)
         {
@@ -64,13 +96,17 @@ impl TelemetryConfig {
                 "use 100ms to 1h (default 15s, a common collector scrape interval)".into(),
             ));
         }
-        if !(0.0..=1.0).contains(&self.sample_ratio) {
+        if self.sample_ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
             return Err((
                 "telemetry.sample_ratio",
                 "use 0.0 (only traces callers sampled) to 1.0 (every trace; the default)".into(),
             ));
         }
-        if self.service_name.trim().is_empty() {
+        if self
+            .service_name
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             return Err((
                 "telemetry.service_name",
                 "must not be empty (default im-gateway)".into(),
@@ -79,14 +115,31 @@ impl TelemetryConfig {
         Ok(())
     }
 
-    /// The export settings, when spans are exported; `instance_id` names this node.
-    pub fn export(&self, instance_id: String) -> Option<im_telemetry::TraceExport> {
-        Some(im_telemetry::TraceExport {
-            endpoint: self.otlp_endpoint.clone()?,
-            sample_ratio: self.sample_ratio,
+    /// The share of new traces sampled.
+    pub fn sample_ratio(&self) -> f64 {
+        self.sample_ratio.unwrap_or(1.0)
+    }
+
+    /// The export settings, with the environment (`env`) filling what this leaves out; `None`
+    /// when nothing names a collector. `instance_id` names this node.
+    pub fn export(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        instance_id: String,
+    ) -> Result<Option<im_telemetry::TraceExport>, String> {
+        let settings = im_telemetry::settings::ExportSettings {
+            endpoint: self.otlp_endpoint.clone(),
+            headers: self.headers.clone(),
+            compression: self.compression.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
             service_name: self.service_name.clone(),
-            instance_id,
-        })
+            sample_ratio: self.sample_ratio,
+        };
+        settings
+            .resolve(env, DEFAULT_SERVICE, instance_id)
+            .map_err(|(field, fix)| format!("{field}: {fix}"))
     }
 }
 
@@ -158,14 +211,22 @@ mod tests {
             Some("telemetry.metrics_interval")
         );
         assert_eq!(
-            with(|c| c.sample_ratio = 1.5),
+            with(|c| c.sample_ratio = Some(1.5)),
             Some("telemetry.sample_ratio")
         );
         assert_eq!(
-            with(|c| c.service_name = " ".into()),
+            with(|c| c.service_name = Some(" ".into())),
             Some("telemetry.service_name")
         );
-        assert!(TelemetryConfig::default().export("n".into()).is_none());
+        assert_eq!(
+            with(|c| c.compression = Some("brotli".into())),
+            Some("telemetry.compression")
+        );
+        let no_env = |_: &str| None;
+        assert!(TelemetryConfig::default()
+            .export(&no_env, "n".into())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
