@@ -403,10 +403,18 @@ fn start_export(cfg: &TraceExport) -> Result<Export, String> {
         services,
         runtime,
         collector,
-        resource: vec![
-            metrics::resource_attr("service.name", &cfg.service_name),
-            metrics::resource_attr("service.instance.id", &cfg.instance_id),
-        ],
+        resource: [
+            ("service.name", cfg.service_name.as_str()),
+            ("service.instance.id", cfg.instance_id.as_str()),
+        ]
+        .into_iter()
+        .chain(
+            cfg.resource_attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map(|(k, v)| metrics::resource_attr(k, v))
+        .collect(),
         metrics: None,
     })
 }

@@ -64,6 +64,26 @@ pub fn user_token(user: &str) -> String {
 /// port bound and dropped in the ephemeral range could be handed out again at once, to another
 /// test's listener or client). Each process starts at its own offset; a port something else
 /// already holds is skipped.
+/// Whether `addr` answers an HTTP/1.1 request and then closes (read to the end, so the server
+/// is done with the connection when this returns).
+pub async fn answers_http(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /_ready_probe HTTP/1.1\r\nhost: probe\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.ok()?;
+        Some(answer.starts_with(b"HTTP/1.1 "))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 pub fn free_port() -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     const LOW: u64 = 10_000;
@@ -420,8 +440,12 @@ impl TestGateway {
             let (client, url) = (client.clone(), url.clone());
             async move {
                 let ok = client.get(&url).send().await.ok()?.status().is_success();
-                let mut up = true;
-                for addr in [edge, push, internal] {
+                // The edge is asked a whole request: a bare connect would leave the gateway a
+                // connection from this IP that counts as unfinished (`http.max_unfinished_per_ip`)
+                // until it reads the EOF, which on a loaded machine can be after the test's own
+                // connections arrive.
+                let mut up = answers_http(edge).await;
+                for addr in [push, internal] {
                     up &= tokio::net::TcpStream::connect(addr).await.is_ok();
                 }
                 (ok && up).then_some(())

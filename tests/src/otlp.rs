@@ -231,3 +231,71 @@ impl Drop for OtlpReceiver {
         self._server.abort();
     }
 }
+
+/// `tests/grpc-clients/collector.py`: an OTLP trace receiver of python grpcio and PyPI's
+/// opentelemetry-proto (a gRPC stack and protobuf runtime the project did not write), printing
+/// one JSON line per span it decodes and one with the headers of each export.
+pub struct ForeignCollector {
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    _child: tokio::process::Child,
+}
+
+impl ForeignCollector {
+    /// Listening on 127.0.0.1:`port`; `args` as collector.py takes them (`--tls CERT KEY`,
+    /// `--client-ca CA`).
+    pub async fn start_on(port: u16, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc-clients");
+        let mut child = tokio::process::Command::new(format!("{dir}/.venv/bin/python"))
+            .arg(format!("{dir}/collector.py"))
+            .arg(port.to_string())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python collector (scripts/bootstrap.sh installs it)");
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the collector starts")
+            .expect("the collector's stdout")
+            .expect("the collector's first line");
+        assert_eq!(first, format!("{{\"listening\": {port}}}"));
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let sink = all.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Self {
+            lines: all,
+            _child: child,
+        }
+    }
+
+    /// The spans of `trace` received so far.
+    pub fn spans(&self, trace: &str) -> Vec<serde_json::Value> {
+        self.received(|l| l["trace_id"] == trace)
+    }
+
+    /// Every span received so far.
+    pub fn all_spans(&self) -> Vec<serde_json::Value> {
+        self.received(|l| l.get("span_id").is_some())
+    }
+
+    /// The headers of each export received so far.
+    pub fn exports(&self) -> Vec<serde_json::Value> {
+        self.received(|l| l.get("metadata").is_some())
+            .into_iter()
+            .map(|l| l["metadata"].clone())
+            .collect()
+    }
+
+    fn received(&self, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        let lines = self.lines.lock().expect("lines");
+        lines.iter().filter(|l| keep(l)).cloned().collect()
+    }
+}

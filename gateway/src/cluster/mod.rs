@@ -218,7 +218,9 @@ impl Cluster {
             dead: RwLock::default(),
             leaving: RwLock::default(),
             health: Health::default(),
-            registrations: Default::default(),
+            registrations: registrations::Registrations::new(
+                metrics.cluster_registry_queue.clone(),
+            ),
             register: Script::new(REGISTER_LUA),
             bucket: Script::new(BUCKET_LUA),
             lookup: Script::new(&lookup_lua(config_cluster)),

@@ -77,8 +77,7 @@ fn start_registrations(cluster: &Arc<Cluster>) {
                 for op in cancel_pairs(std::mem::take(&mut batch)) {
                     apply(&cluster, op).await;
                 }
-                let left = cluster.registrations.done(taken);
-                cluster.metrics.cluster_registry_queue.set(left);
+                cluster.registrations.done(taken);
             }
         });
     }

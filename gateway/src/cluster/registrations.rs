@@ -9,9 +9,9 @@
 //! A full queue never blocks a session: a registration that does not fit is left to the next
 //! resync (which re-registers every open session), a removal to the retried unregistrations.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use prometheus::IntGauge;
 use tokio::sync::mpsc;
 
 use crate::policy::MultiDevicePolicy;
@@ -53,35 +53,37 @@ pub struct Registrations {
     shards: Vec<mpsc::Sender<Op>>,
     // A std Mutex: taken once, when the workers start.
     receivers: Mutex<Option<Vec<mpsc::Receiver<Op>>>>,
-    /// Operations queued and not yet done (also the `cluster_registry_queue` gauge).
-    pending: AtomicI64,
+    /// Operations queued and not yet done: the `cluster_registry_queue` gauge itself, counted up
+    /// and down in place. (Workers used to `set` it to what their own `fetch_sub` returned: a
+    /// worker preempted between the two wrote its older count over a later one's 0, and the
+    /// gauge stayed above 0 with nothing queued.)
+    pending: IntGauge,
 }
 
-impl Default for Registrations {
-    fn default() -> Self {
+impl Registrations {
+    /// Empty queues counting into `pending`.
+    pub fn new(pending: IntGauge) -> Self {
         let (shards, receivers) = (0..SHARDS).map(|_| mpsc::channel(QUEUE)).unzip();
         Self {
             shards,
             receivers: Mutex::new(Some(receivers)),
-            pending: AtomicI64::default(),
+            pending,
         }
     }
-}
 
-impl Registrations {
     /// Queues `op` behind the earlier operations of its connection; false when its shard is full.
     pub fn queue(&self, op: Op) -> bool {
         let shard = (op.conn_id() % SHARDS as u64) as usize;
         let queued = self.shards[shard].try_send(op).is_ok();
         if queued {
-            self.pending.fetch_add(1, Ordering::Relaxed);
+            self.pending.inc();
         }
         queued
     }
 
     /// Operations queued and not yet done.
     pub fn pending(&self) -> i64 {
-        self.pending.load(Ordering::Relaxed)
+        self.pending.get()
     }
 
     /// The shard receivers, once (the node task runs them; later calls get none).
@@ -93,10 +95,9 @@ impl Registrations {
             .unwrap_or_default()
     }
 
-    /// Marks `n` operations done; answers how many are still pending.
-    pub fn done(&self, n: usize) -> i64 {
-        let n = n as i64;
-        self.pending.fetch_sub(n, Ordering::Relaxed) - n
+    /// Marks `n` operations done.
+    pub fn done(&self, n: usize) {
+        self.pending.sub(n as i64);
     }
 }
 

@@ -206,6 +206,16 @@ impl GatewayConfig {
         // Every file the config names is relative to the config file.
         let tls = cfg.tls.as_mut().map(|t| [&mut t.cert, &mut t.key]);
         let keys = cfg.auth.public_keys.iter_mut().map(|k| &mut k.file);
+        let telemetry = &mut cfg.telemetry;
+        let secrets = telemetry.headers.values_mut().filter_map(|s| match s {
+            im_telemetry::settings::Secret::File { file } => Some(file),
+            _ => None,
+        });
+        let collector_tls = [
+            telemetry.ca_file.as_mut(),
+            telemetry.client_cert.as_mut(),
+            telemetry.client_key.as_mut(),
+        ];
         let internal_tls = cfg
             .push
             .internal_tls
@@ -225,6 +235,8 @@ impl GatewayConfig {
             .chain(tls.into_iter().flatten())
             .chain(internal_tls.into_iter().flatten().flatten())
             .chain(keys)
+            .chain(collector_tls.into_iter().flatten())
+            .chain(secrets)
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -26,6 +26,7 @@ mod im_bad_input;
 mod im_flow;
 mod im_privacy;
 mod one_pipeline;
+mod otlp_export;
 mod passthrough;
 mod push;
 mod push_budget;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use im_tests::im::{shipped_routes, ImClient};
-use im_tests::otlp::{OtlpReceiver, Span};
+use im_tests::otlp::{ForeignCollector, OtlpReceiver, Span};
 use im_tests::{
     echo_routes, free_port, loopback, user_token, wait_for, EchoBackend, GatewayProcess,
     ScratchDir, INTERNAL_TOKEN, TEST_SECRET,
@@ -509,55 +509,6 @@ async fn json_logs_have_one_access_line_per_request_and_frame_and_never_a_token(
     assert!(lines.iter().all(|l| l["message"] != "access"), "{lines:#?}");
 }
 
-/// `tests/grpc-clients/collector.py`: an OTLP trace receiver of python grpcio and PyPI's
-/// opentelemetry-proto, printing one JSON line per span it decodes.
-struct ForeignCollector {
-    spans: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-    _child: tokio::process::Child,
-}
-
-impl ForeignCollector {
-    async fn start_on(port: u16) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc-clients");
-        let mut child = tokio::process::Command::new(format!("{dir}/.venv/bin/python"))
-            .arg(format!("{dir}/collector.py"))
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python collector (scripts/bootstrap.sh installs it)");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the collector starts")
-            .unwrap()
-            .expect("the collector's first line");
-        assert_eq!(first, format!("{{\"listening\": {port}}}"));
-        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = spans.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let span: Value = serde_json::from_str(&line).expect("a JSON span line");
-                sink.lock().unwrap().push(span);
-            }
-        });
-        Self {
-            spans,
-            _child: child,
-        }
-    }
-
-    fn spans(&self, trace: &str) -> Vec<Value> {
-        let spans = self.spans.lock().unwrap();
-        spans
-            .iter()
-            .filter(|s| s["trace_id"] == trace)
-            .cloned()
-            .collect()
-    }
-}
-
 /// The gateway writes OTLP's bytes itself (`im_telemetry`'s span export): a collector built from
 /// a gRPC stack and protobuf runtime the project did not write decodes every field of its spans.
 /// Before that collector is up, export fails: one warning for the whole outage, one line when it
@@ -610,7 +561,7 @@ async fn a_collector_the_project_did_not_write_decodes_the_gateway_s_spans() {
     )
     .await;
 
-    let collector = ForeignCollector::start_on(port).await;
+    let collector = ForeignCollector::start_on(port, &[]).await;
     let trace = "5bf92f3577b34da6a3ce929d0e0e4739";
     assert_eq!(echo(trace).await.unwrap().status(), 200);
 
