@@ -434,6 +434,7 @@ impl TestGateway {
             .expect("routes are valid");
         self.running = Some(RunningGateway::start(gateway).expect("gateway starts"));
         let (edge, push, internal) = (self.edge, self.push, self.internal);
+        let tls = self.config.tls.is_some();
         let client = reqwest::Client::new();
         let url = self.admin_url("/readyz");
         wait_for("gateway readiness", Duration::from_secs(20), || {
@@ -444,7 +445,11 @@ impl TestGateway {
                 // connection from this IP that counts as unfinished (`http.max_unfinished_per_ip`)
                 // until it reads the EOF, which on a loaded machine can be after the test's own
                 // connections arrive.
-                let mut up = answers_http(edge).await;
+                let mut up = if tls {
+                    tokio::net::TcpStream::connect(edge).await.is_ok()
+                } else {
+                    answers_http(edge).await
+                };
                 for addr in [push, internal] {
                     up &= tokio::net::TcpStream::connect(addr).await.is_ok();
                 }
