@@ -36,39 +36,26 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
 
 /// `span`'s own context as a `traceparent`, for the next hop; `None` when traces are not
 /// exported (the span has no OpenTelemetry context). Written directly (what the W3C propagator
-/// writes, without its formatting machinery: this runs twice per traced call).
+/// writes, without its injector machinery: this runs twice per traced call).
 pub fn of(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if !sc.is_valid() {
         return None;
     }
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    push_hex(&mut out, &sc.trace_id().to_bytes());
-    out.push('-');
-    push_hex(&mut out, &sc.span_id().to_bytes());
-    out.push_str(if sc.is_sampled() { "-01" } else { "-00" });
-    Some(out)
+    let flags = if sc.is_sampled() { "01" } else { "00" };
+    Some(format!(
+        "00-{}-{}-{flags}",
+        hex::encode(sc.trace_id().to_bytes()),
+        hex::encode(sc.span_id().to_bytes())
+    ))
 }
 
 /// The trace id of `span`'s own context (32 hex digits), when traces are exported.
 pub fn own_trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        let mut out = String::with_capacity(32);
-        push_hex(&mut out, &sc.trace_id().to_bytes());
-        out
-    })
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
+    sc.is_valid().then(|| hex::encode(sc.trace_id().to_bytes()))
 }
 
 /// The current span's `traceparent` ([`of`]).
@@ -81,21 +68,8 @@ pub fn current() -> Option<String> {
 pub fn sampled(traceparent: Option<&str>, ratio: f64) -> bool {
     match traceparent.and_then(sampled_flag) {
         Some(flag) => flag,
-        None => ratio >= 1.0 || (ratio > 0.0 && rand_unit() < ratio),
+        None => ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio),
     }
-}
-
-/// A uniform value in [0, 1) from the std hasher's per-process random keys and a counter: no
-/// dependency for one coin flip per trace.
-fn rand_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    static N: AtomicU64 = AtomicU64::new(0);
-    let mut h = STATE.get_or_init(Default::default).build_hasher();
-    h.write_u64(N.fetch_add(1, Ordering::Relaxed));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Whether a well-formed `traceparent` has its sampled flag set; `None` when malformed.
@@ -142,9 +116,6 @@ mod tests {
         assert!(!sampled(Some(&tp("00")), 1.0));
         assert!(sampled(None, 1.0) && sampled(Some("garbage"), 1.0));
         assert!(!sampled(None, 0.0));
-        let mut hex = String::new();
-        push_hex(&mut hex, &[0x0a, 0xf7, 0x00, 0xff]);
-        assert_eq!(hex, "0af700ff");
         let kept = (0..10_000).filter(|_| sampled(None, 0.1)).count();
         assert!((700..1300).contains(&kept), "{kept} of 10,000 at 0.1");
     }

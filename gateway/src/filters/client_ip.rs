@@ -9,36 +9,22 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
-/// An IP network such as `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+/// An IP network such as `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128):
+/// `ipnet`'s, plus how an IPv4-mapped address matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Whether `ip` is in the network. Addresses are compared in their canonical form (an
     /// IPv4-mapped peer is IPv4), and a network written IPv4-mapped (`::ffff:10.0.0.0/104`)
     /// holds the IPv4 addresses it maps.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let v6 = |n: std::net::Ipv6Addr, a: std::net::Ipv6Addr| {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(self.prefix))
-                .unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        };
-        match (self.net, ip.to_canonical()) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => v6(n, a),
-            (IpAddr::V6(n), IpAddr::V4(a)) => v6(n, a.to_ipv6_mapped()),
-            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+        match (self.0, ip.to_canonical()) {
+            (IpNet::V6(net), IpAddr::V4(a)) => net.contains(&a.to_ipv6_mapped()),
+            (net, ip) => net.contains(&ip),
         }
     }
 }
@@ -46,22 +32,18 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let net: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a CIDR such as 10.0.0.0/8"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{s}`: prefix must be 0..={max}"))?,
-        };
-        Ok(Self { net, prefix })
+        let s = s.trim();
+        if let Ok(addr) = s.parse::<IpAddr>() {
+            return Ok(Self(IpNet::from(addr)));
+        }
+        let max = if s.contains(':') { 128 } else { 32 };
+        match s.split_once('/') {
+            Some((addr, _)) if addr.trim().parse::<IpAddr>().is_ok() => s
+                .parse::<IpNet>()
+                .map(Self)
+                .map_err(|_| format!("`{s}`: prefix must be 0..={max}")),
+            _ => Err(format!("`{s}` is not a CIDR such as 10.0.0.0/8")),
+        }
     }
 }
 

@@ -8,17 +8,17 @@ use super::registry::Device;
 use crate::filters::auth::Identity;
 use crate::policy::PROTOCOL_VERSIONS;
 
-/// The handshake's query parameters, `%XX`-decoded; the first of a repeated name wins.
+/// The handshake's query parameters, names and values `%XX`- and `+`-decoded as a form is
+/// (`form_urlencoded`; a malformed escape stays as written); the first of a repeated name wins,
+/// and an empty value is no value.
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn parse(query: Option<&str>) -> Self {
         Self(
-            query
-                .unwrap_or("")
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
         )
     }
@@ -29,35 +29,6 @@ impl Query {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// `%XX` and `+` decoding of one query value (tokens and ids are usually plain); a malformed
-/// escape is kept as written.
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = bytes
-            .get(i + 1..i + 3)
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (bytes[i], escaped) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Browsers send `Origin`; when origins are configured, one of them (or `*`) must match.
@@ -193,12 +164,18 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_decoded() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%e4%bd%a0"), "你");
-        let q = Query::parse(Some("token=a%2Bb&x&device_id=d1&device_id=d2"));
+        let one = |v: &str| {
+            Query::parse(Some(&format!("v={v}")))
+                .get("v")
+                .map(str::to_owned)
+        };
+        assert_eq!(one("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(one("100%").as_deref(), Some("100%"));
+        assert_eq!(one("%zz").as_deref(), Some("%zz"));
+        assert_eq!(one("%e4%bd%a0").as_deref(), Some("你"));
+        let q = Query::parse(Some("token=a%2Bb&x&device%5Fid=d1&device_id=d2&empty="));
         assert_eq!(q.get("token"), Some("a+b"));
+        assert_eq!(q.get("empty"), None);
         assert_eq!(q.get("device_id"), Some("d1"));
         assert_eq!(q.get("x"), None);
         assert_eq!(Query::parse(None).get("token"), None);
