@@ -4,7 +4,8 @@
 //! `im-bench grpc`: the same for unary gRPC (`--url http://host:port/pkg.Service/Method`, `--body`
 //! the raw request message): framed, `te: trailers`, and a call counts as OK only when its
 //! `grpc-status` is 0; failures are reported with `status` = 1000 + the gRPC code.
-//! `im-bench ws-conns` / `ws-push` / `ws-storm`: see [`ws`].
+//! `im-bench ws-conns` / `ws-push` / `ws-storm`: see [`ws`]. `im-bench --help` lists the
+//! flags; a flag it does not know stops it with a usage error.
 
 // A test harness: a failed unwrap is a failed test, not a crashed service.
 #![allow(
@@ -45,73 +46,84 @@ struct Args {
     exp: u64,
 }
 
-const USAGE: &str =
-    "usage: im-bench ws-conns|ws-push|ws-storm --help, or im-bench http|grpc --url URL [--conns 8] [--streams 16] [--requests 100000] \
-[--users 0] [--ips 0] [--alg HS256|RS256|ES256|EdDSA --key FILE] [--body FILE] [--content-type T] \
-[--rate R (open loop: R requests/s; default closed loop)] [--exp UNIX_SECONDS]";
+/// `im-bench http` / `im-bench grpc` arguments.
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The URL every request goes to (`grpc`: http://host:port/pkg.Service/Method).
+    #[arg(long, default_value = "http://127.0.0.1:8080/service/echo")]
+    url: http::Uri,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
+    /// Concurrent streams per connection (closed loop).
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Distinct users, each with its own signed token (0: one token).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+    /// Distinct client IPs sent as X-Forwarded-For (0: none).
+    #[arg(long, default_value_t = 0)]
+    ips: usize,
+    /// Signing algorithm of the tokens: HS256, RS256, ES256 or EdDSA (with --key).
+    #[arg(long, requires = "key")]
+    alg: Option<Algorithm>,
+    /// The signing key: an HS256 secret file or a PEM private key.
+    #[arg(long, requires = "alg")]
+    key: Option<String>,
+    /// A file whose bytes are the request body (`grpc`: the raw request message).
+    #[arg(long)]
+    body: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+    /// Open loop: this many requests per second (0: closed loop).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    rate: f64,
+    /// `exp` of the signed tokens, Unix seconds (0: an hour from now). Runs that share it send
+    /// the same tokens, so a gateway's token cache stays warm from one run to the next.
+    #[arg(long, default_value_t = 0)]
+    exp: u64,
+}
 
-fn parse() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let grpc = match it.next().as_deref() {
-        Some("http") => false,
-        Some("grpc") => true,
-        _ => return Err(USAGE.into()),
-    };
-    let mut a = Args {
-        url: http::Uri::from_static("http://127.0.0.1:8080/service/echo"),
-        conns: 8,
-        streams: 16,
-        requests: 100_000,
-        users: 0,
-        ips: 0,
-        alg: None,
-        key: None,
-        body: Bytes::from_static(b"{}"),
-        content_type: "application/json".into(),
-        rate: 0.0,
-        grpc,
-        exp: 0,
-        completed: AtomicU64::new(0),
-    };
-    while let Some(flag) = it.next() {
-        let v = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let num = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: `{v}` is not a number"))
+fn rate(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|r: &f64| r.is_finite() && *r >= 0.0)
+        .ok_or_else(|| format!("`{v}` is not a rate (requests per second, 0 or more)"))
+}
+
+impl LoadArgs {
+    fn into_args(self, grpc: bool) -> Result<Args, String> {
+        let body = match &self.body {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| format!("--body {}: {e}", path.display()))?
+                .into(),
+            None => Bytes::from_static(b"{}"),
         };
-        match flag.as_str() {
-            "--url" => a.url = v.parse().map_err(|e| format!("--url: {e}"))?,
-            "--conns" => a.conns = num(&v)? as usize,
-            "--streams" => a.streams = num(&v)? as usize,
-            "--requests" => a.requests = num(&v)?,
-            "--users" => a.users = num(&v)? as usize,
-            "--ips" => a.ips = num(&v)? as usize,
-            "--alg" => a.alg = Some(v.parse().map_err(|_| format!("--alg: unknown `{v}`"))?),
-            "--key" => a.key = Some(v),
-            "--body" => {
-                a.body = std::fs::read(&v)
-                    .map_err(|e| format!("--body {v}: {e}"))?
-                    .into()
-            }
-            "--content-type" => a.content_type = v,
-            "--exp" => a.exp = num(&v)?,
-            "--rate" => {
-                a.rate = v
-                    .parse()
-                    .ok()
-                    .filter(|r: &f64| r.is_finite() && *r >= 0.0)
-                    .ok_or_else(|| format!("--rate: `{v}` is not a rate"))?
-            }
-            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
-        }
+        let (body, content_type) = if grpc {
+            (im_bench::grpc_frame(&body), "application/grpc".into())
+        } else {
+            (body, self.content_type)
+        };
+        Ok(Args {
+            url: self.url,
+            conns: self.conns,
+            streams: self.streams,
+            requests: self.requests,
+            users: self.users,
+            ips: self.ips,
+            alg: self.alg,
+            key: self.key,
+            body,
+            content_type,
+            rate: self.rate,
+            grpc,
+            completed: AtomicU64::new(0),
+            exp: self.exp,
+        })
     }
-    if a.grpc {
-        a.body = im_bench::grpc_frame(&a.body);
-        a.content_type = "application/grpc".into();
-    }
-    Ok(a)
 }
 
 /// One signed token per user.
@@ -150,56 +162,56 @@ fn tokens(a: &Args) -> Result<Vec<String>, String> {
 
 mod ws;
 
-/// `ws-conns` / `ws-push` / `ws-storm` arguments.
+/// Load generators for the gateway and its baselines; each prints one JSON result line.
 #[derive(clap::Parser)]
-struct WsCli {
-    #[command(flatten)]
-    args: ws::WsArgs,
+#[command(name = "im-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// HTTP/2 (h2c) requests on the bridge, closed or open loop.
+    Http(LoadArgs),
+    /// Unary gRPC calls; a call is OK only with grpc-status 0 (failures: 1000 + the code).
+    Grpc(LoadArgs),
+    /// Idle WebSocket sessions: bytes per connection.
+    WsConns(ws::WsArgs),
+    /// Pushes per second to open sessions.
+    WsPush(ws::WsArgs),
+    /// Connect/disconnect storms.
+    WsStorm(ws::WsArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let sub = std::env::args().nth(1).unwrap_or_default();
-    if matches!(sub.as_str(), "ws-conns" | "ws-push" | "ws-storm") {
-        use clap::Parser;
-        let cli = WsCli::parse_from(std::env::args().skip(1));
-        let result = match sub.as_str() {
-            "ws-conns" => ws::conns(cli.args).await,
-            "ws-push" => ws::push(cli.args).await,
-            _ => ws::storm(cli.args).await,
-        };
-        match result {
-            Ok(v) => println!("{v}"),
-            Err(e) => {
-                eprintln!("im-bench {sub}: {e}");
-                std::process::exit(1);
-            }
+    use clap::Parser;
+    let (name, result) = match Cli::parse().command {
+        Command::Http(a) => ("http", http_main(a, false).await),
+        Command::Grpc(a) => ("grpc", http_main(a, true).await),
+        Command::WsConns(a) => ("ws-conns", ws::conns(a).await),
+        Command::WsPush(a) => ("ws-push", ws::push(a).await),
+        Command::WsStorm(a) => ("ws-storm", ws::storm(a).await),
+    };
+    match result {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            eprintln!("im-bench {name}: {e}");
+            std::process::exit(1);
         }
-        // Connection tasks are still running; leave without waiting for them.
-        std::process::exit(0);
     }
-    http_main().await;
+    // Connection tasks are still running; leave without waiting for them.
+    std::process::exit(0);
 }
 
-async fn http_main() {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
-    let tokens = match tokens(&args) {
-        Ok(t) => Arc::new(t),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+async fn http_main(load: LoadArgs, grpc: bool) -> Result<serde_json::Value, String> {
+    let args = load.into_args(grpc)?;
+    let tokens = Arc::new(tokens(&args)?);
     let authority = args
         .url
         .authority()
-        .expect("--url has host:port")
+        .ok_or("--url needs host:port")?
         .to_string();
     let mut senders = Vec::new();
     for _ in 0..args.conns {
@@ -232,10 +244,12 @@ async fn http_main() {
     };
     ticker.abort();
     im_bench::progress(args.requests, "requests").done();
-    println!(
-        "{}",
-        im_bench::summary(&tally.hist, tally.ok, &tally.errors, tally.elapsed)
-    );
+    Ok(im_bench::summary(
+        &tally.hist,
+        tally.ok,
+        &tally.errors,
+        tally.elapsed,
+    ))
 }
 
 /// What one run (or one worker) counted.

@@ -13,12 +13,10 @@
 //! proxies (the CDN, `client_ip.trusted_proxies`) are exempt from the per-IP cap, since every
 //! client behind them shares their addresses.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::filters::client_ip::ClientIpConfig;
+use crate::ip_counts::{IpCounts, IpSlot};
 use crate::metrics::Metrics;
 use crate::units::HumanDuration;
 
@@ -81,59 +80,12 @@ impl HttpConfig {
     }
 }
 
-/// Connections per IP bucket that have not completed a request. Bounded: an entry exists only
-/// while one of its connections is open and unfinished.
-#[derive(Default)]
-struct Unfinished {
-    // One mutex: taken once per accept and once per first head, never across an await.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One unfinished connection; dropping it (first head done, or the connection gone) frees it.
-struct UnfinishedSlot {
-    counts: Arc<Unfinished>,
-    ip: IpAddr,
-}
-
-impl std::fmt::Debug for UnfinishedSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "UnfinishedSlot({})", self.ip)
-    }
-}
-
-impl Unfinished {
-    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<UnfinishedSlot> {
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(UnfinishedSlot {
-            counts: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for UnfinishedSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// The edge app with slow clients bounded; see the module docs.
 pub struct GuardedApp<A> {
     inner: Arc<A>,
     config: HttpConfig,
     client_ip: ClientIpConfig,
-    unfinished: Arc<Unfinished>,
+    unfinished: Arc<IpCounts>,
     metrics: Arc<Metrics>,
 }
 
@@ -301,7 +253,7 @@ pub struct Guarded {
     keepalive_timeout: Duration,
     track: HeadTracker,
     timer: Option<Pin<Box<Sleep>>>,
-    slot: Option<UnfinishedSlot>,
+    slot: Option<IpSlot>,
     metrics: Arc<Metrics>,
 }
 
@@ -318,7 +270,7 @@ impl Guarded {
     fn new(
         inner: Stream,
         cfg: &HttpConfig,
-        slot: Option<UnfinishedSlot>,
+        slot: Option<IpSlot>,
         exempt: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -515,16 +467,5 @@ mod tests {
         assert!(matches!(almost.phase, Phase::Head(_)));
         assert!(almost.saw(b"\r\n"));
         assert_eq!(almost.phase, Phase::Message);
-    }
-
-    #[test]
-    fn the_unfinished_cap_counts_and_frees() {
-        let u = Arc::new(Unfinished::default());
-        let ip: IpAddr = "198.51.100.1".parse().unwrap();
-        let a = u.acquire(ip, 2).unwrap();
-        let _b = u.acquire(ip, 2).unwrap();
-        assert!(u.acquire(ip, 2).is_none());
-        drop(a);
-        assert!(u.acquire(ip, 2).is_some());
     }
 }

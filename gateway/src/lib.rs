@@ -14,8 +14,9 @@
 //! ([`push::service`]) into sessions' bounded outboxes.
 //!
 //! # Layout
-//! - [`policy`], [`units`], [`clock`]: leaves: the route policy vocabulary (auth modes, rate
-//!   limits, balancing), human units, the one wall clock. `scripts/module-cycles.py` keeps the
+//! - [`policy`], [`units`], [`clock`], [`backoff`], [`sharded`]: leaves: the route policy vocabulary (auth modes, rate
+//!   limits, balancing), human units, the one wall clock, jittered reconnect delays, the one
+//!   sharded map (and capped LRU) that caches, limiters and the registry use. `scripts/module-cycles.py` keeps the
 //!   module graph free of cycles.
 //! - [`config`]: the gateway's own `gateway.yaml` (listeners, threads, reload, shutdown).
 //! - [`routes`]: `routes.yaml` parsed ([`routes::file`]), checked route by route
@@ -36,7 +37,8 @@
 //!   with a key cap, client IP behind a CDN, CORS, request ids.
 //! - [`proxy`]: the edge `ProxyHttp`, which only dispatches to the above; gRPC pass-through routes.
 //! - [`http_guard`]: below the proxy, slow HTTP/1 clients bounded (head deadline, keep-alive
-//!   timeout, per-IP cap on unfinished connections).
+//!   timeout, per-IP cap on unfinished connections); [`ip_counts`] is the per-IP counter it and
+//!   the push listener share.
 //! - [`push`]: the WebSocket push plugin: listener and handshake checks, one task per session,
 //!   frames in both encodings, the registry with the multi-device policies, bounded outboxes,
 //!   session control (revoke, kick) and PushService for backends.
@@ -59,6 +61,7 @@
 // definitions) says why where it is.
 
 pub mod admin;
+pub mod backoff;
 pub mod bridge;
 pub mod cli;
 pub mod clock;
@@ -68,6 +71,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod filters;
 pub mod http_guard;
+pub mod ip_counts;
 pub mod keyed_tasks;
 pub mod listeners;
 pub mod maintenance;
@@ -79,6 +83,7 @@ pub mod push;
 pub mod readiness;
 pub mod routes;
 pub mod server;
+pub mod sharded;
 pub mod telemetry;
 pub mod units;
 pub mod upstream;

@@ -69,6 +69,7 @@ impl BackgroundService for Maintenance {
                 _ = sweep.tick() => {
                     self.routes.registries().limiters.sweep();
                     self.guard.auth.revocation().sweep(unix_now());
+                    self.guard.auth.sweep_cache();
                     // Also restarts a watcher or health check whose task ended, and drops the
                     // series an attempt still in flight at the last change wrote.
                     self.reconcile(&mut supervisor, &mut discovery);

@@ -32,6 +32,112 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// Every family's help text, by name (without the `im_gateway_` prefix): one line each, so the
+/// set reads as the table it is and [`Metrics::new`] only says which field holds which.
+const HELP: &[(&str, &str)] = &[
+    ("requests_total", "Requests by route and HTTP status"),
+    ("http_server_request_duration_seconds", "Duration of HTTP requests and cmd frames in the gateway (http.server.request.duration)"),
+    ("rpc_client_call_duration_seconds", "Duration of upstream gRPC attempts (rpc.client.call.duration)"),
+    ("own_duration_seconds", "The gateway's own time per request or frame: the whole less the upstream attempts"),
+    ("ws_connections_by_platform", "Open WebSocket sessions by platform (ios, android, web, desktop, other)"),
+    ("upstream_endpoint_healthy", "1 when the endpoint takes traffic"),
+    ("discovery_up", "1 while the upstream's discovery source (dns or etcd) answers; 0 while its last known endpoints keep serving"),
+    ("discovery_endpoints", "Endpoints the upstream's discovery source found (the last known set while it fails)"),
+    ("upstream_failures_total", "Failed upstream attempts by kind"),
+    ("upstream_retries_total", "Attempts retried on another endpoint"),
+    ("route_reloads_total", "Route table reloads by result"),
+    ("route_last_reload_successful", "1 when the last route reload applied, 0 when it was rejected (the previous table serves)"),
+    ("route_last_reload_success_timestamp_seconds", "Unix time the serving route table was loaded"),
+    ("auth_failures_total", "Refused credentials by reason"),
+    ("ratelimit_rejections_total", "Rate-limited requests"),
+    ("ratelimit_keys", "Live rate-limiter keys"),
+    ("revoked_sessions", "Revoked sessions remembered"),
+    ("ws_connections", "Open WebSocket sessions"),
+    ("ws_queued_bytes", "Bytes queued for WebSocket clients"),
+    ("ws_queued_bytes_max", "Largest outbound queue of one WebSocket session, in bytes"),
+    ("pushes_delivered_total", "Push frames queued for a session"),
+    ("pushes_dropped_total", "Push frames dropped (queue full or session closing)"),
+    ("pushes_offline_total", "Recipients of PushService calls who had no session on any node"),
+    ("ws_slow_consumer_closes_total", "Sessions closed with 4003 because they did not read"),
+    ("ws_queue_budget_sheds_total", "Sessions closed with 1013 because the gateway-wide queue budget was spent"),
+    ("upstream_invalid_replies_total", "Backend replies that did not match the route's output type (502 / INTERNAL)"),
+    ("http_head_timeouts_total", "Edge connections closed because a request head was not complete within http.request_head_timeout"),
+    ("http_unfinished_rejections_total", "Edge connections refused at accept: the IP held http.max_unfinished_per_ip unfinished ones"),
+    ("ws_write_stalls_total", "Sessions closed with 4003 because their socket took no bytes for write_stall_timeout"),
+    ("ws_queue_budget_used_bytes", "Bytes held against push.total_queue_bytes (queued or being written)"),
+    ("ws_closes_total", "Closed WebSocket sessions by close code"),
+    ("ws_handshake_rejections_total", "Refused WebSocket handshakes by reason"),
+    ("ws_frames_rate_limited_total", "Frames refused by the per-connection frame rate limit"),
+    ("ratelimit_cluster_fallbacks_total", "Cluster-wide rate-limit decisions taken by this node's share because Redis did not answer"),
+    ("cluster_redis_errors_total", "Cluster mode: failed Redis operations by operation"),
+    ("cluster_messages_total", "Cluster mode: node-to-node messages by direction and kind"),
+    ("cluster_messages_dropped_total", "Cluster mode: node-to-node messages not sent or not applied, by reason"),
+    ("cluster_messages_skipped_total", "Cluster mode: inbound node-to-node messages skipped, by reason"),
+    ("cluster_subscription_stale_total", "Cluster mode: times the Redis subscription stopped delivering probes and was rebuilt"),
+    ("cluster_forwards_total", "Cluster mode: pushes that reached this node after their user left it, by outcome (forwarded to the node they reconnected to, gave_up, busy)"),
+    ("cluster_nodes", "Cluster mode: live gateway nodes at the last heartbeat, this one included"),
+    ("cluster_registry_queue", "Cluster mode: registry operations (a session's register or unregister) queued and not yet done"),
+    ("cluster_message_lag_seconds", "Cluster mode: from a node sending a message to this node reading it"),
+    ("cluster_redis_duration_seconds", "Cluster mode: time of each Redis command or pipeline, answered or not"),
+];
+
+/// Makes metrics and registers them in one registry, each with its [`HELP`] text.
+struct Families(Registry);
+
+// Static names, buckets and help texts: a failure is a bug the first test finds, never input.
+#[allow(clippy::expect_used)]
+impl Families {
+    fn prefixed(prefix: &str) -> Self {
+        Self(Registry::new_custom(Some(prefix.into()), None).expect("static prefix is valid"))
+    }
+
+    fn opts(name: &str) -> Opts {
+        let help = HELP.iter().find(|(n, _)| *n == name).map(|(_, h)| *h);
+        Opts::new(name, help.expect("every family has a HELP line"))
+    }
+
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        self.0.register(c).expect("metric names are unique");
+    }
+
+    fn counter(&self, name: &str) -> IntCounter {
+        self.add(IntCounter::with_opts(Self::opts(name)).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Self::opts(name)).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Self::opts(name), labels).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Self::opts(name), labels).expect("valid metric"))
+    }
+
+    fn durations(&self, name: &str, labels: &[&str]) -> HistogramVec {
+        let opts = HistogramOpts::from(Self::opts(name)).buckets(DURATION_BUCKETS.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+
+    fn histogram(&self, name: &str, buckets: &[f64]) -> prometheus::Histogram {
+        let opts = HistogramOpts::from(Self::opts(name)).buckets(buckets.to_vec());
+        self.add(prometheus::Histogram::with_opts(opts).expect("valid metric"))
+    }
+
+    fn into_registry(self) -> Registry {
+        self.0
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// The families named by the conventions (no `im_gateway_` prefix).
@@ -47,10 +153,6 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     /// Open WebSocket sessions by platform ([`PLATFORMS`]).
     pub ws_by_platform: IntGaugeVec,
-    /// This process: CPU seconds, resident bytes, open descriptors; refreshed at scrape time.
-    pub process_cpu: prometheus::Counter,
-    pub process_rss: IntGauge,
-    pub process_fds: IntGauge,
     /// 1 when an endpoint takes traffic, by upstream and endpoint; refreshed at scrape time.
     pub endpoint_healthy: IntGaugeVec,
     /// Per discovered upstream: 1 while its source answers, 0 while the last set is kept.
@@ -131,375 +233,87 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The registry and every metric. The names and help texts are static, so a failure here is a
-    /// bug found by the first test, never input: the one place the gateway allows `expect`.
-    #[allow(clippy::expect_used)]
+    /// The registries and every metric, its help text from [`HELP`]. The names and help texts are
+    /// static, so a failure here is a bug found by the first test, never input: the one place the
+    /// gateway allows `expect` (in [`Families`]).
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("im_gateway".into()), None).expect("static prefix is valid");
-        let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Requests by route and HTTP status"),
-            &["route", "status"],
-        )
-        .expect("valid metric");
-        let standard = Registry::new();
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
-                labels,
-            )
-            .expect("valid metric")
-        };
-        let latency = histogram(
-            "http_server_request_duration_seconds",
-            "Duration of HTTP requests and cmd frames in the gateway (http.server.request.duration)",
-            &["http_route", "http_response_status_code", "im_transport"],
-        );
-        let upstream_latency = histogram(
-            "rpc_client_call_duration_seconds",
-            "Duration of upstream gRPC attempts (rpc.client.call.duration)",
-            &["rpc_method", "server_address", "rpc_grpc_status_code"],
-        );
-        let own_latency = histogram(
-            "own_duration_seconds",
-            "The gateway's own time per request or frame: the whole less the upstream attempts",
-            &["http_route"],
-        );
-        let ws_by_platform = IntGaugeVec::new(
-            Opts::new(
-                "ws_connections_by_platform",
-                "Open WebSocket sessions by platform (ios, android, web, desktop, other)",
-            ),
-            &["platform"],
-        )
-        .expect("valid metric");
-        let process_cpu = prometheus::Counter::new(
-            "process_cpu_seconds_total",
-            "User and system CPU time of this process",
-        )
-        .expect("valid metric");
-        let process_rss = IntGauge::new(
-            "process_resident_memory_bytes",
-            "Resident memory of this process",
-        )
-        .expect("valid metric");
-        let process_fds =
-            IntGauge::new("process_open_fds", "Open file descriptors of this process")
-                .expect("valid metric");
-        for c in [
-            Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(upstream_latency.clone()),
-            Box::new(process_cpu.clone()),
-            Box::new(process_rss.clone()),
-            Box::new(process_fds.clone()),
-        ] {
-            standard.register(c).expect("unique metric");
-        }
-        let endpoint_healthy = IntGaugeVec::new(
-            Opts::new(
-                "upstream_endpoint_healthy",
-                "1 when the endpoint takes traffic",
-            ),
-            &["upstream", "endpoint"],
-        )
-        .expect("valid metric");
-        let discovery_up = IntGaugeVec::new(
-            Opts::new(
-                "discovery_up",
-                "1 while the upstream's discovery source (dns or etcd) answers; 0 while its last known endpoints keep serving",
-            ),
-            &["upstream", "source"],
-        )
-        .expect("valid metric");
-        let discovery_endpoints = IntGaugeVec::new(
-            Opts::new(
-                "discovery_endpoints",
-                "Endpoints the upstream's discovery source found (the last known set while it fails)",
-            ),
-            &["upstream", "source"],
-        )
-        .expect("valid metric");
-        let upstream_failures = IntCounterVec::new(
-            Opts::new(
-                "upstream_failures_total",
-                "Failed upstream attempts by kind",
-            ),
-            &["upstream", "kind"],
-        )
-        .expect("valid metric");
-        let retries = IntCounterVec::new(
-            Opts::new(
-                "upstream_retries_total",
-                "Attempts retried on another endpoint",
-            ),
-            &["upstream"],
-        )
-        .expect("valid metric");
-        let reloads = IntCounterVec::new(
-            Opts::new("route_reloads_total", "Route table reloads by result"),
-            &["result"],
-        )
-        .expect("valid metric");
-        let auth_failures = IntCounterVec::new(
-            Opts::new("auth_failures_total", "Refused credentials by reason"),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let ratelimit_rejections = IntCounterVec::new(
-            Opts::new("ratelimit_rejections_total", "Rate-limited requests"),
-            &["route", "key"],
-        )
-        .expect("valid metric");
-        let ratelimit_keys = prometheus::IntGauge::new("ratelimit_keys", "Live rate-limiter keys")
-            .expect("valid metric");
-        let revoked_sessions =
-            prometheus::IntGauge::new("revoked_sessions", "Revoked sessions remembered")
-                .expect("valid metric");
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
-        let ws_connections = gauge("ws_connections", "Open WebSocket sessions");
-        let ws_queued_bytes = gauge("ws_queued_bytes", "Bytes queued for WebSocket clients");
-        let ws_queued_bytes_max = gauge(
-            "ws_queued_bytes_max",
-            "Largest outbound queue of one WebSocket session, in bytes",
-        );
-        let pushes_delivered =
-            counter("pushes_delivered_total", "Push frames queued for a session");
-        let pushes_dropped = counter(
-            "pushes_dropped_total",
-            "Push frames dropped (queue full or session closing)",
-        );
-        let pushes_offline = counter(
-            "pushes_offline_total",
-            "Recipients of PushService calls who had no session on any node",
-        );
-        let last_reload_ok = gauge(
-            "route_last_reload_successful",
-            "1 when the last route reload applied, 0 when it was rejected (the previous table serves)",
-        );
+        let own = Families::prefixed("im_gateway");
+        let std = Families(Registry::new());
+        std.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        let last_reload_ok = own.gauge("route_last_reload_successful");
         last_reload_ok.set(1);
-        let last_reload_ok_time = gauge(
-            "route_last_reload_success_timestamp_seconds",
-            "Unix time the serving route table was loaded",
-        );
+        let last_reload_ok_time = own.gauge("route_last_reload_success_timestamp_seconds");
         last_reload_ok_time.set(crate::clock::unix_now() as i64);
-        let ws_slow_closes = counter(
-            "ws_slow_consumer_closes_total",
-            "Sessions closed with 4003 because they did not read",
-        );
-        let ws_budget_sheds = counter(
-            "ws_queue_budget_sheds_total",
-            "Sessions closed with 1013 because the gateway-wide queue budget was spent",
-        );
-        let http_head_timeouts = counter(
-            "http_head_timeouts_total",
-            "Edge connections closed because a request head was not complete within http.request_head_timeout",
-        );
-        let http_unfinished_rejections = counter(
-            "http_unfinished_rejections_total",
-            "Edge connections refused at accept: the IP held http.max_unfinished_per_ip unfinished ones",
-        );
-        let ws_write_stalls = counter(
-            "ws_write_stalls_total",
-            "Sessions closed with 4003 because their socket took no bytes for write_stall_timeout",
-        );
-        let ws_queue_budget_used = gauge(
-            "ws_queue_budget_used_bytes",
-            "Bytes held against push.total_queue_bytes (queued or being written)",
-        );
-        let upstream_invalid_replies = IntCounterVec::new(
-            Opts::new(
-                "upstream_invalid_replies_total",
-                "Backend replies that did not match the route's output type (502 / INTERNAL)",
+        let cluster_lag_buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ];
+        let redis_buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        let m = Self {
+            requests: own.counters("requests_total", &["route", "status"]),
+            latency: std.durations(
+                "http_server_request_duration_seconds",
+                &["http_route", "http_response_status_code", "im_transport"],
             ),
-            &["route"],
-        )
-        .expect("valid metric");
-        let ws_closes = IntCounterVec::new(
-            Opts::new("ws_closes_total", "Closed WebSocket sessions by close code"),
-            &["code", "reason"],
-        )
-        .expect("valid metric");
-        let ws_handshake_rejections = IntCounterVec::new(
-            Opts::new(
-                "ws_handshake_rejections_total",
-                "Refused WebSocket handshakes by reason",
+            own_latency: own.durations("own_duration_seconds", &["http_route"]),
+            upstream_latency: std.durations(
+                "rpc_client_call_duration_seconds",
+                &["rpc_method", "server_address", "rpc_grpc_status_code"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let ws_frames_limited = counter(
-            "ws_frames_rate_limited_total",
-            "Frames refused by the per-connection frame rate limit",
-        );
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
-        let cluster_errors = counter_vec(
-            "cluster_redis_errors_total",
-            "Cluster mode: failed Redis operations by operation",
-            &["op"],
-        );
-        let cluster_messages = counter_vec(
-            "cluster_messages_total",
-            "Cluster mode: node-to-node messages by direction and kind",
-            &["direction", "kind"],
-        );
-        let cluster_dropped = counter_vec(
-            "cluster_messages_dropped_total",
-            "Cluster mode: node-to-node messages not sent or not applied, by reason",
-            &["reason"],
-        );
-        let cluster_skipped = counter_vec(
-            "cluster_messages_skipped_total",
-            "Cluster mode: inbound node-to-node messages skipped, by reason",
-            &["reason"],
-        );
-        let cluster_forwards = counter_vec(
-            "cluster_forwards_total",
-            "Cluster mode: pushes that reached this node after their user left it, by outcome (forwarded to the node they reconnected to, gave_up, busy)",
-            &["result"],
-        );
-        let ratelimit_cluster_fallbacks = counter(
-            "ratelimit_cluster_fallbacks_total",
-            "Cluster-wide rate-limit decisions taken by this node's share because Redis did not answer",
-        );
-        let cluster_subscription_stale = counter(
-            "cluster_subscription_stale_total",
-            "Cluster mode: times the Redis subscription stopped delivering probes and was rebuilt",
-        );
-        let cluster_registry_queue = gauge(
-            "cluster_registry_queue",
-            "Cluster mode: registry operations (a session's register or unregister) queued and not yet done",
-        );
-        let cluster_nodes = gauge(
-            "cluster_nodes",
-            "Cluster mode: live gateway nodes at the last heartbeat, this one included",
-        );
-        let cluster_lag = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "cluster_message_lag_seconds",
-                "Cluster mode: from a node sending a message to this node reading it",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        let cluster_redis_latency = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "cluster_redis_duration_seconds",
-                "Cluster mode: time of each Redis command or pipeline, answered or not",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(pushes_offline.clone()),
-            Box::new(last_reload_ok.clone()),
-            Box::new(last_reload_ok_time.clone()),
-            Box::new(cluster_redis_latency.clone()),
-            Box::new(cluster_errors.clone()),
-            Box::new(ratelimit_cluster_fallbacks.clone()),
-            Box::new(cluster_messages.clone()),
-            Box::new(cluster_dropped.clone()),
-            Box::new(cluster_skipped.clone()),
-            Box::new(cluster_subscription_stale.clone()),
-            Box::new(cluster_forwards.clone()),
-            Box::new(cluster_nodes.clone()),
-            Box::new(cluster_registry_queue.clone()),
-            Box::new(cluster_lag.clone()),
-            Box::new(own_latency.clone()),
-            Box::new(ws_by_platform.clone()),
-            Box::new(endpoint_healthy.clone()),
-            Box::new(discovery_up.clone()),
-            Box::new(discovery_endpoints.clone()),
-            Box::new(upstream_failures.clone()),
-            Box::new(retries.clone()),
-            Box::new(reloads.clone()),
-            Box::new(auth_failures.clone()),
-            Box::new(ratelimit_rejections.clone()),
-            Box::new(ratelimit_keys.clone()),
-            Box::new(revoked_sessions.clone()),
-            Box::new(ws_connections.clone()),
-            Box::new(ws_queued_bytes.clone()),
-            Box::new(ws_queued_bytes_max.clone()),
-            Box::new(pushes_delivered.clone()),
-            Box::new(pushes_dropped.clone()),
-            Box::new(ws_slow_closes.clone()),
-            Box::new(ws_budget_sheds.clone()),
-            Box::new(upstream_invalid_replies.clone()),
-            Box::new(http_head_timeouts.clone()),
-            Box::new(http_unfinished_rejections.clone()),
-            Box::new(ws_write_stalls.clone()),
-            Box::new(ws_queue_budget_used.clone()),
-            Box::new(ws_closes.clone()),
-            Box::new(ws_handshake_rejections.clone()),
-            Box::new(ws_frames_limited.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
-        // Bounded label sets start at zero, so a dashboard shows 0 rather than "no data".
-        for result in ["ok", "error"] {
-            reloads.with_label_values(&[result]);
-        }
-        for platform in PLATFORMS {
-            ws_by_platform.with_label_values(&[platform]);
-        }
-        Self {
-            registry,
-            requests,
-            latency,
-            own_latency,
-            upstream_latency,
-            ws_by_platform,
-            process_cpu,
-            process_rss,
-            process_fds,
-            standard,
-            endpoint_healthy,
-            discovery_up,
-            discovery_endpoints,
-            upstream_failures,
-            retries,
-            reloads,
-            auth_failures,
-            ratelimit_rejections,
-            ratelimit_keys,
-            revoked_sessions,
-            ws_connections,
-            ws_queued_bytes,
-            ws_queued_bytes_max,
-            pushes_delivered,
-            pushes_dropped,
-            ws_slow_closes,
-            ws_budget_sheds,
-            upstream_invalid_replies,
-            http_head_timeouts,
-            http_unfinished_rejections,
-            ws_write_stalls,
-            ws_queue_budget_used,
-            ws_closes,
-            ws_handshake_rejections,
-            ws_frames_limited,
-            ratelimit_cluster_fallbacks,
-            cluster_errors,
-            cluster_messages,
-            cluster_dropped,
-            cluster_skipped,
-            cluster_subscription_stale,
-            cluster_forwards,
-            cluster_nodes,
-            cluster_registry_queue,
-            cluster_lag,
-            cluster_redis_latency,
-            pushes_offline,
+            ws_by_platform: own.gauges("ws_connections_by_platform", &["platform"]),
+            endpoint_healthy: own.gauges("upstream_endpoint_healthy", &["upstream", "endpoint"]),
+            discovery_up: own.gauges("discovery_up", &["upstream", "source"]),
+            discovery_endpoints: own.gauges("discovery_endpoints", &["upstream", "source"]),
+            upstream_failures: own.counters("upstream_failures_total", &["upstream", "kind"]),
+            retries: own.counters("upstream_retries_total", &["upstream"]),
+            reloads: own.counters("route_reloads_total", &["result"]),
             last_reload_ok,
             last_reload_ok_time,
+            auth_failures: own.counters("auth_failures_total", &["reason"]),
+            ratelimit_rejections: own.counters("ratelimit_rejections_total", &["route", "key"]),
+            ratelimit_keys: own.gauge("ratelimit_keys"),
+            revoked_sessions: own.gauge("revoked_sessions"),
+            ws_connections: own.gauge("ws_connections"),
+            ws_queued_bytes: own.gauge("ws_queued_bytes"),
+            ws_queued_bytes_max: own.gauge("ws_queued_bytes_max"),
+            pushes_delivered: own.counter("pushes_delivered_total"),
+            pushes_dropped: own.counter("pushes_dropped_total"),
+            pushes_offline: own.counter("pushes_offline_total"),
+            ws_slow_closes: own.counter("ws_slow_consumer_closes_total"),
+            ws_budget_sheds: own.counter("ws_queue_budget_sheds_total"),
+            upstream_invalid_replies: own.counters("upstream_invalid_replies_total", &["route"]),
+            http_head_timeouts: own.counter("http_head_timeouts_total"),
+            http_unfinished_rejections: own.counter("http_unfinished_rejections_total"),
+            ws_write_stalls: own.counter("ws_write_stalls_total"),
+            ws_queue_budget_used: own.gauge("ws_queue_budget_used_bytes"),
+            ws_closes: own.counters("ws_closes_total", &["code", "reason"]),
+            ws_handshake_rejections: own.counters("ws_handshake_rejections_total", &["reason"]),
+            ws_frames_limited: own.counter("ws_frames_rate_limited_total"),
+            ratelimit_cluster_fallbacks: own.counter("ratelimit_cluster_fallbacks_total"),
+            cluster_errors: own.counters("cluster_redis_errors_total", &["op"]),
+            cluster_messages: own.counters("cluster_messages_total", &["direction", "kind"]),
+            cluster_dropped: own.counters("cluster_messages_dropped_total", &["reason"]),
+            cluster_skipped: own.counters("cluster_messages_skipped_total", &["reason"]),
+            cluster_subscription_stale: own.counter("cluster_subscription_stale_total"),
+            cluster_forwards: own.counters("cluster_forwards_total", &["result"]),
+            cluster_nodes: own.gauge("cluster_nodes"),
+            cluster_registry_queue: own.gauge("cluster_registry_queue"),
+            cluster_lag: own.histogram("cluster_message_lag_seconds", &cluster_lag_buckets),
+            cluster_redis_latency: own.histogram("cluster_redis_duration_seconds", &redis_buckets),
+            registry: own.into_registry(),
+            standard: std.into_registry(),
+        };
+        // Bounded label sets start at zero, so a dashboard shows 0 rather than "no data".
+        for result in ["ok", "error"] {
+            m.reloads.with_label_values(&[result]);
         }
+        for platform in PLATFORMS {
+            m.ws_by_platform.with_label_values(&[platform]);
+        }
+        m
     }
 
     /// Drops the per-endpoint series (`rpc_client_call_duration_seconds{server_address}`) of
@@ -561,41 +375,6 @@ pub fn render(families: &[prometheus::proto::MetricFamily]) -> Vec<u8> {
     out
 }
 
-/// Reads this process's CPU time, resident memory and open descriptors from `/proc/self`
-/// (nothing changes where it cannot be read).
-pub fn refresh_process(m: &Metrics) {
-    // `/proc/self/stat`: after the `(comm)` field, utime and stime are fields 14 and 15.
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let ticks: Vec<f64> = after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        if ticks.len() == 2 {
-            // USER_HZ is 100 on Linux.
-            let cpu = (ticks[0] + ticks[1]) / 100.0;
-            let delta = cpu - m.process_cpu.get();
-            if delta > 0.0 {
-                m.process_cpu.inc_by(delta);
-            }
-        }
-    }
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let rss_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
-        if let Some(kb) = rss_kb {
-            m.process_rss.set(kb * 1024);
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        m.process_fds.set(fds.count() as i64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,9 +389,14 @@ mod tests {
             .collect();
         assert_eq!(labels.into_iter().collect::<Vec<_>>(), vec!["other"]);
         let m = Metrics::new();
-        refresh_process(&m);
-        assert!(m.process_rss.get() > 0 && m.process_fds.get() > 0);
         let text = String::from_utf8(render(&m.gather())).unwrap();
-        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        for family in [
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+        ] {
+            assert!(text.contains(family), "{family} missing from {text}");
+        }
+        assert!(!text.contains("im_gateway_process_"), "{text}");
     }
 }

@@ -19,7 +19,7 @@ use im_gateway::metrics::Metrics;
 use im_gateway::push::fanout::{fan_out, Targets};
 use im_gateway::push::frames::FrameEncoding;
 use im_gateway::push::hub::{Hub, SessionHandle};
-use im_gateway::push::registry::{Connection, Device, SessionRegistry};
+use im_gateway::push::registry::{Connection, Device};
 use im_gateway::push::PushConfig;
 use im_proto::im::echo::v1::EchoReply;
 use im_proto::im::gateway::v1::Push;

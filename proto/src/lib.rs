@@ -2,7 +2,10 @@
 //!
 //! - the prost/tonic types of every package under `proto/im/`;
 //! - [`DESCRIPTOR_SET`], the encoded `FileDescriptorSet` of the same files, which the gateway embeds
-//!   as its default for JSON transcoding and route validation.
+//!   as its default for JSON transcoding and route validation;
+//! - [`codec::PassThroughCodec`], tonic's codec for messages kept as bytes.
+
+pub mod codec;
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` in this crate.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/im_descriptor.bin"));

@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
+use im_proto::codec::PassThroughCodec;
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use prost::Message as _;
 
 use crate::collector::Collector;
 
@@ -68,10 +69,12 @@ impl SpanExporter for SpanSender {
             let call = async {
                 grpc.ready().await.map_err(|e| e.to_string())?;
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                grpc.unary(request, path, RawRequest)
+                let answer = grpc
+                    .unary(request, path, PassThroughCodec)
                     .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|status| status.to_string())
+                    .map_err(|status| status.to_string())?;
+                ExportTraceServiceResponse::decode(answer.into_inner())
+                    .map_err(|e| format!("collector's answer: {e}"))
             };
             let result = call.await;
             report(&endpoint, &failing, &result);
@@ -124,47 +127,6 @@ fn report(
                 tracing::warn!(%endpoint, error = %e, "span export failed; spans are dropped until it works again");
             }
         }
-    }
-}
-
-/// Sends the encoded request as it is and decodes the collector's answer.
-#[derive(Debug, Clone, Copy)]
-struct RawRequest;
-
-impl Codec for RawRequest {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawRequest;
-    type Decoder = RawRequest;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawRequest
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawRequest
-    }
-}
-
-impl Encoder for RawRequest {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawRequest {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        prost::Message::decode(bytes)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("collector's answer: {e}")))
     }
 }
 

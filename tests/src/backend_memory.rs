@@ -5,7 +5,7 @@
 //! docs/RELIABILITY.md.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use im_proto::im::file::v1::file_service_client::FileServiceClient;
@@ -14,12 +14,13 @@ use im_proto::im::user::v1::user_service_client::UserServiceClient;
 use im_proto::im::user::v1::{UsernameLoginReq, UsernameRegisterReq};
 use tonic::transport::Channel;
 
+use crate::process::ManagedProcess;
 use crate::{free_port, loopback, wait_for, ScratchDir, INTERNAL_TOKEN, TEST_SECRET};
 
 /// `im-backends` in its own process, so its memory is its own.
 pub struct BackendProcess {
     pub addr: SocketAddr,
-    child: Child,
+    child: ManagedProcess,
     _dir: ScratchDir,
 }
 
@@ -31,16 +32,16 @@ impl BackendProcess {
         std::fs::write(dir.path("internal.token"), INTERNAL_TOKEN).expect("write the token");
         let addr = loopback(free_port());
         let arg = |name: &str| dir.path(name).display().to_string();
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["--services", services, "--listen", &addr.to_string()])
             .args(["--database", &arg("im.db"), "--files-dir", &arg("files")])
             .args(["--jwt-secret-file", &arg("jwt.key")])
             .args(["--internal-token-file", &arg("internal.token")])
             .args(extra)
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn im-backends");
+            .stdin(Stdio::null());
+        let child = ManagedProcess::spawn("im-backends", &mut command, exe);
         wait_for(
             "im-backends to listen",
             Duration::from_secs(20),
@@ -85,13 +86,6 @@ impl BackendProcess {
 
     pub async fn client(&self) -> UserServiceClient<Channel> {
         UserServiceClient::new(self.channel().await)
-    }
-}
-
-impl Drop for BackendProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +21,13 @@ use im_gateway::config::GatewayConfig;
 use im_gateway::{Gateway, RunningGateway};
 use tokio::sync::oneshot;
 
+use crate::process::ManagedProcess;
+
 pub mod backend_memory;
 pub mod etcd_server;
 pub mod im;
 pub mod otlp;
+pub mod process;
 pub mod prometheus;
 pub mod redis_server;
 
@@ -164,7 +167,7 @@ impl Drop for ScratchDir {
 /// returned once its edge, admin and push listeners accept. Signal it through `child`. Its log goes to
 /// `gateway.log` in `dir`.
 pub struct GatewayProcess {
-    pub child: Child,
+    pub child: ManagedProcess,
     pub edge: SocketAddr,
     pub admin: SocketAddr,
     pub push: SocketAddr,
@@ -186,10 +189,8 @@ impl GatewayProcess {
     ) -> Self {
         let listeners = [0; 4].map(|_| loopback(free_port()));
         let [edge, admin, push, internal] = listeners;
-        let child = Self::command(bin, dir, routes, tail, listeners)
-            .envs(env.iter().copied())
-            .spawn()
-            .expect("spawn gateway");
+        let mut command = Self::command(bin, dir, routes, tail, listeners);
+        let child = ManagedProcess::spawn("gateway", command.envs(env.iter().copied()), bin);
         wait_for(
             "gateway process listening",
             Duration::from_secs(30),
@@ -243,20 +244,9 @@ impl GatewayProcess {
         command
     }
 
-    /// SIGTERM: the graceful drain (`child.wait()` for its end).
+    /// SIGTERM: the graceful drain (`child.wait_exit(..)` for its end).
     pub fn terminate(&self) {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(term.success(), "SIGTERM delivered");
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.terminate();
     }
 }
 
@@ -314,7 +304,7 @@ impl Drop for EchoBackend {
 /// An echo backend in its own process, so it can be SIGKILLed.
 pub struct EchoProcess {
     pub addr: SocketAddr,
-    child: Child,
+    child: ManagedProcess,
 }
 
 impl EchoProcess {
@@ -325,19 +315,14 @@ impl EchoProcess {
 
     /// With `extra` flags (`--register etcd://…`).
     pub async fn start_with_args(exe: &str, addr: SocketAddr, extra: &[&str]) -> Self {
-        let child = Command::new(exe)
-            .args([
-                "--services",
-                "echo",
-                "--diagnostics",
-                "--listen",
-                &addr.to_string(),
-            ])
+        let mut command = Command::new(exe);
+        command
+            .args(["--services", "echo", "--diagnostics", "--listen"])
+            .arg(addr.to_string())
             .args(extra)
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn echo backend");
+            .stdin(Stdio::null());
+        let child = ManagedProcess::spawn("echo backend", &mut command, exe);
         wait_for(
             "echo backend to listen",
             Duration::from_secs(20),
@@ -348,24 +333,14 @@ impl EchoProcess {
     }
 
     /// SIGTERM (a graceful stop), then reap.
-    pub fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+    pub async fn terminate(mut self) {
+        self.child.terminate();
+        self.child.wait_exit(Duration::from_secs(20)).await;
     }
 
     /// SIGKILL, then reap: once this returns the kernel has closed the process's sockets.
     pub fn kill(mut self) {
-        self.child.kill().expect("SIGKILL backend");
-        self.child.wait().expect("reap backend");
-    }
-}
-
-impl Drop for EchoProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 

@@ -4,14 +4,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::process::ManagedProcess;
 use crate::{free_port, wait_for, ScratchDir};
 
 pub struct Prometheus {
     pub addr: SocketAddr,
-    child: Child,
+    _child: ManagedProcess,
     http: reqwest::Client,
     _dir: ScratchDir,
 }
@@ -37,7 +38,8 @@ impl Prometheus {
         );
         std::fs::write(dir.path("prometheus.yml"), config).expect("write prometheus.yml");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.path("prometheus.yml").display()
@@ -48,14 +50,15 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path("prometheus.log")).expect("log file"))
-            .spawn()
-            .expect(
-                "start prometheus (Debian package `prometheus`; scripts/bootstrap.sh installs it)",
-            );
+            .stderr(std::fs::File::create(dir.path("prometheus.log")).expect("log file"));
+        let child = ManagedProcess::spawn(
+            "prometheus",
+            &mut command,
+            "Debian package `prometheus`; scripts/bootstrap.sh installs it",
+        );
         let prometheus = Self {
             addr,
-            child,
+            _child: child,
             http: reqwest::Client::new(),
             _dir: dir,
         };
@@ -112,12 +115,5 @@ impl Prometheus {
         let resp = self.http.get(url).send().await.map_err(|e| e.to_string())?;
         let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
         serde_json::from_slice(&bytes).map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -3,26 +3,26 @@
 //! servers. `redis-cli` reads their own counters (`INFO commandstats`), so tests check Redis's
 //! view, not ours.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use crate::{free_port, ScratchDir};
+use crate::process::ManagedProcess;
+use crate::{free_port, wait_for, ScratchDir};
 
 pub struct RedisServer {
     pub port: u16,
-    child: Option<Child>,
+    child: Option<ManagedProcess>,
     /// Arguments beyond the defaults (a cluster member's).
     extra: Vec<String>,
 }
 
 impl RedisServer {
-    pub fn start() -> Self {
-        Self::start_with(Vec::new(), |_| true)
+    pub async fn start() -> Self {
+        Self::start_with(Vec::new(), |_| true).await
     }
 
     /// A server with `extra` arguments, on a free port that `port_ok` accepts.
-    fn start_with(extra: Vec<String>, port_ok: impl Fn(u16) -> bool) -> Self {
+    async fn start_with(extra: Vec<String>, port_ok: impl Fn(u16) -> bool) -> Self {
         // A port free a moment ago may be taken by a parallel test's server: then this one
         // exits at once, and another port is tried.
         for _ in 0..10 {
@@ -35,12 +35,7 @@ impl RedisServer {
                 child: None,
                 extra: extra.clone(),
             };
-            server.restart();
-            let alive = server
-                .child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-            if alive {
+            if server.start_here().await {
                 return server;
             }
         }
@@ -52,32 +47,56 @@ impl RedisServer {
     }
 
     /// Starts it (again) on its port and waits until it answers.
-    pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            // `DEBUG SLEEP`: a Redis that is slow for a while (the heartbeat tests).
-            .args(["--enable-debug-command", "local"])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/bootstrap.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub async fn restart(&mut self) {
+        assert!(
+            self.start_here().await,
+            "redis-server exited at start on port {}",
+            self.port
+        );
     }
 
-    /// Kills it (SIGKILL) and waits until its port is closed.
+    /// Starts it on its port; `false` if it exited instead (the port was taken meanwhile).
+    async fn start_here(&mut self) -> bool {
+        let child = ManagedProcess::spawn(
+            "redis-server",
+            Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                // `DEBUG SLEEP`: a Redis that is slow for a while (the heartbeat tests).
+                .args(["--enable-debug-command", "local"])
+                .args(&self.extra)
+                .stdout(Stdio::null()),
+            "scripts/bootstrap.sh installs it",
+        );
+        let child = self.child.insert(child);
+        let port = self.port;
+        wait_for(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || {
+                let running = child.is_running();
+                async move {
+                    if !running {
+                        return Some(None);
+                    }
+                    let pong = tokio::process::Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "PING"])
+                        .output()
+                        .await
+                        .ok()?;
+                    (String::from_utf8_lossy(&pong.stdout).trim() == "PONG").then_some(Some(()))
+                }
+            },
+        )
+        .await
+        // Another server may have answered on a port this one could not bind.
+        .is_some_and(|()| child.is_running())
+    }
+
+    /// Kills it (SIGKILL) and reaps it: its port is closed when this returns.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            std::thread::sleep(Duration::from_millis(20));
+            child.kill();
         }
     }
 
@@ -137,12 +156,11 @@ impl RedisServer {
     /// SIGSTOP (`true`) or SIGCONT (`false`): a Redis that hangs without closing a connection.
     pub fn freeze(&self, frozen: bool) {
         let child = self.child.as_ref().expect("redis-server running");
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let sent = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill {signal} delivered");
+        child.signal(if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        });
     }
 
     /// How many times Redis has run `command` (lower case), from `INFO commandstats`.
@@ -158,12 +176,6 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A Redis Cluster of `masters` servers (no replicas) on free ports, its slots spread evenly by
 /// `redis-cli --cluster create`; killed on drop.
 pub struct RedisCluster {
@@ -172,29 +184,28 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    pub fn start(masters: usize) -> Self {
+    pub async fn start(masters: usize) -> Self {
         let dir = ScratchDir::new("redis-cluster");
         // Each member also listens on its port + 10000 (the cluster bus).
         let bus_free = |port: u16| {
             port.checked_add(10_000)
                 .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok())
         };
-        let shards: Vec<RedisServer> = (0..masters)
-            .map(|i| {
-                let conf = dir.path(&format!("nodes-{i}.conf"));
-                let extra = vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    conf.display().to_string(),
-                    "--cluster-node-timeout".into(),
-                    "3000".into(),
-                    "--dir".into(),
-                    dir.0.display().to_string(),
-                ];
-                RedisServer::start_with(extra, bus_free)
-            })
-            .collect();
+        let mut shards = Vec::with_capacity(masters);
+        for i in 0..masters {
+            let conf = dir.path(&format!("nodes-{i}.conf"));
+            let extra = vec![
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                conf.display().to_string(),
+                "--cluster-node-timeout".into(),
+                "3000".into(),
+                "--dir".into(),
+                dir.0.display().to_string(),
+            ];
+            shards.push(RedisServer::start_with(extra, bus_free).await);
+        }
         let addrs: Vec<String> = shards
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
@@ -211,18 +222,18 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let cluster = Self { shards, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster
-            .shards
-            .iter()
-            .all(|s| s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the Redis Cluster did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(
+            "the Redis Cluster to come up",
+            Duration::from_secs(20),
+            || {
+                let ok = cluster
+                    .shards
+                    .iter()
+                    .all(|s| s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
         cluster
     }
 

@@ -143,20 +143,20 @@ async fn session(tcp: tokio::net::TcpStream, conns: Conns) {
     writer.abort();
 }
 
+/// The push baseline: a bare tokio-tungstenite broadcast server with PushService.
+#[derive(clap::Parser)]
+#[command(name = "bare-ws")]
+struct Cli {
+    /// WebSocket listen address, e.g. 127.0.0.1:8081.
+    #[arg(long)]
+    ws: SocketAddr,
+    /// PushService (gRPC) listen address, e.g. 127.0.0.1:7171.
+    #[arg(long)]
+    grpc: SocketAddr,
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (mut ws, mut grpc): (Option<SocketAddr>, Option<SocketAddr>) = (None, None);
-    while let (Some(flag), Some(v)) = (args.next(), args.next()) {
-        match flag.as_str() {
-            "--ws" => ws = v.parse().ok(),
-            "--grpc" => grpc = v.parse().ok(),
-            _ => {}
-        }
-    }
-    let (Some(ws), Some(grpc)) = (ws, grpc) else {
-        eprintln!("usage: bare-ws --ws ADDR --grpc ADDR");
-        std::process::exit(2);
-    };
+    let Cli { ws, grpc } = clap::Parser::parse();
     // One worker thread, like the gateway under test.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -36,7 +36,6 @@ impl Scrape {
             .set(self.guard.auth.revocation().len() as i64);
         let hub = &self.push.hub;
         m.ws_connections.set(hub.conns.open() as i64);
-        crate::metrics::refresh_process(m);
         let (total, max) = hub.queued_bytes();
         m.ws_queued_bytes.set(total as i64);
         m.ws_queued_bytes_max.set(max as i64);

@@ -167,11 +167,11 @@ async fn leave(cluster: &Cluster) {
 }
 
 async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = crate::backoff::delays(Duration::from_millis(100), Duration::from_secs(5));
     while let Err(e) = cluster.link.connect().await {
-        tracing::warn!(error = %e, retry_in = ?backoff, "cluster: cannot reach Redis");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let retry_in = delays.next().unwrap_or(Duration::from_secs(5));
+        tracing::warn!(error = %e, ?retry_in, "cluster: cannot reach Redis");
+        tokio::time::sleep(retry_in).await;
     }
     tracing::info!(node = %cluster.run.node, epoch = cluster.run.epoch, "cluster: connected to Redis");
     let (tx, mut rx) = mpsc::channel(INBOX);
@@ -283,7 +283,7 @@ async fn beat(cluster: &Cluster) -> Result<bool, ClusterError> {
                 .arg("-inf")
                 .arg(now.saturating_sub(60_000))
                 .ignore()
-                .add_command(super::scored_from(&key, now))
+                .add_command(super::revocations::scored_from(&key, now))
                 .query_async(&mut c)
                 .await
         })
@@ -298,7 +298,7 @@ async fn beat(cluster: &Cluster) -> Result<bool, ClusterError> {
     let leaving: Vec<(String, f64)> = cluster
         .link
         .run(|mut c| async move {
-            super::scored_from(&leaving_key, now)
+            super::revocations::scored_from(&leaving_key, now)
                 .query_async(&mut c)
                 .await
         })

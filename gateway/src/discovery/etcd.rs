@@ -118,7 +118,7 @@ async fn follow(target: &EtcdTarget, source: &Source, sets: &DiscoveredSets) -> 
 
 /// Follows `target` until aborted, publishing each change to `sets`.
 pub async fn watch(target: EtcdTarget, source: Source, sets: DiscoveredSets) {
-    let mut backoff = RETRY_MIN;
+    let mut delays = crate::backoff::delays(RETRY_MIN, RETRY_MAX);
     loop {
         let started = std::time::Instant::now();
         if let Err(e) = follow(&target, &source, &sets).await {
@@ -126,10 +126,9 @@ pub async fn watch(target: EtcdTarget, source: Source, sets: DiscoveredSets) {
         }
         // A watch that ran fine for a while starts over quickly; repeated failures back off.
         if started.elapsed() > RETRY_MAX * 2 {
-            backoff = RETRY_MIN;
+            delays = crate::backoff::delays(RETRY_MIN, RETRY_MAX);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RETRY_MAX);
+        tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX)).await;
     }
 }
 

@@ -2,7 +2,6 @@
 //! WebSocket cmd frames (through [`crate::pipeline`]). Route -> pool -> endpoint -> tonic client with a pass-through
 //! codec -> status; retries only attempts the backend provably never processed (DESIGN §4).
 
-pub mod codec;
 pub mod error;
 
 use std::net::SocketAddr;
@@ -13,8 +12,8 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::Status;
 use tracing::Instrument;
 
-pub use codec::PassThroughCodec;
 pub use error::{code_name, http_status_of, AttemptFailure, DispatchError, TransportFailure};
+pub use im_proto::codec::PassThroughCodec;
 
 use crate::filters::auth::Identity;
 use crate::metrics::Metrics;

@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::ratelimit::{Decision, KeyedLimiter, LimiterId};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::Metrics;
 use crate::policy::RateLimitSpec;
 
 pub struct ClusterLimits {
     cluster: Arc<Cluster>,
+    /// `cluster_bucket.lua`: one take from a bucket, atomically, on Redis's clock.
+    bucket: redis::Script,
     metrics: Arc<Metrics>,
     max_keys: usize,
     /// The local share of each limit, by limiter and the node count it was cut for.
@@ -28,6 +30,7 @@ impl ClusterLimits {
     pub fn new(cluster: Arc<Cluster>, metrics: Arc<Metrics>, max_keys: usize) -> Self {
         Self {
             cluster,
+            bucket: redis::Script::new(include_str!("cluster_bucket.lua")),
             metrics,
             max_keys,
             shares: Mutex::default(),
@@ -43,17 +46,30 @@ impl ClusterLimits {
             spec.per_second,
             spec.burst
         );
-        match self
-            .cluster
-            .take_token(&bucket, spec.per_second, spec.burst)
-            .await
-        {
+        match self.take_token(&bucket, spec.per_second, spec.burst).await {
             Ok((allowed, tokens)) => decision(spec, allowed, tokens),
             Err(_) => {
                 self.metrics.ratelimit_cluster_fallbacks.inc();
                 self.share(id, spec).check(&key.to_owned())
             }
         }
+    }
+
+    /// Takes one token from the cluster-wide bucket `bucket` (`per_second` refill, `burst`
+    /// capacity): whether it was there, and the tokens left.
+    async fn take_token(
+        &self,
+        bucket: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<(bool, f64), ClusterError> {
+        let mut inv = self
+            .bucket
+            .key(format!("{}rl:{{{bucket}}}", self.cluster.config.prefix));
+        inv.arg(per_second / 1000.0).arg(burst);
+        let (allowed, milli_tokens): (i64, i64) =
+            self.cluster.run_script("rate_limit", inv).await?;
+        Ok((allowed == 1, milli_tokens as f64 / 1000.0))
     }
 
     /// This node's share of the limit while Redis is away.

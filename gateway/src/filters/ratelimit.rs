@@ -3,10 +3,9 @@
 //! ones instead of growing memory. A sweep drops keys whose bucket is full again (equivalent to
 //! absent). Limiters are shared across reloads by their settings, so unchanged limits keep state.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::hash::Hash;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,21 +14,13 @@ use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::nanos::Nanos;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
-use lru::LruCache;
 
 use crate::policy::{LimitScope, RateLimitKey, RateLimitSpec};
-
-const SHARDS: usize = 16;
-
-struct StoreInner<K: Hash + Eq> {
-    // One std Mutex per shard: held for a lookup and an update, never across `.await`.
-    shards: Vec<Mutex<LruCache<K, u64>>>,
-    hasher: RandomState,
-}
+use crate::sharded::Lru;
 
 /// GCRA state (theoretical arrival time, ns since the limiter's start) per key, in LRU shards
 /// with a hard total cap. A cheap clone handle: the limiter and the sweeper share the maps.
-pub struct BoundedStore<K: Hash + Eq>(Arc<StoreInner<K>>);
+pub struct BoundedStore<K: Hash + Eq>(Arc<Lru<K, u64>>);
 
 impl<K: Hash + Eq> Clone for BoundedStore<K> {
     fn clone(&self) -> Self {
@@ -39,45 +30,21 @@ impl<K: Hash + Eq> Clone for BoundedStore<K> {
 
 impl<K: Hash + Eq + Clone> BoundedStore<K> {
     pub fn new(max_keys: usize) -> Self {
-        let per_shard = NonZeroUsize::new(max_keys.div_ceil(SHARDS)).unwrap_or(NonZeroUsize::MIN);
-        Self(Arc::new(StoreInner {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
-                .collect(),
-            hasher: RandomState::new(),
-        }))
-    }
-
-    fn shard(&self, key: &K) -> &Mutex<LruCache<K, u64>> {
-        &self.0.shards[self.0.hasher.hash_one(key) as usize % SHARDS]
+        Self(Arc::new(Lru::new(max_keys)))
     }
 
     /// Live keys.
     pub fn len(&self) -> usize {
-        self.0
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// Drops keys whose theoretical arrival time is not after `now` (their bucket is full).
     pub fn sweep(&self, now: u64) {
-        for shard in &self.0.shards {
-            let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let stale: Vec<K> = map
-                .iter()
-                .filter(|(_, tat)| **tat <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in stale {
-                map.pop(&k);
-            }
-        }
+        self.0.evict(|_, tat| *tat <= now);
     }
 }
 
@@ -88,10 +55,7 @@ impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut map = self
-            .shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.0.shard(key);
         if let Some(slot) = map.get_mut(key) {
             let (result, tat) = f(Some(Nanos::from(*slot)))?;
             *slot = tat.into();

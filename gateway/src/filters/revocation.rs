@@ -1,8 +1,8 @@
 //! Revoked sessions (`sid`): logout, kick, admin revoke. An entry lives until the session's
 //! absolute end (the token's `sxp` claim; [`MAX_SESSION_SECS`] from now for tokens without one),
 //! not until one token's `exp`: a refreshed token keeps its `sid`, so a kick must outlive every
-//! token the session can still get. Behind a trait so cluster mode can back it with Redis while
-//! keeping the check synchronous (a local copy answers `is_revoked`).
+//! token the session can still get. Cluster mode keeps this node-local copy in step through Redis
+//! (`cluster`'s revocation resync), so the check stays synchronous.
 //!
 //! Single node: with `auth.revocation_file` the denylist survives a restart. The file is an
 //! append-only log written off the request path by its own thread ([`super::revocation_log`]):
@@ -26,24 +26,6 @@ pub const MAX_SESSION_SECS: u64 = 30 * 86_400;
 /// At the bound, this share of the entries (the first to end) is evicted at once, so a full list
 /// pays the scan once per this many revocations, not on each.
 const EVICT_SHARE: usize = 100;
-
-pub trait Revocation: Send + Sync {
-    /// Synchronous and in-memory: called on every request and frame.
-    fn is_revoked(&self, sid: &str) -> bool;
-    /// Denies `sid` until `until` (unix seconds, the session's end), at once; the handle says
-    /// when that is on disk too.
-    fn revoke(&self, sid: &str, until: u64) -> Persisted {
-        self.revoke_many(vec![(sid.to_owned(), until)])
-    }
-    /// Several at once (a cluster resync): one lock, one write.
-    fn revoke_many(&self, entries: Vec<(String, u64)>) -> Persisted;
-    /// Drops entries whose sessions have ended anyway.
-    fn sweep(&self, now: u64);
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// The single-node denylist, bounded: when full, the entries expiring first make room.
 pub struct MemoryRevocation {
@@ -108,14 +90,22 @@ impl MemoryRevocation {
     }
 }
 
-impl Revocation for MemoryRevocation {
-    fn is_revoked(&self, sid: &str) -> bool {
+impl MemoryRevocation {
+    /// Synchronous and in-memory: called on every request and frame.
+    pub fn is_revoked(&self, sid: &str) -> bool {
         self.read()
             .get(sid)
             .is_some_and(|until| *until >= unix_now())
     }
 
-    fn revoke_many(&self, revoked: Vec<(String, u64)>) -> Persisted {
+    /// Denies `sid` until `until` (unix seconds, the session's end), at once; the handle says
+    /// when that is on disk too.
+    pub fn revoke(&self, sid: &str, until: u64) -> Persisted {
+        self.revoke_many(vec![(sid.to_owned(), until)])
+    }
+
+    /// Several at once (a cluster resync): one lock, one write.
+    pub fn revoke_many(&self, revoked: Vec<(String, u64)>) -> Persisted {
         {
             let mut entries = self.write();
             for (sid, until) in &revoked {
@@ -132,13 +122,18 @@ impl Revocation for MemoryRevocation {
         }
     }
 
-    fn sweep(&self, now: u64) {
+    /// Drops entries whose sessions have ended anyway.
+    pub fn sweep(&self, now: u64) {
         // Ended entries leave the file at its next compaction; on load they are skipped.
         self.write().retain(|_, until| *until >= now);
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

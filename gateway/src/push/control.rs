@@ -8,7 +8,7 @@ use prost::Message;
 
 use super::frames::encode_push;
 use super::hub::{close, SessionHandle};
-use super::registry::{Connection, SessionRegistry};
+use super::registry::Connection;
 use super::PushDeps;
 use crate::filters::request_id;
 use crate::filters::revocation::Persisted;

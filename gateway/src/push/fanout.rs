@@ -7,7 +7,7 @@ use prost_reflect::DescriptorPool;
 
 use super::frames::{encode_push, Outbound};
 use super::hub::Hub;
-use super::registry::{Device, SessionRegistry};
+use super::registry::Device;
 
 /// Which of a user's connections a push reaches (empty lists: all).
 pub struct Targets<'a> {

@@ -1,9 +1,8 @@
 //! The node's live sessions: the registry plus what PushService needs to reach them.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -12,6 +11,7 @@ use super::frames::{FrameEncoding, Outbound};
 use super::outbox::{self, Outbox, QueueBudget};
 use super::registry::{Connection, MemoryRegistry};
 use crate::filters::ratelimit::KeyedLimiter;
+use crate::ip_counts::{IpCounts, IpSlot};
 use crate::metrics::Metrics;
 use crate::policy::{RateLimitKey, RateLimitSpec};
 
@@ -137,34 +137,15 @@ pub enum Sent {
 /// Live connections, overall and per client IP; a [`ConnSlot`] holds one.
 pub struct ConnCounts {
     open: AtomicUsize,
-    per_ip: Vec<Mutex<HashMap<IpAddr, u32>>>,
-}
-
-const IP_SHARDS: usize = 16;
-
-/// The shard of `ip`'s count. Counted addresses are IPv6 `/64` prefixes (the low half zero), so
-/// the high half is what is hashed: the low bits alone would put every IPv6 client in one shard.
-fn shard_index(ip: IpAddr) -> usize {
-    let h: u64 = match ip {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            (bits >> 64) as u64 ^ bits as u64
-        }
-    };
-    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize & (IP_SHARDS - 1)
+    per_ip: Arc<IpCounts>,
 }
 
 impl ConnCounts {
     fn new() -> Self {
         Self {
             open: AtomicUsize::new(0),
-            per_ip: (0..IP_SHARDS).map(|_| Mutex::default()).collect(),
+            per_ip: Arc::default(),
         }
-    }
-
-    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
-        &self.per_ip[shard_index(ip)]
     }
 
     pub fn open(&self) -> usize {
@@ -182,20 +163,13 @@ impl ConnCounts {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(CapHit::Gateway);
         }
-        let mut shard = self
-            .shard(ip)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = shard.entry(ip).or_insert(0);
-        if *n as usize >= max_per_ip {
-            drop(shard);
+        let Some(ip_slot) = self.per_ip.acquire(ip, max_per_ip) else {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(CapHit::Ip);
-        }
-        *n += 1;
+        };
         Ok(ConnSlot {
             counts: self.clone(),
-            ip,
+            _ip: ip_slot,
         })
     }
 }
@@ -206,26 +180,14 @@ pub enum CapHit {
     Ip,
 }
 
-/// One counted connection; dropping it frees the slot.
+/// One counted connection; dropping it frees the slot (its IP's count with it).
 pub struct ConnSlot {
     counts: Arc<ConnCounts>,
-    ip: IpAddr,
+    _ip: IpSlot,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let mut shard = self
-            .counts
-            .shard(self.ip)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = shard.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                shard.remove(&self.ip);
-            }
-        }
-        drop(shard);
         self.counts.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -310,30 +272,5 @@ impl Hub {
             max = max.max(q);
         });
         (total, max)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-    use super::{shard_index, IP_SHARDS};
-
-    #[test]
-    fn ipv6_prefixes_spread_over_the_shards_like_ipv4_addresses() {
-        // 256 clients' /64 prefixes (low half zero, as counted) in one /48.
-        let v6: HashSet<usize> = (0..256u16)
-            .map(|i| {
-                shard_index(IpAddr::V6(Ipv6Addr::new(
-                    0x2001, 0xdb8, 0x42, i, 0, 0, 0, 0,
-                )))
-            })
-            .collect();
-        let v4: HashSet<usize> = (0..=255u8)
-            .map(|i| shard_index(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i))))
-            .collect();
-        assert_eq!(v6.len(), IP_SHARDS, "IPv6 prefixes use every shard");
-        assert_eq!(v4.len(), IP_SHARDS, "IPv4 addresses use every shard");
     }
 }

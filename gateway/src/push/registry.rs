@@ -1,13 +1,12 @@
 //! Who is connected where: user -> devices -> connection handles, with the multi-device policy
-//! of DESIGN §7 applied at registration. Behind a trait so cluster mode can keep the same
-//! interface over Redis (with this in-memory map as the node-local part).
+//! of DESIGN §7 applied at registration. The node-local part only: cluster mode keeps its own
+//! view of other nodes' connections in Redis (`cluster`, used from `push::remote`).
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::{PoisonError, RwLock};
 
 pub use crate::policy::MultiDevicePolicy;
+use crate::sharded::Sharded;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
@@ -23,23 +22,6 @@ pub struct Connection<H> {
     pub handle: H,
 }
 
-pub trait SessionRegistry<H>: Send + Sync {
-    /// Adds a connection; returns the ones it displaces under the policy (the caller kicks them).
-    fn register(&self, user: &str, conn: Connection<H>) -> Vec<Connection<H>>;
-    /// Removes a connection (on close); a no-op when it was already displaced.
-    fn unregister(&self, user: &str, conn_id: u64);
-    /// The user's live connections (for pushes, kicks, revocation).
-    fn connections(&self, user: &str) -> Vec<Connection<H>>;
-    /// Visits the user's live connections without copying them (the push fan-out path).
-    /// `visit` must not call back into the registry.
-    fn visit(&self, user: &str, visit: &mut dyn FnMut(&Connection<H>));
-    /// Live connections over all users.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 const SHARDS: usize = 64;
 
 /// The node-local registry: sharded maps, so registrations on different users rarely contend.
@@ -49,8 +31,7 @@ pub struct MemoryRegistry<H> {
     policy: MultiDevicePolicy,
     max_per_user: usize,
     // RwLock per shard: pushes read, (un)registrations write; never held across `.await`.
-    shards: Vec<RwLock<HashMap<String, Vec<Connection<H>>>>>,
-    hasher: RandomState,
+    shards: Sharded<RwLock<HashMap<String, Vec<Connection<H>>>>>,
 }
 
 impl<H> MemoryRegistry<H> {
@@ -58,20 +39,19 @@ impl<H> MemoryRegistry<H> {
         Self {
             policy,
             max_per_user: max_per_user.max(1),
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            shards: Sharded::new(SHARDS, RwLock::default),
         }
     }
 
     fn shard(&self, user: &str) -> &RwLock<HashMap<String, Vec<Connection<H>>>> {
-        &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
+        self.shards.of(user)
     }
 }
 
 impl<H> MemoryRegistry<H> {
     /// Visits every connection (scrape-time statistics); holds one shard's lock at a time.
     pub fn for_each(&self, mut visit: impl FnMut(&Connection<H>)) {
-        for shard in &self.shards {
+        for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             shard.values().flatten().for_each(&mut visit);
         }
@@ -81,7 +61,7 @@ impl<H> MemoryRegistry<H> {
 impl<H> MemoryRegistry<H> {
     /// Visits every connection with its user (cluster mode re-registering after an outage).
     pub fn for_each_user(&self, mut visit: impl FnMut(&str, &Connection<H>)) {
-        for shard in &self.shards {
+        for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             for (user, conns) in shard.iter() {
                 conns.iter().for_each(|c| visit(user, c));
@@ -95,7 +75,7 @@ impl<H: Clone> MemoryRegistry<H> {
     /// such as revoking a session id.
     pub fn find(&self, pred: impl Fn(&Connection<H>) -> bool) -> Vec<Connection<H>> {
         let mut out = Vec::new();
-        for shard in &self.shards {
+        for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             out.extend(shard.values().flatten().filter(|c| pred(c)).cloned());
         }
@@ -103,8 +83,9 @@ impl<H: Clone> MemoryRegistry<H> {
     }
 }
 
-impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
-    fn register(&self, user: &str, conn: Connection<H>) -> Vec<Connection<H>> {
+impl<H: Clone> MemoryRegistry<H> {
+    /// Adds a connection; returns the ones it displaces under the policy (the caller kicks them).
+    pub fn register(&self, user: &str, conn: Connection<H>) -> Vec<Connection<H>> {
         let mut shard = self
             .shard(user)
             .write()
@@ -131,7 +112,8 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
         displaced
     }
 
-    fn unregister(&self, user: &str, conn_id: u64) {
+    /// Removes a connection (on close); a no-op when it was already displaced.
+    pub fn unregister(&self, user: &str, conn_id: u64) {
         let mut shard = self
             .shard(user)
             .write()
@@ -144,7 +126,8 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
         }
     }
 
-    fn connections(&self, user: &str) -> Vec<Connection<H>> {
+    /// The user's live connections (for pushes, kicks, revocation).
+    pub fn connections(&self, user: &str) -> Vec<Connection<H>> {
         let shard = self
             .shard(user)
             .read()
@@ -152,7 +135,9 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
         shard.get(user).cloned().unwrap_or_default()
     }
 
-    fn visit(&self, user: &str, visit: &mut dyn FnMut(&Connection<H>)) {
+    /// Visits the user's live connections without copying them (the push fan-out path).
+    /// `visit` must not call back into the registry.
+    pub fn visit(&self, user: &str, visit: &mut dyn FnMut(&Connection<H>)) {
         let shard = self
             .shard(user)
             .read()
@@ -162,7 +147,8 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
         }
     }
 
-    fn len(&self) -> usize {
+    /// Live connections over all users.
+    pub fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| {
@@ -173,6 +159,10 @@ impl<H: Clone + Send + Sync> SessionRegistry<H> for MemoryRegistry<H> {
                     .sum::<usize>()
             })
             .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

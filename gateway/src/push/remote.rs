@@ -17,12 +17,12 @@ use tokio::sync::{mpsc, Notify};
 
 use super::control::{self, Ending};
 use super::fanout::{fan_out_each, Targets};
-use super::registry::{Device, SessionRegistry};
+use super::registry::Device;
 use super::PushDeps;
 use crate::cluster::keys::Entry;
 use crate::cluster::node::Inbound;
 use crate::cluster::registrations::Op;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, HeldConnection};
 
 /// After a session registered here: queues its entry in the cluster registry (in order with
 /// its removal; `cluster::registrations`). A full queue leaves it to the next resync.
@@ -501,12 +501,12 @@ fn apply(deps: &Arc<PushDeps>, msg: NodeMessage, body: node_message::Body) {
 async fn resync(cluster: &Cluster, deps: &PushDeps) {
     let mut conns = Vec::new();
     deps.hub.registry.for_each_user(|user, c| {
-        conns.push((
-            user.to_owned(),
-            c.conn_id,
-            c.device.device_id.clone(),
-            c.device.platform.clone(),
-        ))
+        conns.push(HeldConnection {
+            user: user.to_owned(),
+            conn_id: c.conn_id,
+            device_id: c.device.device_id.clone(),
+            platform: c.device.platform.clone(),
+        })
     });
     if cluster.reregister(&conns).await.is_ok() {
         tracing::info!(sessions = conns.len(), "cluster: sessions registered");

@@ -21,7 +21,6 @@ use tracing::Instrument;
 use super::config::InternalTls;
 use super::control;
 use super::fanout::{fan_out, Targets};
-use super::registry::SessionRegistry;
 use super::remote;
 use super::PushDeps;
 use crate::clock::{unix_now, unix_now_ms};

@@ -33,7 +33,7 @@ use super::frames::{
 };
 use super::hub::{close, CloseRequest, ConnSlot, SessionHandle};
 use super::outbox::Outbox;
-use super::registry::{Connection, Device, SessionRegistry};
+use super::registry::{Connection, Device};
 use super::PushDeps;
 use crate::clock::unix_now;
 use crate::filters::auth::Identity;

@@ -62,7 +62,7 @@ async fn node_on(
 
 /// A Redis, an echo backend and nodes `a` and `b` probing every second.
 async fn two_nodes() -> (RedisServer, EchoBackend, TestGateway, TestGateway) {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
     let b = node(&redis, &backend, "b", Duration::from_secs(1)).await;
@@ -128,7 +128,7 @@ async fn close_code(ws: &mut Ws) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_on_one_node_reaches_devices_on_the_others_with_one_publish_per_node() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     // Probes every minute: none falls inside the measured window.
     let probe = Duration::from_secs(60);
@@ -179,7 +179,7 @@ async fn a_push_on_one_node_reaches_devices_on_the_others_with_one_publish_per_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_a_push_costs_one_lookup_per_shard_and_one_spublish_per_target_node() {
-    let redis = RedisCluster::start(3);
+    let redis = RedisCluster::start(3).await;
     let backend = EchoBackend::start().await;
     let routes = echo_routes(&[backend.addr], "");
     let probe = Duration::from_secs(60);
@@ -367,7 +367,7 @@ async fn redis_down_keeps_local_pushes_and_cross_node_delivery_resumes() {
     push_payload(next(&mut on_a).await);
 
     // Redis back, empty: the nodes register their sessions again and cross-node pushes resume.
-    redis.restart();
+    redis.restart().await;
     let took = until_cross_node_push(&a, &mut on_b, "u2").await;
     assert!(
         took < Duration::from_secs(5),
@@ -425,7 +425,7 @@ async fn node_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_users_are_offline_within_the_shipped_node_ttl() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     // Both nodes on the shipped defaults: heartbeat 2 s, node TTL 6 s.
     let a = TestGateway::start_with(&echo_routes(&[backend.addr], ""), |cfg| {
@@ -444,9 +444,8 @@ async fn a_killed_node_s_users_are_offline_within_the_shipped_node_ttl() {
     let _ws = connect_addr(b_push, &q).await.expect("session on b");
     wait_devices(&a, "u1", 1).await;
 
-    b.child.kill().unwrap(); // SIGKILL: no announced leave, no unregistration
     let killed = std::time::Instant::now();
-    b.child.wait().unwrap();
+    b.child.kill(); // SIGKILL (and reaped): no announced leave, no unregistration
     wait_devices(&a, "u1", 0).await;
     let offline_after = killed.elapsed();
     eprintln!("killed node's user offline after {offline_after:?}");
@@ -465,7 +464,7 @@ async fn a_killed_node_s_users_are_offline_within_the_shipped_node_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
     let dir = ScratchDir::new("cluster-drain");
@@ -526,14 +525,14 @@ async fn a_drained_node_s_users_who_reconnect_elsewhere_never_look_offline() {
         "u1 was reported offline while moving"
     );
     assert!(
-        b.child.wait().unwrap().success(),
+        b.child.wait_exit(Duration::from_secs(30)).await.success(),
         "b exits cleanly after its drain"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_that_reaches_a_drained_node_after_its_user_left_is_forwarded_to_where_they_went() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let a = node(&redis, &backend, "a", Duration::from_secs(1)).await;
     let dir = ScratchDir::new("cluster-forward");
@@ -561,7 +560,7 @@ async fn a_push_that_reaches_a_drained_node_after_its_user_left_is_forwarded_to_
         .expect("b forwarded the push to u1's new session on a");
     assert!(!push_payload(payload).is_empty());
     quiet(&mut back).await;
-    assert!(b.child.wait().unwrap().success());
+    assert!(b.child.wait_exit(Duration::from_secs(30)).await.success());
 }
 
 async fn live_nodes(gw: &TestGateway) -> Option<u64> {
@@ -593,7 +592,7 @@ async fn hammer(gw: &TestGateway, user: &str, n: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_wide_limits_hold_across_nodes_and_split_while_redis_is_away() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let routes = echo_routes(&[backend.addr], "").replace(
         "routes:\n",

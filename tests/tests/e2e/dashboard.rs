@@ -168,7 +168,7 @@ async fn every_dashboard_query_returns_the_series_it_names_after_known_traffic()
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).expect("dashboard file"))
             .expect("dashboard is JSON");
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let a = node(&redis, &routes(backend.addr, ""), "a", Some(256 * 1024)).await;
     let b = node(&redis, &routes(backend.addr, ""), "b", None).await;

@@ -338,7 +338,7 @@ async fn dns_srv_records_give_ports_and_weights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
-    let mut etcd = EtcdServer::start();
+    let mut etcd = EtcdServer::start().await;
     let register = format!("etcd://{}/im/services/", etcd.endpoint());
     let gw = TestGateway::start(&discovery_routes(&format!(
         r#"{{ etcd: {{ endpoints: ["{}"], prefix: "/im/services/im.echo.v1.EchoService/" }} }}"#,
@@ -389,7 +389,7 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
     assert_eq!(addrs(&gw).await, only(&[b_addr]));
 
     // etcd back: nothing that was serving changed.
-    etcd.restart();
+    etcd.restart().await;
     wait_ready_status(&gw, "ok").await;
     assert_eq!(
         listed(&gw).await,
@@ -399,7 +399,7 @@ async fn etcd_registrations_join_and_leave_and_an_outage_changes_nothing() {
 
     // A graceful stop revokes the lease: gone well before its 30 s TTL.
     let stopped = std::time::Instant::now();
-    b.terminate();
+    b.terminate().await;
     wait_listed(&gw, "the stopped backend leaves", &[]).await;
     assert!(
         stopped.elapsed() < Duration::from_secs(10),

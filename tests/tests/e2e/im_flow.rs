@@ -379,7 +379,7 @@ async fn online_at(gw: &im_tests::TestGateway, client: &ImClient) -> Ws {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_chat_flow_works_with_alice_and_bob_on_two_nodes() {
-    let redis = im_tests::redis_server::RedisServer::start();
+    let redis = im_tests::redis_server::RedisServer::start().await;
     let sys = ImSystem::start_cluster(&redis.url(), 2).await;
     let (a, b) = (&sys.gw, &sys.nodes[0]);
     let alice = sys.user_of(a, "alice", "alice-web").await;

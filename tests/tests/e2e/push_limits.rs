@@ -377,11 +377,7 @@ async fn sigterm_closes_every_session_with_1001_and_exits_within_the_window() {
         when[when.len() - 1] - when[0] >= Duration::from_millis(200),
         "closes are spread over the window: {when:?}"
     );
-    let status = wait_for("gateway exits", Duration::from_secs(10), || {
-        let s = gw.child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = gw.child.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit: {status:?}");
     assert!(
         tokio::net::TcpStream::connect(push).await.is_err(),

@@ -12,6 +12,7 @@ use im_gateway::config::GatewayConfig;
 use im_gateway::units::HumanDuration;
 use im_proto::im::gateway::v1::push_service_client::PushServiceClient;
 use im_proto::im::gateway::v1::{node_message, NodeDeliver, NodeMessage, Push, RevokeRequest};
+use im_tests::process::ManagedProcess;
 use im_tests::redis_server::RedisServer;
 use im_tests::{
     echo_routes, free_port, loopback, unix_now, user_token, wait_for, EchoBackend, GatewayProcess,
@@ -28,22 +29,16 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway_process");
 /// Runs a gateway process meant to refuse to start: its exit status and its log.
 async fn refused_start(tail: &str, listeners: [SocketAddr; 4]) -> (ExitStatus, String) {
     let dir = ScratchDir::new("refused");
-    let mut child = GatewayProcess::command(
-        GATEWAY,
-        &dir,
-        &echo_routes(&[loopback(1)], ""),
-        tail,
-        listeners,
-    )
-    .spawn()
-    .expect("spawn gateway");
+    let routes = echo_routes(&[loopback(1)], "");
+    let mut command = GatewayProcess::command(GATEWAY, &dir, &routes, tail, listeners);
+    let mut child = ManagedProcess::spawn("gateway", &mut command, GATEWAY);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait on the gateway") {
+        if let Some(status) = child.try_wait() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            child.kill();
             let log = std::fs::read_to_string(dir.path("gateway.log")).unwrap_or_default();
             panic!("the gateway kept running for 30 s instead of refusing to start:\n{log}");
         }
@@ -227,7 +222,7 @@ async fn crowded_node(redis: &RedisServer, routes: &str, heartbeat: Duration) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sessions_that_close_at_once_leave_no_entry_in_redis() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let gw = crowded_node(
         &redis,
@@ -296,7 +291,7 @@ fn deliveries(n: usize) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_node_messages_during_a_slow_heartbeat_is_applied_not_dropped() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let gw = crowded_node(
         &redis,
@@ -396,7 +391,7 @@ async fn limited_and_pushed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_does_not_slow_limited_calls_or_pushes() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let backend = EchoBackend::start().await;
     let routes = echo_routes(&[backend.addr], "").replace(
         "routes:\n",

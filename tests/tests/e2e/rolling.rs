@@ -135,7 +135,7 @@ async fn a_rolling_restart_of_both_nodes_loses_no_message_and_no_presence() {
     if std::env::var("IM_ROLLING_LOG").is_ok() {
         im_gateway::cli::init_logging();
     }
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let mut sys = ImSystem::start_cluster(&redis.url(), 2).await;
     let edges = [sys.gw.url(""), sys.nodes[0].url("")];
     let pushes = [sys.gw.push, sys.nodes[0].push];

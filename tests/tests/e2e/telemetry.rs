@@ -111,7 +111,8 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
         &env,
     )
     .await;
-    let mut backends = std::process::Command::new(env!("CARGO_BIN_EXE_backends_process"))
+    let mut backends = std::process::Command::new(env!("CARGO_BIN_EXE_backends_process"));
+    backends
         .args(["--listen", &backend.to_string()])
         .args(["--services", "user,friend,message,file,echo"])
         .arg("--database")
@@ -125,9 +126,9 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
         .args(["--push-addr", &gw.internal.to_string()])
         .args(["--otlp-endpoint", &otlp.endpoint()])
         .env("RUST_LOG", "warn")
-        .envs(env)
-        .spawn()
-        .expect("spawn backends");
+        .envs(env);
+    let backends =
+        im_tests::process::ManagedProcess::spawn("im-backends", &mut backends, "cargo builds it");
     assert_eq!(
         std::fs::read_to_string(dir.path("hs256.key")).unwrap(),
         TEST_SECRET
@@ -369,8 +370,7 @@ async fn one_trace_runs_from_the_client_through_gateway_and_backend_to_the_push(
     assert_eq!(push.ints.get("im.push.online"), Some(&1), "{push:?}");
     assert_eq!(push.ints.get("im.push.offline"), Some(&1), "{push:?}");
 
-    let _ = backends.kill();
-    let _ = backends.wait();
+    drop(backends);
 }
 
 /// The JSON log lines of a gateway process (the ones that parse).

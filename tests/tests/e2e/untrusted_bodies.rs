@@ -3,12 +3,13 @@
 //! in place, not materialized), and a WebSocket cmd frame obeys its route's `max_body`: a larger
 //! frame is answered RESOURCE_EXHAUSTED for its `seq` and the connection stays.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::SinkExt;
 use im_proto::im::echo::v1::{EchoReply, EchoRequest};
 use im_proto::im::gateway::v1::{server_frame, ClientFrame};
+use im_tests::process::ManagedProcess;
 use im_tests::{
     echo_routes, free_port, loopback, wait_for, EchoBackend, ScratchDir, TestGateway, TEST_SECRET,
 };
@@ -18,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::push::{connect, next, server_frame, token};
 
 /// Peak resident memory of `pid`, in bytes.
-fn peak_rss(child: &Child) -> u64 {
+fn peak_rss(child: &ManagedProcess) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     status
         .lines()
@@ -55,13 +56,13 @@ routes:
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway_process"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gateway_process"));
+    command
         .args(["run", "--config"])
         .arg(dir.path("gateway.yaml"))
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn gateway");
+        .stdin(Stdio::null());
+    let mut child = ManagedProcess::spawn("gateway", &mut command, "cargo builds it");
     let url = format!("http://{edge}/echo");
     let http = reqwest::Client::new();
     let post = |body: Vec<u8>| {
@@ -89,8 +90,7 @@ routes:
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
     let grown = peak_rss(&child).saturating_sub(before);
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!(EchoReply::decode(bytes).unwrap().text, "still here");
     println!(

@@ -28,6 +28,9 @@ pub struct AuthConfig {
     /// Verified tokens remembered, so a client's signature is checked once, not per request
     /// (expiry and revocation are still checked every time). 0 disables the cache.
     pub token_cache: usize,
+    /// How long a verified token is answered from the cache before its signature is checked
+    /// again (against the keys then loaded). 0s disables the cache.
+    pub token_cache_ttl: HumanDuration,
 }
 
 impl Default for AuthConfig {
@@ -42,6 +45,7 @@ impl Default for AuthConfig {
             max_revoked: 1_000_000,
             revocation_file: None,
             token_cache: 100_000,
+            token_cache_ttl: HumanDuration(Duration::from_secs(300)),
         }
     }
 }

@@ -18,7 +18,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header};
 use serde::Deserialize;
 
-use super::revocation::{Revocation, MAX_SESSION_SECS};
+use super::revocation::{MemoryRevocation, MAX_SESSION_SECS};
 use crate::clock::unix_now;
 use cache::TokenCache;
 pub use config::{ApiKeyConfig, AuthConfig, AuthConfigError, KeyAlg, PublicKeyConfig};
@@ -96,24 +96,34 @@ impl AuthFailure {
 pub struct Authenticator {
     keys: keys::VerifyingKeys,
     api_keys: Vec<(String, [u8; 32])>,
-    revocation: Arc<dyn Revocation>,
+    revocation: Arc<MemoryRevocation>,
     cache: Option<TokenCache>,
     leeway: u64,
 }
 
 impl Authenticator {
-    pub fn new(cfg: &AuthConfig, revocation: Arc<dyn Revocation>) -> Result<Self, AuthConfigError> {
+    pub fn new(
+        cfg: &AuthConfig,
+        revocation: Arc<MemoryRevocation>,
+    ) -> Result<Self, AuthConfigError> {
         Ok(Self {
             keys: keys::verifying_keys(cfg)?,
             api_keys: keys::api_key_digests(cfg)?,
             revocation,
-            cache: TokenCache::new(cfg.token_cache),
+            cache: TokenCache::new(cfg.token_cache, cfg.token_cache_ttl.0),
             leeway: cfg.leeway.0.as_secs(),
         })
     }
 
-    pub fn revocation(&self) -> &Arc<dyn Revocation> {
+    pub fn revocation(&self) -> &Arc<MemoryRevocation> {
         &self.revocation
+    }
+
+    /// Drops verified tokens past `auth.token_cache_ttl` (the maintenance sweep).
+    pub fn sweep_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.sweep();
+        }
     }
 
     /// Verifies a JWT and checks its session against the denylist. A token verified before is

@@ -1,5 +1,6 @@
-//! A tonic codec that passes message bytes through untouched: the gateway compiles in no
-//! business schema, it forwards what the client sent (or what JSON transcoding produced).
+//! A tonic codec that passes message bytes through untouched, the one the workspace uses: the
+//! gateway compiles in no business schema and forwards what the client sent (or what JSON
+//! transcoding produced); the span exporter sends requests it encoded itself.
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
