@@ -25,7 +25,7 @@ use redis::{
 };
 use tokio::sync::mpsc;
 
-use super::ClusterConfig;
+use super::config::ClusterConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
