@@ -168,23 +168,53 @@ fn read_secret(path: &PathBuf, flag: &str) -> Result<String, String> {
 }
 
 impl Args {
-    pub fn into_config(self) -> Result<BackendConfig, String> {
-        if let Some(bad) = self
-            .services
-            .iter()
-            .find(|s| !crate::ALL_SERVICES.contains(&s.as_str()))
+    fn speech(&self, max_message: usize) -> Result<crate::speech::SpeechConfig, String> {
+        if self.speech_workers == Some(0)
+            || self.speech_max_seconds == 0
+            || self.speech_timeout_secs == 0
         {
-            return Err(format!(
-                "--services: unknown service `{bad}`; available: {}",
-                crate::ALL_SERVICES.join(",")
-            ));
+            return Err(
+                "--speech-workers, --speech-max-seconds and --speech-timeout-secs must be above 0"
+                    .into(),
+            );
         }
+        Ok(crate::speech::SpeechConfig {
+            recognizer: self.speech_recognizer.clone(),
+            workers: self.speech_workers.unwrap_or_else(crate::cores),
+            max_duration: Duration::from_secs(self.speech_max_seconds),
+            // The largest a WAV of that length can be: 48 kHz stereo float, plus headers.
+            max_bytes: (self.speech_max_seconds as usize * 48_000 * 2 * 4 + 4096).min(max_message),
+            timeout: Duration::from_secs(self.speech_timeout_secs),
+            scratch_dir: std::env::temp_dir(),
+        })
+    }
+
+    fn registration(&self) -> Result<Option<crate::register::Registration>, String> {
+        self.register
+            .as_deref()
+            .map(|url| {
+                crate::register::Registration::parse(
+                    url,
+                    Duration::from_secs(self.register_ttl),
+                    self.advertise.unwrap_or(self.listen),
+                    self.register_weight,
+                )
+            })
+            .transpose()
+    }
+
+    pub fn into_config(self) -> Result<BackendConfig, String> {
+        crate::serve::check_names(&self.services)?;
         let data_dir = self
             .database
             .parent()
             .map(PathBuf::from)
             .unwrap_or_default();
+        let speech = self.speech(self.max_message)?;
+        let register = self.registration()?;
         let mut cfg = BackendConfig::new(self.services, &data_dir);
+        cfg.speech = speech;
+        cfg.register = register;
         cfg.database = self.database;
         cfg.files_dir = self.files_dir;
         cfg.max_message = self.max_message;
@@ -216,35 +246,6 @@ impl Args {
         cfg.hash_queue = self.hash_queue;
         cfg.diagnostics = self.diagnostics;
         cfg.trace_sample_ratio = self.trace_sample_ratio.unwrap_or(1.0);
-        cfg.speech = crate::speech::SpeechConfig {
-            recognizer: self.speech_recognizer,
-            workers: self.speech_workers.unwrap_or_else(crate::cores),
-            max_duration: Duration::from_secs(self.speech_max_seconds),
-            // The largest a WAV of that length can be: 48 kHz stereo float, plus headers.
-            max_bytes: (self.speech_max_seconds as usize * 48_000 * 2 * 4 + 4096)
-                .min(cfg.max_message),
-            timeout: Duration::from_secs(self.speech_timeout_secs),
-            scratch_dir: std::env::temp_dir(),
-        };
-        if cfg.speech.workers == 0 || self.speech_max_seconds == 0 || self.speech_timeout_secs == 0
-        {
-            return Err(
-                "--speech-workers, --speech-max-seconds and --speech-timeout-secs must be above 0"
-                    .into(),
-            );
-        }
-        cfg.register = self
-            .register
-            .as_deref()
-            .map(|url| {
-                crate::register::Registration::parse(
-                    url,
-                    Duration::from_secs(self.register_ttl),
-                    self.advertise.unwrap_or(self.listen),
-                    self.register_weight,
-                )
-            })
-            .transpose()?;
         let notifying = cfg
             .services
             .iter()
