@@ -39,6 +39,7 @@ use crate::clock::unix_now;
 use crate::filters::auth::Identity;
 use crate::filters::{request_id, Credentials};
 use crate::pipeline::{CallError, CallMeta};
+use crate::telemetry::access::{self, AccessLine};
 
 /// What the handshake established.
 pub struct SessionInfo {
@@ -394,33 +395,25 @@ async fn call(
     .instrument(span.clone())
     .await;
     let status = result.as_ref().map_or_else(|e| e.status, |_| 200);
-    let elapsed = started.elapsed();
-    let metrics = &deps.hub.metrics;
-    metrics
-        .latency
-        .with_label_values(&[&route.name, &status.to_string(), "websocket"])
-        .observe(elapsed.as_secs_f64());
-    if let Some(note) = &endpoint {
-        let own = elapsed.saturating_sub(note.upstream_time());
-        metrics
-            .own_latency
-            .with_label_values(&[&route.name])
-            .observe(own.as_secs_f64());
-    }
-    if deps.pipeline.access_log {
-        let _entered = span.enter();
-        crate::telemetry::access::log(&crate::telemetry::access::AccessLine {
-            transport: "websocket",
-            route: &route.name,
-            status,
-            latency: elapsed,
-            upstream: endpoint.and_then(|e| e.get()),
-            user_id: Some(&info.identity.user_id),
-            client_ip: info.client_ip,
-            request_id: &request_id,
-            trace_id: trace_id.as_deref(),
-        });
-    }
+    let line = AccessLine {
+        transport: "websocket",
+        route: &route.name,
+        status,
+        latency: started.elapsed(),
+        upstream: endpoint.as_ref().and_then(|e| e.get()),
+        user_id: Some(&info.identity.user_id),
+        client_ip: info.client_ip,
+        request_id: &request_id,
+        trace_id: trace_id.as_deref(),
+    };
+    let upstream_time = endpoint.as_ref().map(|e| e.upstream_time());
+    let _entered = span.enter();
+    access::record(
+        &deps.hub.metrics,
+        deps.pipeline.access_log,
+        &line,
+        upstream_time,
+    );
     result
 }
 

@@ -6,6 +6,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
+
 /// One finished request or frame.
 pub struct AccessLine<'a> {
     /// `http`, `grpc` (pass-through) or `websocket`.
@@ -21,6 +23,31 @@ pub struct AccessLine<'a> {
     pub client_ip: IpAddr,
     pub request_id: &'a str,
     pub trace_id: Option<&'a str>,
+}
+
+/// How both transports report a finished call: its duration in
+/// `http_server_request_duration_seconds`, the gateway's own share of it (the whole less
+/// `upstream_time`, for unary calls) in `own_duration_seconds`, and the access line when
+/// `access_log` is on.
+pub fn record(
+    metrics: &Metrics,
+    access_log: bool,
+    line: &AccessLine<'_>,
+    upstream_time: Option<Duration>,
+) {
+    metrics
+        .latency
+        .with_label_values(&[line.route, &line.status.to_string(), line.transport])
+        .observe(line.latency.as_secs_f64());
+    if let Some(upstream) = upstream_time {
+        metrics
+            .own_latency
+            .with_label_values(&[line.route])
+            .observe(line.latency.saturating_sub(upstream).as_secs_f64());
+    }
+    if access_log {
+        log(line);
+    }
 }
 
 pub fn log(line: &AccessLine<'_>) {
