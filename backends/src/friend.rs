@@ -3,15 +3,19 @@
 
 use im_proto::im::friend::v1::friend_service_server::FriendService;
 use im_proto::im::friend::v1::*;
+use im_proto::im::user::v1::UserInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 use tonic::{Request, Response};
 
 use crate::caller::Caller;
+use crate::chat_sessions::{
+    are_friends, create_session, member_ids, pair_session, require_member, session_info,
+};
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::notify::{Kind, Notifier};
 use crate::phone::PhoneRules;
-use crate::user::{existing_user, query_users, user_info, USER_COLUMNS};
+use crate::user_rows::{existing_user, query_users, user_info, USER_COLUMNS};
 use crate::util::{new_id, required, unix_millis};
 
 pub const SERVICE_NAME: &str = "im.friend.v1.FriendService";
@@ -27,145 +31,6 @@ pub struct FriendSvc {
     pub notifier: Notifier,
     /// Search by phone matches the whole normalized number only.
     pub phones: PhoneRules,
-}
-
-/// `session_id` as `viewer` sees it (a one-to-one chat is named after the peer).
-pub fn session_info(
-    conn: &Connection,
-    session_id: &str,
-    viewer: &str,
-) -> Result<Option<ChatSessionInfo>, ApiError> {
-    let row: Option<(String, bool, u64, i64, Option<u64>)> = conn
-        .query_row(
-            "SELECT s.name, s.is_group, s.last_seq, s.created_at, m.read_seq FROM chat_sessions s \
-             LEFT JOIN chat_members m ON m.session_id = s.id AND m.user_id = ?2 WHERE s.id = ?1",
-            params![session_id, viewer],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
-    let Some((name, is_group, last_seq, created_at, read_seq)) = row else {
-        return Ok(None);
-    };
-    let members = member_ids(conn, session_id)?;
-    let (name, peer) = if is_group {
-        (name, String::new())
-    } else {
-        let peer = members
-            .iter()
-            .find(|m| m.as_str() != viewer)
-            .cloned()
-            .unwrap_or_default();
-        let peer_name = user_info(conn, &peer)?.map(|u| u.nickname).unwrap_or(name);
-        (peer_name, peer)
-    };
-    Ok(Some(ChatSessionInfo {
-        chat_session_id: session_id.to_owned(),
-        chat_session_name: name,
-        last_seq,
-        unread: last_seq.saturating_sub(read_seq.unwrap_or(last_seq)),
-        is_group,
-        peer_user_id: peer,
-        member_count: members.len() as u32,
-        created_at,
-    }))
-}
-
-pub fn member_ids(conn: &Connection, session_id: &str) -> Result<Vec<String>, ApiError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT user_id FROM chat_members WHERE session_id = ?1 ORDER BY user_id",
-    )?;
-    let ids = stmt
-        .query_map([session_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(ids)
-}
-
-/// NOT_FOUND for an unknown session, PERMISSION_DENIED when `user` is not a member.
-pub fn require_member(conn: &Connection, session_id: &str, user: &str) -> Result<(), ApiError> {
-    required("chat_session_id", session_id, 64)?;
-    let row: Option<Option<String>> = conn
-        .query_row(
-            "SELECT m.user_id FROM chat_sessions s LEFT JOIN chat_members m \
-             ON m.session_id = s.id AND m.user_id = ?2 WHERE s.id = ?1",
-            params![session_id, user],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match row {
-        None => Err(ApiError::not_found(format!(
-            "chat_session_id: no chat session `{session_id}`"
-        ))),
-        Some(None) => Err(ApiError::denied(
-            "you are not a member of this chat session",
-        )),
-        Some(Some(_)) => Ok(()),
-    }
-}
-
-pub fn are_friends(conn: &Connection, a: &str, b: &str) -> Result<bool, ApiError> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM friends WHERE user_id = ?1 AND peer_id = ?2",
-            params![a, b],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
-}
-
-fn create_session(
-    tx: &Connection,
-    name: &str,
-    is_group: bool,
-    members: &[&str],
-) -> Result<String, ApiError> {
-    let id = new_id();
-    tx.execute(
-        "INSERT INTO chat_sessions (id, name, is_group, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, name, is_group, unix_millis()],
-    )?;
-    let mut add = tx.prepare_cached(
-        "INSERT OR IGNORE INTO chat_members (session_id, user_id) VALUES (?1, ?2)",
-    )?;
-    for m in members {
-        add.execute(params![id, m])?;
-    }
-    Ok(id)
-}
-
-/// The one-to-one session `a` and `b` had before, if any: a new friendship reopens it, with
-/// its history.
-fn pair_session(conn: &Connection, a: &str, b: &str) -> Result<Option<String>, ApiError> {
-    Ok(conn
-        .query_row(
-            "SELECT s.id FROM chat_sessions s \
-             JOIN chat_members x ON x.session_id = s.id AND x.user_id = ?1 \
-             JOIN chat_members y ON y.session_id = s.id AND y.user_id = ?2 \
-             WHERE s.is_group = 0 ORDER BY s.created_at LIMIT 1",
-            params![a, b],
-            |r| r.get(0),
-        )
-        .optional()?)
-}
-
-/// FAILED_PRECONDITION when `session` is a one-to-one chat whose two members are no longer
-/// friends: its history stays readable, but nobody can send until they are friends again.
-pub fn require_writable(conn: &Connection, session: &str, sender: &str) -> Result<(), ApiError> {
-    let is_group: bool = conn.query_row(
-        "SELECT is_group FROM chat_sessions WHERE id = ?1",
-        [session],
-        |r| r.get(0),
-    )?;
-    if is_group {
-        return Ok(());
-    }
-    let peer = member_ids(conn, session)?.into_iter().find(|m| m != sender);
-    match peer {
-        Some(peer) if !are_friends(conn, sender, &peer)? => Err(ApiError::failed_precondition(
-            "you are no longer friends: this chat is read-only until you are friends again",
-        )),
-        _ => Ok(()),
-    }
 }
 
 impl FriendSvc {
@@ -281,54 +146,7 @@ impl FriendService for FriendSvc {
         );
         let (respondent, session_id) = self
             .db
-            .write(move |tx| {
-                let row: Option<(String, String, i64)> = tx
-                    .query_row(
-                        "SELECT applicant, respondent, status FROM friend_events WHERE id = ?1",
-                        [&event_id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                let Some((from, to, status)) = row else {
-                    return Err(ApiError::not_found(format!(
-                        "notify_event_id: no friend request `{event_id}`"
-                    )));
-                };
-                if to != me {
-                    return Err(ApiError::denied("this friend request was not sent to you"));
-                }
-                if from != applicant {
-                    return Err(ApiError::invalid(
-                        "apply_user_id does not match the friend request's sender",
-                    ));
-                }
-                if status != PENDING {
-                    return Err(ApiError::failed_precondition(
-                        "this friend request was already answered",
-                    ));
-                }
-                tx.execute(
-                    "UPDATE friend_events SET status = ?2 WHERE id = ?1",
-                    params![event_id, if agree { AGREED } else { REFUSED }],
-                )?;
-                let session = if agree && !are_friends(tx, &me, &from)? {
-                    let id = match pair_session(tx, &me, &from)? {
-                        Some(old) => old,
-                        None => create_session(tx, "", false, &[&me, &from])?,
-                    };
-                    let now = unix_millis();
-                    for (a, b) in [(&me, &from), (&from, &me)] {
-                        tx.execute(
-                            "INSERT INTO friends (user_id, peer_id, session_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                            params![a, b, id, now],
-                        )?;
-                    }
-                    Some(id)
-                } else {
-                    None
-                };
-                Ok((existing_user(tx, "x-user-id", &me)?, session))
-            })
+            .write(move |tx| answer_request(tx, &event_id, &me, &applicant, agree))
             .await?;
         let notify = FriendAddProcessNotify {
             notify_event_id: req.notify_event_id,
@@ -539,4 +357,63 @@ impl FriendService for FriendSvc {
             .await?;
         Ok(Response::new(GetChatSessionMemberRsp { member_info_list }))
     }
+}
+
+/// The respondent `me` answers friend request `event_id` from `applicant`: the answer recorded,
+/// and on agreement the friendship with its one-to-one session (an earlier one reopened). The
+/// respondent's profile, and the new session if one was made.
+fn answer_request(
+    tx: &Connection,
+    event_id: &str,
+    me: &str,
+    applicant: &str,
+    agree: bool,
+) -> Result<(UserInfo, Option<String>), ApiError> {
+    let me = me.to_owned();
+    let row: Option<(String, String, i64)> = tx
+        .query_row(
+            "SELECT applicant, respondent, status FROM friend_events WHERE id = ?1",
+            [&event_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((from, to, status)) = row else {
+        return Err(ApiError::not_found(format!(
+            "notify_event_id: no friend request `{event_id}`"
+        )));
+    };
+    if to != me {
+        return Err(ApiError::denied("this friend request was not sent to you"));
+    }
+    if from != applicant {
+        return Err(ApiError::invalid(
+            "apply_user_id does not match the friend request's sender",
+        ));
+    }
+    if status != PENDING {
+        return Err(ApiError::failed_precondition(
+            "this friend request was already answered",
+        ));
+    }
+    tx.execute(
+        "UPDATE friend_events SET status = ?2 WHERE id = ?1",
+        params![event_id, if agree { AGREED } else { REFUSED }],
+    )?;
+    let session = if agree && !are_friends(tx, &me, &from)? {
+        let id = match pair_session(tx, &me, &from)? {
+            Some(old) => old,
+            None => create_session(tx, "", false, &[&me, &from])?,
+        };
+        let now = unix_millis();
+        for (a, b) in [(&me, &from), (&from, &me)] {
+            tx.execute(
+                "INSERT INTO friends (user_id, peer_id, session_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![a, b, id, now],
+            )?;
+        }
+        Some(id)
+    } else {
+        None
+    };
+    Ok((existing_user(tx, "x-user-id", &me)?, session))
 }

@@ -2,7 +2,9 @@
 //! service, served by one tonic server with `grpc.health.v1` and server reflection.
 //!
 //! # Layout
-//! - [`user`], [`friend`], [`message`], [`file`]: the IM services; [`file_access`]: who may
+//! - [`user`], [`friend`], [`message`], [`file`]: the IM services; [`chat_sessions`]: sessions
+//!   and friendships in the database, shared by friend and message; [`user_rows`]: public
+//!   profiles as every service reads them; [`file_access`]: who may
 //!   read a stored file; [`phone`]: phone numbers in E.164; [`hashing`]: argon2 on a fixed
 //!   pool with preallocated memory.
 //! - [`speech`]: speech-to-text with PocketSphinx run as a bounded subprocess; [`audio`]: WAV
@@ -18,6 +20,7 @@
 
 pub mod audio;
 pub mod caller;
+pub mod chat_sessions;
 pub mod cli;
 pub mod db;
 pub mod echo;
@@ -35,6 +38,7 @@ pub mod sms;
 pub mod speech;
 pub mod token;
 pub mod user;
+pub mod user_rows;
 pub mod util;
 
 use std::path::PathBuf;

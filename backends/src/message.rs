@@ -10,10 +10,10 @@ use rusqlite::{params, Connection};
 use tonic::{Request, Response};
 
 use crate::caller::Caller;
+use crate::chat_sessions::{member_ids, require_member, require_writable};
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::file_access::require_readable;
-use crate::friend::{member_ids, require_member, require_writable};
 use crate::notify::{Kind, Notifier};
 use crate::util::{file_id, new_id, required, token_like, unix_millis};
 
