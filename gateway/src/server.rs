@@ -12,9 +12,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{
-    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
-};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use pingora::services::Service as PingoraService;
@@ -40,6 +38,7 @@ use crate::pipeline::Pipeline;
 use crate::proxy::EdgeProxy;
 use crate::push::listener::PushApp;
 use crate::push::remote::RemoteService;
+use crate::push::runtime::PushRuntime;
 use crate::push::service::InternalGrpc;
 use crate::push::{Hub, PushDeps};
 use crate::readiness::{Readiness, Supervised};
@@ -207,9 +206,51 @@ impl Gateway {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
         let conf = server.configuration.clone();
+        server.add_service(self.edge_service(&conf, &addrs, bound.edge)?);
+        server.add_service(self.push_runtime(&addrs, bound.push, bound.internal)?);
+        server.add_service(self.admin_service(&addrs, bound.admin));
+        let reloader = self.reloader(sighup)?;
+        server.add_service(supervised("route reloader", reloader, &self.readiness));
+        server.add_service(supervised(
+            "maintenance",
+            Maintenance {
+                routes: self.routes.clone(),
+                dispatcher: self.dispatcher.clone(),
+                guard: self.guard.clone(),
+                sweep_interval: self.config.rate_limit.sweep_interval.0,
+            },
+            &self.readiness,
+        ));
+        if let (Some(cluster), Some((tx, rx))) =
+            (self.push.cluster.clone(), self.cluster_inbox.take())
+        {
+            server.add_service(supervised(
+                "cluster node",
+                NodeService { cluster, inbox: tx },
+                &self.readiness,
+            ));
+            server.add_service(supervised(
+                "cluster inbox",
+                RemoteService {
+                    deps: self.push.clone(),
+                    inbox: std::sync::Mutex::new(Some(rx)),
+                },
+                &self.readiness,
+            ));
+        }
+        Ok((server, addrs))
+    }
 
+    /// The edge: the proxy (h2c on, TLS with h2 when configured) below the slow-client guard.
+    fn edge_service(
+        &self,
+        conf: &Arc<ServerConf>,
+        addrs: &Listen,
+        socket: std::net::TcpListener,
+    ) -> Result<impl PingoraService + 'static, ServeError> {
+        let cfg = &self.config;
         let mut proxy = pingora::proxy::http_proxy(
-            &conf,
+            conf,
             EdgeProxy {
                 routes: self.routes.clone(),
                 pipeline: self.push.pipeline.clone(),
@@ -236,8 +277,14 @@ impl Gateway {
             }
             None => edge.add_tcp(&addrs.edge.to_string()),
         }
-        let edge = PreBound::new(edge, vec![bound.edge]);
+        Ok(PreBound::new(edge, vec![socket]))
+    }
 
+    fn admin_service(
+        &self,
+        addrs: &Listen,
+        socket: std::net::TcpListener,
+    ) -> impl PingoraService + 'static {
         let mut admin = Service::new(
             "admin".to_owned(),
             pingora::apps::http_app::HttpServer::new_app(AdminApp {
@@ -252,33 +299,35 @@ impl Gateway {
         );
         admin.threads = Some(1);
         admin.add_tcp(&addrs.admin.to_string());
-        let admin = PreBound::new(admin, vec![bound.admin]);
+        PreBound::new(admin, vec![socket])
+    }
 
+    /// The route reloader: the routes file's directory watched, SIGHUP when asked for.
+    fn reloader(&self, sighup: bool) -> Result<Reloader, ServeError> {
+        let cfg = &self.config;
         let watch_dir = cfg.reload.watch.then(|| {
             self.routes_path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), PathBuf::from)
         });
-        let reloader = Reloader::new(
+        Reloader::new(
             self.routes.clone(),
             watch_dir.as_deref(),
             sighup || cfg.reload.sighup,
             cfg.reload.debounce.0,
         )
-        .map_err(ServeError::Watch)?;
-        let readiness = &self.readiness;
-        let reloader = supervised("route reloader", reloader, readiness);
-        let maintenance = supervised(
-            "maintenance",
-            Maintenance {
-                routes: self.routes.clone(),
-                dispatcher: self.dispatcher.clone(),
-                guard: self.guard.clone(),
-                sweep_interval: cfg.rate_limit.sweep_interval.0,
-            },
-            readiness,
-        );
+        .map_err(ServeError::Watch)
+    }
+
+    /// The WebSocket listener and PushService, on one runtime of their own.
+    fn push_runtime(
+        &self,
+        addrs: &Listen,
+        socket: std::net::TcpListener,
+        internal: std::net::TcpListener,
+    ) -> Result<PushRuntime, ServeError> {
+        let cfg = &self.config;
         let mut push = Service::new(
             "push".to_owned(),
             PushApp {
@@ -297,12 +346,12 @@ impl Gateway {
                     .l4_buffer(L4BufferSettings::unbuffered()),
             ),
         }
-        let push = PushRuntime {
-            listener: PreBound::new(push, vec![bound.push]),
+        Ok(PushRuntime {
+            listener: PreBound::new(push, vec![socket]),
             readiness: self.readiness.clone(),
             internal: Some(InternalGrpc {
                 deps: self.push.clone(),
-                listener: std::sync::Mutex::new(Some(bound.internal)),
+                listener: std::sync::Mutex::new(Some(internal)),
                 addr: addrs.internal,
                 tls: self.internal_tls.clone(),
                 token_sha256: self.internal_token,
@@ -312,30 +361,7 @@ impl Gateway {
                     .0
                     .saturating_sub(std::time::Duration::from_millis(250)),
             }),
-        };
-        server.add_service(edge);
-        server.add_service(push);
-        server.add_service(admin);
-        server.add_service(reloader);
-        server.add_service(maintenance);
-        if let (Some(cluster), Some((tx, rx))) =
-            (self.push.cluster.clone(), self.cluster_inbox.take())
-        {
-            server.add_service(supervised(
-                "cluster node",
-                NodeService { cluster, inbox: tx },
-                &self.readiness,
-            ));
-            server.add_service(supervised(
-                "cluster inbox",
-                RemoteService {
-                    deps: self.push.clone(),
-                    inbox: std::sync::Mutex::new(Some(rx)),
-                },
-                &self.readiness,
-            ));
-        }
-        Ok((server, addrs))
+        })
     }
 }
 
@@ -380,45 +406,6 @@ fn tls_settings(tls: &TlsFiles) -> Result<TlsSettings, ServeError> {
         key: tls.key.clone(),
         detail: e.to_string(),
     })
-}
-
-/// The push listener and PushService on one runtime: a Push call then queues frames and wakes
-/// session writers on the threads that own them, without a wake-up across runtimes per call.
-struct PushRuntime {
-    listener: PreBound<Service<PushApp>>,
-    internal: Option<InternalGrpc>,
-    readiness: Arc<Readiness>,
-}
-
-#[async_trait]
-impl PingoraService for PushRuntime {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        listeners_per_fd: usize,
-    ) {
-        if let Some(internal) = self.internal.take() {
-            let shutdown = shutdown.clone();
-            let internal = Supervised {
-                name: "PushService listener",
-                service: internal,
-                readiness: self.readiness.clone(),
-            };
-            tokio::spawn(async move { internal.start(shutdown).await });
-        }
-        self.listener
-            .start_service(fds, shutdown, listeners_per_fd)
-            .await;
-    }
-
-    fn name(&self) -> &str {
-        "push"
-    }
-
-    fn threads(&self) -> Option<usize> {
-        self.listener.threads()
-    }
 }
 
 /// A shutdown signal fed by a channel, so embedders and tests stop a server without signals.

@@ -3,7 +3,11 @@
 //! negotiated from `?encoding=` and `Sec-WebSocket-Protocol`. The listener strings them together with the stateful checks
 //! (rates, caps, token verification).
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use super::frames::FrameEncoding;
+use super::hub::ConnSlot;
 use super::registry::Device;
 use crate::filters::auth::Identity;
 use crate::policy::PROTOCOL_VERSIONS;
@@ -156,6 +160,20 @@ pub fn negotiate(param: Option<&str>, offered: Option<&str>) -> Result<Negotiate
         version,
         echo,
     })
+}
+
+/// What the handshake established.
+pub struct SessionInfo {
+    pub identity: Arc<Identity>,
+    pub device: Device,
+    pub encoding: FrameEncoding,
+    /// The protocol version negotiated: which binding of a cmd a frame calls.
+    pub version: u8,
+    pub client_ip: IpAddr,
+    /// The upgrade request's `traceparent`: the trace of frames that carry none.
+    pub traceparent: Option<String>,
+    /// This connection's place under the gateway and per-IP caps, freed when the session ends.
+    pub slot: ConnSlot,
 }
 
 #[cfg(test)]

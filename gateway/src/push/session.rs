@@ -3,8 +3,7 @@
 //! flush), pings, and honours close requests (kick, revoke, expiry, slow consumer, drain) even
 //! when the socket is clogged.
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use tokio::time::Instant as TokioInstant;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use tracing::Instrument;
 
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
@@ -26,34 +24,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tonic::Code;
 
+use super::cmd::on_request;
 use super::frame_budget::{FrameBudget, Verdict};
-use super::frames::{
-    decode_request, encode_error, encode_reply, peek_seq, ClientRequest, FrameEncoding, Inbound,
-    Outbound,
-};
-use super::hub::{close, CloseRequest, ConnSlot, SessionHandle};
+use super::frames::{encode_error, peek_seq, Inbound, Outbound};
+pub use super::handshake::SessionInfo;
+use super::hub::{close, CloseRequest, SessionHandle};
 use super::outbox::Outbox;
-use super::registry::{Connection, Device};
+use super::registry::Connection;
 use super::PushDeps;
 use crate::clock::unix_now;
-use crate::filters::auth::Identity;
-use crate::filters::{request_id, Credentials};
-use crate::pipeline::{CallError, CallMeta};
-use crate::telemetry::access::{self, AccessLine};
-
-/// What the handshake established.
-pub struct SessionInfo {
-    pub identity: Arc<Identity>,
-    pub device: Device,
-    pub encoding: FrameEncoding,
-    /// The protocol version negotiated: which binding of a cmd a frame calls.
-    pub version: u8,
-    pub client_ip: IpAddr,
-    /// The upgrade request's `traceparent`: the trace of frames that carry none.
-    pub traceparent: Option<String>,
-    /// This connection's place under the gateway and per-IP caps, freed when the session ends.
-    pub slot: ConnSlot,
-}
 
 fn to_message(frame: Outbound) -> Message {
     match frame {
@@ -74,6 +53,26 @@ pub(crate) struct Deadlines {
 }
 
 impl Deadlines {
+    /// A session opened `now`: idle after `idle`, over when its token (`exp`, unix seconds) is.
+    pub fn start(idle: Duration, exp: u64, now: TokioInstant) -> Self {
+        Self {
+            idle,
+            expires_at: now + Duration::from_secs(exp.saturating_sub(unix_now())),
+            last_active: now,
+            drain_at: None,
+        }
+    }
+
+    /// A frame was read: the session is active now (one clock read per frame, shared with the
+    /// frame budget, which pongs do not spend).
+    fn frame_read(&mut self, msg: &Message, budget: &mut FrameBudget) -> Verdict {
+        self.last_active = TokioInstant::now();
+        match msg {
+            Message::Pong(_) => Verdict::Pass,
+            _ => budget.take(self.last_active.into_std()),
+        }
+    }
+
     /// When to wake up next.
     pub fn next(&self) -> TokioInstant {
         let d = (self.last_active + self.idle).min(self.expires_at);
@@ -117,8 +116,14 @@ impl Writer {
     }
 }
 
-/// Registers the connection, closing what the multi-device policy displaces.
-fn register(info: &SessionInfo, deps: &Arc<PushDeps>, conn_id: u64, handle: &SessionHandle) {
+/// Registers the connection, closing what the multi-device policy displaces; the platform's
+/// session gauge, counting this one.
+fn register(
+    info: &SessionInfo,
+    deps: &Arc<PushDeps>,
+    conn_id: u64,
+    handle: &SessionHandle,
+) -> prometheus::IntGauge {
     let displaced = deps.hub.registry.register(
         &info.identity.user_id,
         Connection {
@@ -135,6 +140,14 @@ fn register(info: &SessionInfo, deps: &Arc<PushDeps>, conn_id: u64, handle: &Ses
         super::control::close_connection(deps, &old, ending);
     }
     super::remote::registered(deps, &info.identity.user_id, conn_id, &info.device);
+    let platform = crate::metrics::platform_label(&info.device.platform);
+    let by_platform = deps
+        .hub
+        .metrics
+        .ws_by_platform
+        .with_label_values(&[platform]);
+    by_platform.inc();
+    by_platform
 }
 
 /// Runs one session until it closes: reads, the outbox pump and the timers share this loop (a
@@ -158,14 +171,7 @@ pub async fn run<S>(
         cfg.queue_bytes.0 as usize,
         deps.hub.budget.clone(),
     );
-    register(&info, &deps, conn_id, &handle);
-    let platform = crate::metrics::platform_label(&info.device.platform);
-    let by_platform = deps
-        .hub
-        .metrics
-        .ws_by_platform
-        .with_label_values(&[platform]);
-    by_platform.inc();
+    let by_platform = register(&info, &deps, conn_id, &handle);
 
     let (mut sink, mut stream) = ws.split();
     let now = TokioInstant::now();
@@ -178,12 +184,7 @@ pub async fn run<S>(
     let mut pings = tokio::time::interval_at(now + ping, ping);
     let inflight = Arc::new(AtomicUsize::new(0));
     let mut budget = FrameBudget::new(cfg.frame_rate, cfg.frame_flood_strikes, now.into_std());
-    let mut deadlines = Deadlines {
-        idle: cfg.idle_timeout.0,
-        expires_at: now + Duration::from_secs(info.identity.exp.saturating_sub(unix_now())),
-        last_active: now,
-        drain_at: None,
-    };
+    let mut deadlines = Deadlines::start(cfg.idle_timeout.0, info.identity.exp, now);
     let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
     let info = Arc::new(info);
@@ -193,13 +194,7 @@ pub async fn run<S>(
                 None => handle.close_with(close::NORMAL, "client gone"),
                 Some(Err(e)) => { let (code, why) = read_error_close(&e); handle.close_with(code, why) }
                 Some(Ok(msg)) => {
-                    // One clock read per frame: activity and the frame budget.
-                    deadlines.last_active = TokioInstant::now();
-                    let verdict = if matches!(msg, Message::Pong(_)) {
-                        Verdict::Pass
-                    } else {
-                        budget.take(deadlines.last_active.into_std())
-                    };
+                    let verdict = deadlines.frame_read(&msg, &mut budget);
                     on_message(&msg, verdict, &info, &deps, &handle, &inflight);
                 }
             },
@@ -228,13 +223,20 @@ pub async fn run<S>(
             break;
         }
     }
+    by_platform.dec();
+    let requested = *close_rx.borrow();
+    unregister(&info, &deps, conn_id, requested);
+    farewell(&mut sink, &outbox, requested).await;
+    outbox.close();
+}
+
+/// The closed connection leaves the registry (and cluster mode's), its close counted.
+fn unregister(info: &SessionInfo, deps: &PushDeps, conn_id: u64, requested: CloseRequest) {
     deps.hub
         .registry
         .unregister(&info.identity.user_id, conn_id);
-    by_platform.dec();
-    let requested = *close_rx.borrow();
     let drained = matches!(requested, Some((close::GOING_AWAY, _)));
-    super::remote::closed(&deps, &info.identity.user_id, conn_id, drained);
+    super::remote::closed(deps, &info.identity.user_id, conn_id, drained);
     if let Some((code, reason)) = requested {
         deps.hub
             .metrics
@@ -242,8 +244,6 @@ pub async fn run<S>(
             .with_label_values(&[&code.to_string(), reason])
             .inc();
     }
-    farewell(&mut sink, &outbox, requested).await;
-    outbox.close();
 }
 
 /// The close for a socket that failed to read.
@@ -315,106 +315,6 @@ fn close_reason(code: u16, reason: &str) -> String {
 fn drain_delay(conn_id: u64, window: Duration) -> Duration {
     let spread = (conn_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     window.mul_f64(spread)
-}
-
-fn on_request(
-    inbound: Inbound<'_>,
-    info: &Arc<SessionInfo>,
-    deps: &Arc<PushDeps>,
-    handle: &SessionHandle,
-    inflight: &Arc<AtomicUsize>,
-) {
-    let table = deps.routes.load();
-    let req = match decode_request(inbound, info.encoding, info.version, &table) {
-        Ok(r) => r,
-        Err(e) => {
-            deps.hub.send(
-                handle,
-                encode_error(info.encoding, e.seq, e.code, &e.message),
-            );
-            return;
-        }
-    };
-    if inflight.fetch_add(1, Ordering::AcqRel) >= deps.config.max_inflight {
-        inflight.fetch_sub(1, Ordering::AcqRel);
-        let msg = "too many requests in flight on this connection";
-        let frame = encode_error(info.encoding, req.seq, Code::ResourceExhausted, msg);
-        deps.hub.send(handle, frame);
-        return;
-    }
-    let (info, deps, handle, inflight) =
-        (info.clone(), deps.clone(), handle.clone(), inflight.clone());
-    tokio::spawn(async move {
-        let frame = match call(&req, &info, &deps).await {
-            Ok(reply) => encode_reply(info.encoding, req.seq, reply),
-            Err(e) => encode_error(info.encoding, req.seq, e.code, &e.message),
-        };
-        deps.hub.send(&handle, frame);
-        inflight.fetch_sub(1, Ordering::AcqRel);
-    });
-}
-
-/// One request frame through the shared pipeline, as the socket's verified identity.
-async fn call(
-    req: &ClientRequest,
-    info: &SessionInfo,
-    deps: &PushDeps,
-) -> Result<Bytes, CallError> {
-    let creds = Credentials {
-        session: Some(&info.identity),
-        ..Credentials::default()
-    };
-    let meta = CallMeta {
-        request_id: request_id::generate(),
-        traceparent: req.traceparent.clone().or_else(|| info.traceparent.clone()),
-    };
-    let route = &req.route;
-    let started = std::time::Instant::now();
-    let request_id = meta.request_id.clone();
-    let (span, trace_id) = crate::telemetry::call_span(
-        &route.name,
-        "websocket",
-        &request_id,
-        meta.traceparent.as_deref(),
-        deps.pipeline.sample_ratio,
-    );
-    let mut endpoint = None;
-    let result = async {
-        let mut call = deps
-            .pipeline
-            .admit(&route.name, &route.admission, creds, info.client_ip, meta)
-            .await?;
-        endpoint = Some(call.ctx.endpoint.clone());
-        // The socket's device and platform (the handshake may name them).
-        call.ctx.device_id = Some(info.device.device_id.clone());
-        call.ctx.platform = Some(info.device.platform.clone());
-        deps.pipeline
-            .dispatch(route, &call, req.payload.clone(), info.encoding)
-            .await
-    }
-    .instrument(span.clone())
-    .await;
-    let status = result.as_ref().map_or_else(|e| e.status, |_| 200);
-    let line = AccessLine {
-        transport: "websocket",
-        route: &route.name,
-        status,
-        latency: started.elapsed(),
-        upstream: endpoint.as_ref().and_then(|e| e.get()),
-        user_id: Some(&info.identity.user_id),
-        client_ip: info.client_ip,
-        request_id: &request_id,
-        trace_id: trace_id.as_deref(),
-    };
-    let upstream_time = endpoint.as_ref().map(|e| e.upstream_time());
-    let _entered = span.enter();
-    access::record(
-        &deps.hub.metrics,
-        deps.pipeline.access_log,
-        &line,
-        upstream_time,
-    );
-    result
 }
 
 /// Moves queued frames to the socket: everything queued is fed, then flushed once. Cancel-safe

@@ -37,53 +37,11 @@ pub(super) fn build_upstream(
         .discovery
         .as_ref()
         .and_then(|d| discovery_source(d, &mut p));
-    let check = spec.health_check.as_ref().map(|h| HealthCheck {
-        grpc_service: h.grpc_service.clone(),
-        interval: h.interval.map_or(Duration::from_secs(2), |d| d.0),
-        timeout: h.timeout.map_or(Duration::from_millis(500), |d| d.0),
-        rise: h.rise.unwrap_or(2),
-        fall: h.fall.unwrap_or(2),
-    });
-    if let Some(c) = &check {
-        if c.interval < Duration::from_millis(10) {
-            p.add("health_check.interval", "must be at least 10ms");
-        }
-        if c.timeout.is_zero() || c.timeout > c.interval.max(Duration::from_millis(10)) * 10 {
-            p.add(
-                "health_check.timeout",
-                "must be above zero and not far above the interval",
-            );
-        }
-        if c.rise == 0 || c.fall == 0 {
-            p.add("health_check.rise", "rise and fall must be at least 1");
-        }
-    }
+    let check = health_check(spec, &mut p);
     let mut seen = HashSet::new();
-    let mut endpoints = Vec::new();
-    for (i, ep) in spec.endpoints.iter().enumerate() {
-        let (addr, weight) = match ep {
-            EndpointSpec::Addr(a) => (a.as_str(), 1),
-            EndpointSpec::Weighted(w) => (w.addr.as_str(), w.weight),
-        };
-        let field = format!("endpoints[{i}]");
-        match endpoint_addr(addr) {
-            Some(a) if a.port() == 0 => p.add(&field, format!("`{addr}` needs a port")),
-            Some(a) if !seen.insert(a) => p.add(&field, format!("`{addr}` is listed twice")),
-            Some(_) if weight == 0 || weight > 1000 => {
-                p.add(&field, "weight must be between 1 and 1000")
-            }
-            Some(a) => endpoints.push(Endpoint {
-                addr: a,
-                weight,
-                state: health.state(a, check.is_some()),
-                origin: "static",
-            }),
-            None => p.add(
-                &field,
-                format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)"),
-            ),
-        }
-    }
+    let mut endpoints = static_endpoints(spec, &mut p, &mut seen, |a| {
+        health.state(a, check.is_some())
+    });
     let timeout = spec
         .timeout
         .or(file.defaults.timeout)
@@ -130,6 +88,67 @@ pub(super) fn build_upstream(
     );
     upstream.discovery = discovery;
     Ok(upstream)
+}
+
+/// `health_check:` with its defaults, each bad field noted in `p`.
+fn health_check(spec: &UpstreamSpec, p: &mut Problems) -> Option<HealthCheck> {
+    let check = spec.health_check.as_ref().map(|h| HealthCheck {
+        grpc_service: h.grpc_service.clone(),
+        interval: h.interval.map_or(Duration::from_secs(2), |d| d.0),
+        timeout: h.timeout.map_or(Duration::from_millis(500), |d| d.0),
+        rise: h.rise.unwrap_or(2),
+        fall: h.fall.unwrap_or(2),
+    })?;
+    if check.interval < Duration::from_millis(10) {
+        p.add("health_check.interval", "must be at least 10ms");
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval.max(Duration::from_millis(10)) * 10
+    {
+        p.add(
+            "health_check.timeout",
+            "must be above zero and not far above the interval",
+        );
+    }
+    if check.rise == 0 || check.fall == 0 {
+        p.add("health_check.rise", "rise and fall must be at least 1");
+    }
+    Some(check)
+}
+
+/// The listed endpoints, each with its health `state`; every address goes into `seen`, each
+/// bad one is noted in `p`.
+fn static_endpoints(
+    spec: &UpstreamSpec,
+    p: &mut Problems,
+    seen: &mut HashSet<SocketAddr>,
+    state: impl Fn(SocketAddr) -> std::sync::Arc<crate::upstream::EndpointState>,
+) -> Vec<Endpoint> {
+    let mut endpoints = Vec::new();
+    for (i, ep) in spec.endpoints.iter().enumerate() {
+        let (addr, weight) = match ep {
+            EndpointSpec::Addr(a) => (a.as_str(), 1),
+            EndpointSpec::Weighted(w) => (w.addr.as_str(), w.weight),
+        };
+        let field = format!("endpoints[{i}]");
+        match endpoint_addr(addr) {
+            Some(a) if a.port() == 0 => p.add(&field, format!("`{addr}` needs a port")),
+            Some(a) if !seen.insert(a) => p.add(&field, format!("`{addr}` is listed twice")),
+            Some(_) if weight == 0 || weight > 1000 => {
+                p.add(&field, "weight must be between 1 and 1000")
+            }
+            Some(a) => endpoints.push(Endpoint {
+                addr: a,
+                weight,
+                state: state(a),
+                origin: "static",
+            }),
+            None => p.add(
+                &field,
+                format!("`{addr}` is not an IP:port (for example 127.0.0.1:50051)"),
+            ),
+        }
+    }
+    endpoints
 }
 
 /// Checks `discovery:` and fills in its defaults.
