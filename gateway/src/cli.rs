@@ -73,89 +73,70 @@ pub fn check(routes: &Path, descriptors: Option<&Path>) -> Result<String, String
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Check {
             routes,
             descriptors,
-        } => match check(&routes, descriptors.as_deref()) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
-            }
-        },
+        } => check(&routes, descriptors.as_deref()).map(|summary| println!("{summary}")),
         Command::Run {
             config,
             routes,
             edge,
             admin,
             log_format,
-        } => {
-            let format = match im_telemetry::LogFormat::choose(log_format.as_deref()) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("im-gateway: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let early = im_telemetry::early(format);
-            let mut cfg = match config.as_deref().map(GatewayConfig::load).transpose() {
-                Ok(c) => c.unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("im-gateway: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            drop(early);
-            let mut telemetry = match init_telemetry(&mut cfg, format) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("im-gateway: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if let Some(a) = edge {
-                cfg.listen.edge = a;
-            }
-            if let Some(a) = admin {
-                cfg.listen.admin = a;
-            }
-            let routes = routes
-                .or_else(|| cfg.routes.clone())
-                .unwrap_or_else(|| PathBuf::from("routes.yaml"));
-            let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
-            let gateway = match Gateway::build(cfg, routes.clone()) {
-                Ok(g) => g,
-                Err(e @ crate::server::BuildError::Routes(_)) => {
-                    eprintln!("im-gateway: {} : {e}", routes.display());
-                    return ExitCode::FAILURE;
-                }
-                Err(e) => {
-                    eprintln!("im-gateway: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            telemetry.export_metrics(gateway.config.telemetry.metrics_interval.0, {
-                let scrape = gateway.scrape();
-                Box::new(move || scrape.families())
-            });
-            match gateway.into_server(true) {
-                Ok(server) => {
-                    tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
-                    server.run(RunArgs::default());
-                    telemetry.shutdown();
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("im-gateway: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => run(config, routes, edge, admin, log_format).map_err(|e| format!("im-gateway: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `im-gateway run`: the config read (flags over the file), telemetry started, the gateway
+/// built and served until it is stopped.
+fn run(
+    config: Option<PathBuf>,
+    routes: Option<PathBuf>,
+    edge: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    log_format: Option<String>,
+) -> Result<(), String> {
+    let format = im_telemetry::LogFormat::choose(log_format.as_deref())?;
+    let early = im_telemetry::early(format);
+    let mut cfg = config
+        .as_deref()
+        .map(GatewayConfig::load)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    drop(early);
+    let mut telemetry = init_telemetry(&mut cfg, format)?;
+    if let Some(a) = edge {
+        cfg.listen.edge = a;
+    }
+    if let Some(a) = admin {
+        cfg.listen.admin = a;
+    }
+    let routes = routes
+        .or_else(|| cfg.routes.clone())
+        .unwrap_or_else(|| PathBuf::from("routes.yaml"));
+    let (edge, admin) = (cfg.listen.edge, cfg.listen.admin);
+    let gateway = Gateway::build(cfg, routes.clone()).map_err(|e| match e {
+        crate::server::BuildError::Routes(_) => format!("{} : {e}", routes.display()),
+        e => e.to_string(),
+    })?;
+    telemetry.export_metrics(gateway.config.telemetry.metrics_interval.0, {
+        let scrape = gateway.scrape();
+        Box::new(move || scrape.families())
+    });
+    let server = gateway.into_server(true).map_err(|e| e.to_string())?;
+    tracing::info!(%edge, %admin, routes = %routes.display(), "im-gateway starting");
+    server.run(RunArgs::default());
+    telemetry.shutdown();
+    Ok(())
 }
 
 /// Logging and, with `telemetry.otlp_endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`), trace and

@@ -223,6 +223,50 @@ impl AdminApp {
             ),
         }
     }
+
+    /// `/readyz`: 200 while the gateway can serve (with `degraded` and what is wrong when a
+    /// dependency is), 503 naming the service the gateway cannot work without that stopped.
+    fn readiness(&self) -> Response<Vec<u8>> {
+        // The gateway's own readiness: routes loaded and listeners up (we are answering).
+        // Upstream health is reported, never gating (DESIGN §11).
+        // In cluster mode a node whose Redis or subscription is not working still
+        // serves its own sessions: it says `degraded`, it does not refuse traffic.
+        // A discovery source that fails (registry unreachable, empty DNS answer) leaves
+        // its upstream on the last known endpoints: `degraded`, named in `discovery_failing`.
+        let table = self.routes.load();
+        let discovered = &self.routes.registries().discovered;
+        let mut body = json!({
+            "ready": true,
+            "status": "ok",
+            "routes_version": table.version,
+            "upstreams": upstreams_json(&table, discovered),
+        });
+        let failing = failing_discovery(&table, discovered);
+        if !failing.is_empty() {
+            body["status"] = json!("degraded");
+            body["discovery_failing"] = json!(failing);
+        }
+        if let Some(cluster) = &self.push.cluster {
+            if !cluster.healthy() {
+                body["status"] = json!("degraded");
+            }
+            body["cluster"] = cluster.status();
+        }
+        // A service the gateway cannot work without stopped (PushService's listener,
+        // the reloader, maintenance, the cluster node task): not ready, naming it.
+        let failed = self.readiness.failures();
+        if failed.is_empty() {
+            return json_response(200, body);
+        }
+        body["ready"] = json!(false);
+        body["status"] = json!("failed");
+        body["failed"] = failed
+            .into_iter()
+            .map(|(service, reason)| (service.to_owned(), json!(reason)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        json_response(503, body)
+    }
 }
 
 #[async_trait]
@@ -244,47 +288,7 @@ impl ServeHttp for AdminApp {
         }
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => respond(200, "text/plain", b"ok\n".to_vec()),
-            ("GET", "/readyz") => {
-                // The gateway's own readiness: routes loaded and listeners up (we are answering).
-                // Upstream health is reported, never gating (DESIGN §11).
-                // In cluster mode a node whose Redis or subscription is not working still
-                // serves its own sessions: it says `degraded`, it does not refuse traffic.
-                // A discovery source that fails (registry unreachable, empty DNS answer) leaves
-                // its upstream on the last known endpoints: `degraded`, named in `discovery_failing`.
-                let table = self.routes.load();
-                let discovered = &self.routes.registries().discovered;
-                let mut body = json!({
-                    "ready": true,
-                    "status": "ok",
-                    "routes_version": table.version,
-                    "upstreams": upstreams_json(&table, discovered),
-                });
-                let failing = failing_discovery(&table, discovered);
-                if !failing.is_empty() {
-                    body["status"] = json!("degraded");
-                    body["discovery_failing"] = json!(failing);
-                }
-                if let Some(cluster) = &self.push.cluster {
-                    if !cluster.healthy() {
-                        body["status"] = json!("degraded");
-                    }
-                    body["cluster"] = cluster.status();
-                }
-                // A service the gateway cannot work without stopped (PushService's listener,
-                // the reloader, maintenance, the cluster node task): not ready, naming it.
-                let failed = self.readiness.failures();
-                if failed.is_empty() {
-                    return json_response(200, body);
-                }
-                body["ready"] = json!(false);
-                body["status"] = json!("failed");
-                body["failed"] = failed
-                    .into_iter()
-                    .map(|(service, reason)| (service.to_owned(), json!(reason)))
-                    .collect::<serde_json::Map<_, _>>()
-                    .into();
-                json_response(503, body)
-            }
+            ("GET", "/readyz") => self.readiness(),
             ("GET", "/metrics") => {
                 let text = crate::metrics::render(&self.scrape.families());
                 respond(200, "text/plain; version=0.0.4", text)

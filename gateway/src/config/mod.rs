@@ -288,50 +288,8 @@ impl GatewayConfig {
                 "beyond loopback PushService needs TLS: set push.internal_tls { cert, key, client_ca } or bind to 127.0.0.1",
             ));
         }
-        if self.push.max_inflight == 0
-            || self.push.queue_frames == 0
-            || self.push.queue_bytes.0 < 1024
-        {
-            return Err(invalid(
-                "push",
-                "max_inflight and queue_frames must be at least 1, queue_bytes at least 1KiB",
-            ));
-        }
-        for (field, rate) in [
-            ("push.handshake_rate", &self.push.handshake_rate),
-            ("push.frame_rate", &self.push.frame_rate),
-        ] {
-            if !rate.is_valid() {
-                return Err(invalid(
-                    field,
-                    "per_second must be above 0 and burst at least 1",
-                ));
-            }
-        }
-        if self.push.total_queue_bytes.0 < self.push.queue_bytes.0 {
-            return Err(invalid(
-                "push.total_queue_bytes",
-                "must be at least push.queue_bytes (one session's queue); the default is 512MiB",
-            ));
-        }
-        if self.push.write_stall_timeout.0.is_zero() {
-            return Err(invalid(
-                "push.write_stall_timeout",
-                "must be above 0 (default 30s)",
-            ));
-        }
-        if self.push.max_connections == 0 || self.push.max_connections_per_ip == 0 {
-            return Err(invalid(
-                "push.max_connections",
-                "max_connections and max_connections_per_ip must be at least 1",
-            ));
-        }
-        if self.push.drain_window.0 > self.shutdown.grace_period.0 {
-            return Err(invalid(
-                "push.drain_window",
-                "must not exceed shutdown.grace_period (sessions still open then are cut); \
-                 shorten it or lengthen the grace period",
-            ));
+        if let Err((field, message)) = self.push.validate(self.shutdown.grace_period.0) {
+            return Err(invalid(field, message));
         }
         if self.cluster.is_some() && self.shutdown.grace_period.0 < Duration::from_secs(1) {
             return Err(invalid(

@@ -18,7 +18,7 @@ pub use im_proto::codec::PassThroughCodec;
 use crate::filters::auth::Identity;
 use crate::metrics::Metrics;
 use crate::routes::UnaryRoute;
-use crate::upstream::{ChannelCache, Upstream};
+use crate::upstream::{ChannelCache, Endpoint, Upstream};
 
 /// Who is calling and how to trace it: becomes gRPC metadata. Built by the gateway from the
 /// verified token and the request, never from client-sent identity headers.
@@ -239,27 +239,7 @@ impl Dispatcher {
             match result {
                 Ok(bytes) => return Ok(bytes),
                 Err((err, failure)) => {
-                    let kind = match failure {
-                        AttemptFailure::Connect => {
-                            endpoint
-                                .state
-                                .connect_failed(upstream.health_check.is_some());
-                            "connect"
-                        }
-                        AttemptFailure::Refused => "refused",
-                        AttemptFailure::Final => match err {
-                            DispatchError::Timeout { .. } => "timeout",
-                            DispatchError::Transport { .. } => "transport",
-                            _ => "status",
-                        },
-                    };
-                    if kind != "status" {
-                        self.metrics
-                            .upstream_failures
-                            .with_label_values(&[&upstream.name, kind])
-                            .inc();
-                        tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, request_id = %ctx.request_id, error = %err, "upstream attempt failed");
-                    }
+                    self.count_failure(upstream, endpoint, &err, failure, ctx);
                     if failure == AttemptFailure::Final {
                         return Err(err);
                     }
@@ -272,6 +252,37 @@ impl Dispatcher {
                 upstream: upstream.name.clone(),
             }),
         )
+    }
+
+    /// Counts a failed attempt by kind (a failed connect also tells the endpoint's health);
+    /// an answer with a gRPC status is not a failure of the upstream.
+    fn count_failure(
+        &self,
+        upstream: &Upstream,
+        endpoint: &Endpoint,
+        err: &DispatchError,
+        failure: AttemptFailure,
+        ctx: &CallContext,
+    ) {
+        let kind = match failure {
+            AttemptFailure::Connect => {
+                endpoint
+                    .state
+                    .connect_failed(upstream.health_check.is_some());
+                "connect"
+            }
+            AttemptFailure::Refused => "refused",
+            AttemptFailure::Final => match err {
+                DispatchError::Timeout { .. } => "timeout",
+                DispatchError::Transport { .. } => "transport",
+                _ => return,
+            },
+        };
+        self.metrics
+            .upstream_failures
+            .with_label_values(&[&upstream.name, kind])
+            .inc();
+        tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, request_id = %ctx.request_id, error = %err, "upstream attempt failed");
     }
 
     async fn attempt(

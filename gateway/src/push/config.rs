@@ -70,6 +70,50 @@ pub struct InternalTls {
     pub client_ca: Option<PathBuf>,
 }
 
+impl PushConfig {
+    /// The first setting that cannot work, and the fix; `grace_period` is
+    /// `shutdown.grace_period`, which the drain must fit in.
+    pub fn validate(&self, grace_period: Duration) -> Result<(), (&'static str, &'static str)> {
+        if self.max_inflight == 0 || self.queue_frames == 0 || self.queue_bytes.0 < 1024 {
+            return Err((
+                "push",
+                "max_inflight and queue_frames must be at least 1, queue_bytes at least 1KiB",
+            ));
+        }
+        for (field, rate) in [
+            ("push.handshake_rate", &self.handshake_rate),
+            ("push.frame_rate", &self.frame_rate),
+        ] {
+            if !rate.is_valid() {
+                return Err((field, "per_second must be above 0 and burst at least 1"));
+            }
+        }
+        if self.total_queue_bytes.0 < self.queue_bytes.0 {
+            return Err((
+                "push.total_queue_bytes",
+                "must be at least push.queue_bytes (one session's queue); the default is 512MiB",
+            ));
+        }
+        if self.write_stall_timeout.0.is_zero() {
+            return Err(("push.write_stall_timeout", "must be above 0 (default 30s)"));
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err((
+                "push.max_connections",
+                "max_connections and max_connections_per_ip must be at least 1",
+            ));
+        }
+        if self.drain_window.0 > grace_period {
+            return Err((
+                "push.drain_window",
+                "must not exceed shutdown.grace_period (sessions still open then are cut); \
+                 shorten it or lengthen the grace period",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Rate {
     pub fn is_valid(&self) -> bool {
         self.per_second.is_finite() && self.per_second > 0.0 && self.burst >= 1

@@ -72,94 +72,8 @@ pub fn decode_request(
     table: &RouteTable,
 ) -> Result<ClientRequest, FrameError> {
     match (encoding, inbound) {
-        (FrameEncoding::Proto, Inbound::Binary(bytes)) => {
-            let frame = ClientFrame::decode(bytes).map_err(|e| {
-                error(
-                    0,
-                    Code::InvalidArgument,
-                    format!("undecodable ClientFrame: {e}"),
-                )
-            })?;
-            let route = resolve(table, version, frame.seq, frame.cmd)?;
-            within_max_body(&route, frame.seq, frame.payload.len())?;
-            let payload = pipeline::decode(&route, Request::Proto(frame.payload.into()))
-                .map_err(|e| FrameError::of(frame.seq, e))?;
-            Ok(ClientRequest {
-                seq: frame.seq,
-                route,
-                payload,
-                traceparent: usable_traceparent(&frame.traceparent),
-            })
-        }
-        (FrameEncoding::Json, Inbound::Text(text)) => {
-            let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
-                return Err(error(
-                    0,
-                    Code::InvalidArgument,
-                    "a frame is a JSON object {seq, cmd, payload}",
-                ));
-            };
-            if let Some(k) = obj
-                .keys()
-                .find(|k| !matches!(k.as_str(), "seq" | "cmd" | "payload" | "traceparent"))
-            {
-                return Err(error(
-                    0,
-                    Code::InvalidArgument,
-                    format!("unknown frame field `{k}`"),
-                ));
-            }
-            let seq = match obj.get("seq") {
-                Some(Value::Number(n)) => n.as_u64(),
-                Some(Value::String(s)) => s.parse().ok(),
-                None => Some(0),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                error(
-                    0,
-                    Code::InvalidArgument,
-                    "`seq` must be an unsigned integer",
-                )
-            })?;
-            let cmd = obj
-                .get("cmd")
-                .and_then(Value::as_u64)
-                .and_then(|c| u32::try_from(c).ok())
-                .ok_or_else(|| {
-                    error(
-                        seq,
-                        Code::InvalidArgument,
-                        "`cmd` must be an unsigned 32-bit integer",
-                    )
-                })?;
-            let route = resolve(table, version, seq, cmd)?;
-            // The frame as received, like an HTTP body against the same route.
-            within_max_body(&route, seq, text.len())?;
-            let payload = match obj.remove("payload") {
-                None | Some(Value::Null) => Value::Object(Default::default()),
-                Some(v @ Value::Object(_)) => v,
-                Some(_) => {
-                    return Err(error(
-                        seq,
-                        Code::InvalidArgument,
-                        "`payload` must be a JSON object",
-                    ))
-                }
-            };
-            let payload = pipeline::decode(&route, Request::JsonValue(payload))
-                .map_err(|e| FrameError::of(seq, e))?;
-            let traceparent = obj
-                .get("traceparent")
-                .and_then(Value::as_str)
-                .and_then(usable_traceparent);
-            Ok(ClientRequest {
-                seq,
-                route,
-                payload,
-                traceparent,
-            })
-        }
+        (FrameEncoding::Proto, Inbound::Binary(bytes)) => decode_binary(bytes, version, table),
+        (FrameEncoding::Json, Inbound::Text(text)) => decode_text(text, version, table),
         (FrameEncoding::Proto, Inbound::Text(_)) => Err(error(
             0,
             Code::InvalidArgument,
@@ -171,6 +85,77 @@ pub fn decode_request(
             "this session speaks JSON: send text messages (or connect with encoding=proto)",
         )),
     }
+}
+
+/// A `ClientFrame` in protobuf.
+fn decode_binary(
+    bytes: &[u8],
+    version: u8,
+    table: &RouteTable,
+) -> Result<ClientRequest, FrameError> {
+    let frame = ClientFrame::decode(bytes).map_err(|e| {
+        error(
+            0,
+            Code::InvalidArgument,
+            format!("undecodable ClientFrame: {e}"),
+        )
+    })?;
+    let route = resolve(table, version, frame.seq, frame.cmd)?;
+    within_max_body(&route, frame.seq, frame.payload.len())?;
+    let payload = pipeline::decode(&route, Request::Proto(frame.payload.into()))
+        .map_err(|e| FrameError::of(frame.seq, e))?;
+    Ok(ClientRequest {
+        seq: frame.seq,
+        route,
+        payload,
+        traceparent: usable_traceparent(&frame.traceparent),
+    })
+}
+
+/// A frame in JSON: `{seq, cmd, payload, traceparent}`, nothing else.
+fn decode_text(text: &str, version: u8, table: &RouteTable) -> Result<ClientRequest, FrameError> {
+    let invalid = |seq: u64, message: &str| error(seq, Code::InvalidArgument, message);
+    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
+        return Err(invalid(0, "a frame is a JSON object {seq, cmd, payload}"));
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "seq" | "cmd" | "payload" | "traceparent"))
+    {
+        return Err(invalid(0, &format!("unknown frame field `{k}`")));
+    }
+    let seq = match obj.get("seq") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        None => Some(0),
+        _ => None,
+    }
+    .ok_or_else(|| invalid(0, "`seq` must be an unsigned integer"))?;
+    let cmd = obj
+        .get("cmd")
+        .and_then(Value::as_u64)
+        .and_then(|c| u32::try_from(c).ok())
+        .ok_or_else(|| invalid(seq, "`cmd` must be an unsigned 32-bit integer"))?;
+    let route = resolve(table, version, seq, cmd)?;
+    // The frame as received, like an HTTP body against the same route.
+    within_max_body(&route, seq, text.len())?;
+    let payload = match obj.remove("payload") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err(invalid(seq, "`payload` must be a JSON object")),
+    };
+    let payload = pipeline::decode(&route, Request::JsonValue(payload))
+        .map_err(|e| FrameError::of(seq, e))?;
+    let traceparent = obj
+        .get("traceparent")
+        .and_then(Value::as_str)
+        .and_then(usable_traceparent);
+    Ok(ClientRequest {
+        seq,
+        route,
+        payload,
+        traceparent,
+    })
 }
 
 fn resolve(

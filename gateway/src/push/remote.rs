@@ -280,63 +280,7 @@ fn apply(deps: &Arc<PushDeps>, msg: NodeMessage, body: node_message::Body) {
         return;
     };
     match body {
-        node_message::Body::Deliver(d) => {
-            let Some(push) = &d.push else { return };
-            // One span per node hop, a child of the Push call's; traced only when that
-            // call was (an untraced call sends no sampled traceparent).
-            let caller = (!msg.traceparent.is_empty()).then_some(msg.traceparent.as_str());
-            let span = im_telemetry::root_span!(
-                crate::telemetry::sampled(caller, 0.0),
-                "cluster.deliver",
-                otel.kind = "consumer",
-                im.from_node = %msg.from_node,
-                im.push.users = d.user_ids.len() as i64,
-                im.push.delivered = tracing::field::Empty,
-                im.forwarded = d.forwarded,
-            );
-            if !msg.traceparent.is_empty() {
-                im_telemetry::traceparent::set_parent(&span, &msg.traceparent);
-            }
-            let _entered = span.enter();
-            let origin_here =
-                d.origin_node == cluster.run.node && d.origin_epoch == cluster.run.epoch;
-            let targets = Targets {
-                platforms: &d.platforms,
-                exclude_device_ids: &d.exclude_device_ids,
-                // A forward back to the first node: only sessions it did not reach.
-                newer_than: if d.forwarded && origin_here {
-                    d.origin_watermark
-                } else {
-                    0
-                },
-            };
-            let table = deps.routes.load();
-            let mut missed = Vec::new();
-            let delivered = fan_out_each(
-                &deps.hub,
-                push,
-                &d.user_ids,
-                &targets,
-                &table.descriptors,
-                |i, here| {
-                    if !here {
-                        missed.push(d.user_ids[i].clone());
-                    }
-                },
-            );
-            if let Ok(reply) = &delivered {
-                span.record("im.push.delivered", i64::from(reply.delivered));
-            }
-            match delivered {
-                Err(e) => {
-                    tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
-                }
-                Ok(_) if !missed.is_empty() && !d.forwarded => {
-                    forward(deps, cluster, d, missed, msg.traceparent);
-                }
-                Ok(_) => {}
-            }
-        }
+        node_message::Body::Deliver(d) => deliver(deps, cluster, msg, d),
         node_message::Body::Kick(k) if k.conn_ids.is_empty() => {
             // Another node's kick: its caller waited on that node's file, not on ours.
             let (_, _persisted) = control::kick_user(deps, &k.user_id, &k.device_id, &k.reason);
@@ -358,6 +302,65 @@ fn apply(deps: &Arc<PushDeps>, msg: NodeMessage, body: node_message::Body) {
             let (_, _persisted) = control::end_session_here(deps, &r.sid, r.until, Ending::Revoked);
         }
         node_message::Body::Revoke(_) | node_message::Body::Probe(_) => {}
+    }
+}
+
+/// Another node's push for users of this node: delivered to their sessions here in a span of
+/// its own (a child of the Push call's), and followed up for those gone from here.
+fn deliver(deps: &Arc<PushDeps>, cluster: &Arc<Cluster>, msg: NodeMessage, d: NodeDeliver) {
+    let Some(push) = &d.push else { return };
+    // One span per node hop, a child of the Push call's; traced only when that
+    // call was (an untraced call sends no sampled traceparent).
+    let caller = (!msg.traceparent.is_empty()).then_some(msg.traceparent.as_str());
+    let span = im_telemetry::root_span!(
+        crate::telemetry::sampled(caller, 0.0),
+        "cluster.deliver",
+        otel.kind = "consumer",
+        im.from_node = %msg.from_node,
+        im.push.users = d.user_ids.len() as i64,
+        im.push.delivered = tracing::field::Empty,
+        im.forwarded = d.forwarded,
+    );
+    if !msg.traceparent.is_empty() {
+        im_telemetry::traceparent::set_parent(&span, &msg.traceparent);
+    }
+    let _entered = span.enter();
+    let origin_here = d.origin_node == cluster.run.node && d.origin_epoch == cluster.run.epoch;
+    let targets = Targets {
+        platforms: &d.platforms,
+        exclude_device_ids: &d.exclude_device_ids,
+        // A forward back to the first node: only sessions it did not reach.
+        newer_than: if d.forwarded && origin_here {
+            d.origin_watermark
+        } else {
+            0
+        },
+    };
+    let table = deps.routes.load();
+    let mut missed = Vec::new();
+    let delivered = fan_out_each(
+        &deps.hub,
+        push,
+        &d.user_ids,
+        &targets,
+        &table.descriptors,
+        |i, here| {
+            if !here {
+                missed.push(d.user_ids[i].clone());
+            }
+        },
+    );
+    if let Ok(reply) = &delivered {
+        span.record("im.push.delivered", i64::from(reply.delivered));
+    }
+    match delivered {
+        Err(e) => {
+            tracing::warn!(error = %e, from = %msg.from_node, "cluster: push from another node not delivered");
+        }
+        Ok(_) if !missed.is_empty() && !d.forwarded => {
+            forward(deps, cluster, d, missed, msg.traceparent);
+        }
+        Ok(_) => {}
     }
 }
 

@@ -30,6 +30,53 @@ use crate::filters::revocation::MAX_SESSION_SECS;
 /// Upper bound on recipients of one Push call.
 const MAX_RECIPIENT_USERS: usize = 100_000;
 
+/// What a Push call must carry: a bounded recipient list, a kind, a payload type the gateway
+/// knows.
+fn check_push(
+    req: &PushRequest,
+    descriptors: &prost_reflect::DescriptorPool,
+) -> Result<(), Status> {
+    if req.user_ids.len() > MAX_RECIPIENT_USERS {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_RECIPIENT_USERS} user_ids per call"
+        )));
+    }
+    if req.kind.is_empty() {
+        return Err(Status::invalid_argument("kind is required"));
+    }
+    if descriptors.get_message_by_name(&req.payload_type).is_none() {
+        return Err(Status::invalid_argument(format!(
+            "unknown payload_type `{}`",
+            req.payload_type
+        )));
+    }
+    Ok(())
+}
+
+/// One span per call, however many recipients (never one per socket), a child of the caller's.
+fn push_span(
+    push: &Push,
+    users: usize,
+    traceparent: Option<&str>,
+    deps: &PushDeps,
+) -> tracing::Span {
+    let sampled = crate::telemetry::sampled(traceparent, deps.pipeline.sample_ratio);
+    let span = im_telemetry::root_span!(
+        sampled,
+        "push",
+        otel.kind = "server",
+        im.push.kind = %push.kind,
+        im.push.users = users as i64,
+        im.push.delivered = tracing::field::Empty,
+        im.push.online = tracing::field::Empty,
+        im.push.offline = tracing::field::Empty,
+    );
+    if let Some(parent) = traceparent {
+        im_telemetry::traceparent::set_parent(&span, parent);
+    }
+    span
+}
+
 pub struct PushSvc {
     pub deps: Arc<PushDeps>,
 }
@@ -43,25 +90,8 @@ impl PushService for PushSvc {
             .and_then(|v| v.to_str().ok())
             .and_then(crate::pipeline::usable_traceparent);
         let req = request.into_inner();
-        if req.user_ids.len() > MAX_RECIPIENT_USERS {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_RECIPIENT_USERS} user_ids per call"
-            )));
-        }
-        if req.kind.is_empty() {
-            return Err(Status::invalid_argument("kind is required"));
-        }
         let table = self.deps.routes.load();
-        if table
-            .descriptors
-            .get_message_by_name(&req.payload_type)
-            .is_none()
-        {
-            return Err(Status::invalid_argument(format!(
-                "unknown payload_type `{}`",
-                req.payload_type
-            )));
-        }
+        check_push(&req, &table.descriptors)?;
         let push = Push {
             id: request_id::generate(),
             kind: req.kind,
@@ -74,22 +104,12 @@ impl PushService for PushSvc {
             exclude_device_ids: &req.exclude_device_ids,
             newer_than: 0,
         };
-        // One span per call, however many recipients (never one per socket).
-        let sampled =
-            crate::telemetry::sampled(traceparent.as_deref(), self.deps.pipeline.sample_ratio);
-        let span = im_telemetry::root_span!(
-            sampled,
-            "push",
-            otel.kind = "server",
-            im.push.kind = %push.kind,
-            im.push.users = req.user_ids.len() as i64,
-            im.push.delivered = tracing::field::Empty,
-            im.push.online = tracing::field::Empty,
-            im.push.offline = tracing::field::Empty,
+        let span = push_span(
+            &push,
+            req.user_ids.len(),
+            traceparent.as_deref(),
+            &self.deps,
         );
-        if let Some(parent) = &traceparent {
-            im_telemetry::traceparent::set_parent(&span, parent);
-        }
         // The next hops (other nodes) are children of this call's span.
         let hop = im_telemetry::traceparent::of(&span).or(traceparent);
         let reply = match &self.deps.cluster {

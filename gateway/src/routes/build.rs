@@ -60,15 +60,7 @@ impl RouteContext<'_> {
                 let http = check_http(spec, &mut p);
                 let resolved = self.resolve_unary(target, &mut p);
                 if let (Some(up), Some(_)) = (&upstream, &resolved) {
-                    if max_body > up.max_message as u64 {
-                        p.add(
-                            "max_body",
-                            format!(
-                                "{max_body} bytes exceeds upstream `{}` max_message ({} bytes); raise the upstream's max_message or lower max_body",
-                                up.name, up.max_message
-                            ),
-                        );
-                    }
+                    fits_upstream(up, max_body, &mut p);
                 }
                 let bindings = self.version_bindings(spec, &mut p);
                 match (upstream, resolved, p.is_empty()) {
@@ -327,4 +319,17 @@ fn check_rate_limit(rl: &RateLimitSpec) -> Result<(), String> {
         return Err("burst must be at least 1".into());
     }
     Ok(())
+}
+
+/// A bridge body is one upstream message: `max_body` must fit the upstream's `max_message`.
+fn fits_upstream(up: &Upstream, max_body: u64, p: &mut Problems) {
+    if max_body > up.max_message as u64 {
+        p.add(
+            "max_body",
+            format!(
+                "{max_body} bytes exceeds upstream `{}` max_message ({} bytes); raise the upstream's max_message or lower max_body",
+                up.name, up.max_message
+            ),
+        );
+    }
 }
