@@ -97,121 +97,110 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let format = match im_telemetry::LogFormat::choose(args.log_format.as_deref()) {
-        Ok(f) => f,
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("im-launcher: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+/// The dev secrets, the config with the demo's defaults, telemetry, the backends and the
+/// gateway, until Ctrl-C or SIGTERM.
+fn run(args: Args) -> Result<(), String> {
+    let format = im_telemetry::LogFormat::choose(args.log_format.as_deref())?;
     let early = im_telemetry::early(format);
-
-    if let Err(e) = std::fs::create_dir_all(&args.data) {
-        eprintln!("im-launcher: cannot create {}: {e}", args.data.display());
-        return ExitCode::FAILURE;
-    }
-    for (name, len) in [("dev-jwt.key", 32), ("internal.token", 32)] {
-        let path = args.data.join(name);
-        match ensure_secret(&path, len) {
-            Ok(true) => tracing::info!(path = %path.display(), "created dev secret"),
-            Ok(false) => {}
-            Err(e) => {
-                eprintln!("im-launcher: cannot write {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-
-    let mut cfg = match args.config.as_deref().map(GatewayConfig::load).transpose() {
-        Ok(c) => c.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("im-launcher: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    create_secrets(&args.data)?;
+    let mut cfg = args
+        .config
+        .as_deref()
+        .map(GatewayConfig::load)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     drop(early);
-    // One process, one export: the gateway's and the backends' spans share `telemetry:`, and
-    // the backends' spans still name their own service, as in a split deployment.
-    let export = im_gateway::cli::trace_export(&mut cfg).map(|export| {
-        export.map(|mut export| {
-            export.crate_services = vec![("im_backends", im_backends::SERVICE_NAME.to_owned())];
-            export
-        })
-    });
-    let mut telemetry = match export.and_then(|e| im_telemetry::init(format, e.as_ref())) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("im-launcher: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if cfg.auth.hs256_secret_file.is_none() && cfg.auth.public_keys.is_empty() {
-        // The backends mint tokens with the same dev key (§2).
-        cfg.auth.hs256_secret_file = Some(args.data.join("dev-jwt.key"));
-    }
-    if cfg.auth.revocation_file.is_none() {
-        // Revoked and kicked sessions stay refused across restarts of the demo.
-        cfg.auth.revocation_file = Some(args.data.join("revoked.json"));
-    }
-    if cfg.push.internal_token_file.is_none() {
-        cfg.push.internal_token_file = Some(args.data.join("internal.token"));
-    }
+    let mut telemetry = init_telemetry(&mut cfg, format)?;
+    demo_defaults(&mut cfg, &args.data);
     let (edge, admin, push) = (cfg.listen.edge, cfg.listen.admin, cfg.listen.push);
-    let backend_cfg = match backend_config(&args, &cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("im-launcher: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let backend_cfg = backend_config(&args, &cfg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("im-launcher: cannot start the backends' runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(|e| format!("cannot start the backends' runtime: {e}"))?;
     let (stop_backends, backends_stopped) = tokio::sync::oneshot::channel::<()>();
-    let listener = match runtime.block_on(tokio::net::TcpListener::bind(args.backends)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "im-launcher: backends cannot listen on {}: {e}",
-                args.backends
-            );
-            return ExitCode::FAILURE;
-        }
-    };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.backends))
+        .map_err(|e| format!("backends cannot listen on {}: {e}", args.backends))?;
     let backends = runtime.spawn(im_backends::serve(backend_cfg, listener, async {
         let _ = backends_stopped.await;
     }));
-
     let metrics_interval = cfg.telemetry.metrics_interval.0;
-    let gateway = match Gateway::build(cfg, args.routes.clone()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("im-launcher: {} rejected:\n{e}", args.routes.display());
-            return ExitCode::FAILURE;
-        }
-    };
+    let gateway = Gateway::build(cfg, args.routes.clone())
+        .map_err(|e| format!("{} rejected:\n{e}", args.routes.display()))?;
     let scrape = gateway.scrape();
     telemetry.export_metrics(metrics_interval, Box::new(move || scrape.families()));
     // Every listener is bound before anything serves: a port that is taken (or a TLS file that
     // does not load) stops the start here, naming the listener, instead of a gateway that
     // answers ready while pushes from the backends fail.
-    let gateway = match RunningGateway::start(gateway) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("im-launcher: the gateway cannot start: {e}");
-            return ExitCode::FAILURE;
+    let gateway =
+        RunningGateway::start(gateway).map_err(|e| format!("the gateway cannot start: {e}"))?;
+    print_urls(edge, push, admin, &args);
+    runtime.block_on(im_backends::shutdown_signal());
+    tracing::info!("stopping");
+    gateway.stop();
+    let _ = stop_backends.send(());
+    let served = runtime.block_on(backends);
+    telemetry.shutdown();
+    match served {
+        Ok(Err(e)) => Err(format!("backends: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// The dev key and the internal token under `data`, created once.
+fn create_secrets(data: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    for (name, len) in [("dev-jwt.key", 32), ("internal.token", 32)] {
+        let path = data.join(name);
+        let created = ensure_secret(&path, len)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if created {
+            tracing::info!(path = %path.display(), "created dev secret");
         }
-    };
+    }
+    Ok(())
+}
+
+/// One process, one export: the gateway's and the backends' spans share `telemetry:`, and the
+/// backends' spans still name their own service, as in a split deployment.
+fn init_telemetry(
+    cfg: &mut GatewayConfig,
+    format: im_telemetry::LogFormat,
+) -> Result<im_telemetry::Telemetry, String> {
+    let export = im_gateway::cli::trace_export(cfg)?.map(|mut export| {
+        export.crate_services = vec![("im_backends", im_backends::SERVICE_NAME.to_owned())];
+        export
+    });
+    im_telemetry::init(format, export.as_ref())
+}
+
+/// What the demo fills in when the config leaves it out: the dev key the backends share (§2), a
+/// revocation file (revoked sessions stay refused across restarts), the internal token.
+fn demo_defaults(cfg: &mut GatewayConfig, data: &Path) {
+    if cfg.auth.hs256_secret_file.is_none() && cfg.auth.public_keys.is_empty() {
+        cfg.auth.hs256_secret_file = Some(data.join("dev-jwt.key"));
+    }
+    if cfg.auth.revocation_file.is_none() {
+        cfg.auth.revocation_file = Some(data.join("revoked.json"));
+    }
+    if cfg.push.internal_token_file.is_none() {
+        cfg.push.internal_token_file = Some(data.join("internal.token"));
+    }
+}
+
+fn print_urls(edge: SocketAddr, push: SocketAddr, admin: SocketAddr, args: &Args) {
     println!("IM system running (Ctrl-C to stop)");
     println!("  web client    http://{}/", browsable(edge));
     println!("  HTTP API      http://{edge}/service/...   e.g. curl -d '{{\"text\":\"hi\"}}' http://{edge}/service/echo");
@@ -222,18 +211,4 @@ fn main() -> ExitCode {
         args.backends,
         args.data.display()
     );
-
-    runtime.block_on(im_backends::shutdown_signal());
-    tracing::info!("stopping");
-    gateway.stop();
-    let _ = stop_backends.send(());
-    let code = match runtime.block_on(backends) {
-        Ok(Err(e)) => {
-            eprintln!("im-launcher: backends: {e}");
-            ExitCode::FAILURE
-        }
-        _ => ExitCode::SUCCESS,
-    };
-    telemetry.shutdown();
-    code
 }
