@@ -14,10 +14,11 @@
 //! ([`push::service`]) into sessions' bounded outboxes.
 //!
 //! # Layout
-//! - [`policy`], [`units`], [`clock`], [`backoff`], [`sharded`]: leaves: the route policy vocabulary (auth modes, rate
-//!   limits, balancing), human units, the one wall clock, jittered reconnect delays, the one
-//!   sharded map (and capped LRU) that caches, limiters and the registry use. `scripts/module-cycles.py` keeps the
-//!   module graph free of cycles.
+//! - [`policy`], [`units`], [`clock`], [`backoff`], [`sharded`]: leaves: the route policy
+//!   vocabulary (auth modes, rate limits, balancing), human units, the one wall clock, jittered
+//!   reconnect delays, the one sharded map (and capped LRU) that caches, limiters and the
+//!   registry use. `scripts/module-cycles.py` keeps the module graph free of cycles,
+//!   `scripts/code-shape.py` files within 500 lines and functions within 80.
 //! - [`config`]: the gateway's own `gateway.yaml` (listeners, threads, reload, shutdown).
 //! - [`routes`]: `routes.yaml` parsed ([`routes::file`]), checked route by route
 //!   ([`routes::build`], [`routes::upstreams`]) into an immutable [`routes::RouteTable`], swapped
@@ -29,7 +30,8 @@
 //!   change rebuilds the current table from the same file. [`keyed_tasks`] runs the watchers and
 //!   health checkers, one task per key.
 //! - [`pipeline`]: admit -> call -> decode -> dispatch -> encode, shared by HTTP and WebSocket,
-//!   with JSON transcoding and the protobuf validator.
+//!   with JSON transcoding and the protobuf validator; [`call_error`]: the one error every step
+//!   answers with (status, gRPC code, message, rate-limit state).
 //! - [`dispatch`]: the dispatcher (route -> pool -> endpoint -> tonic pass-through codec ->
 //!   status); retries only unprocessed attempts.
 //! - [`bridge`]: the HTTP side of the pipeline: encodings from headers, replies, error bodies.
@@ -44,8 +46,11 @@
 //!   session control (revoke, kick) and PushService for backends.
 //! - [`web`]: the demo web client (embedded from `gateway/web/`) and `/config.json` with the
 //!   push URL, served by the edge for `GET` on paths no route claims.
-//! - [`cluster`]: cluster mode through Redis: the registry of every node's connections, node
-//!   liveness, node-to-node messages; `push::remote` is where the push plugin uses it.
+//! - [`cluster`]: cluster mode through Redis: the registry of every node's connections (the
+//!   multi-device rule as a Lua script), node liveness (live, draining, dead runs), the
+//!   cluster-wide denylist, node-to-node messages on per-node channels with a probe that proves
+//!   the subscription, and the Redis link with its timeouts; `push::remote` is where the push
+//!   plugin uses it, `filters::cluster_limit` where `scope: cluster` limits do.
 //! - [`admin`]: health, readiness, metrics, route inspection and reload; `admin::scrape` is the
 //!   one reading of the metrics that `/metrics` renders and the OTLP export sends.
 //! - [`maintenance`]: after each table swap, health checks and state of removed endpoints;
@@ -54,7 +59,11 @@
 //! - [`telemetry`]: `telemetry:` in gateway.yaml, the call spans (sampled where they open) and the
 //!   access log; the export itself is `im_telemetry`'s.
 //! - [`server`]: assembles the Pingora services (edge, push + PushService on one runtime, admin,
-//!   reloader, maintenance); runs and stops a gateway in-process.
+//!   reloader, maintenance); runs and stops a gateway in-process. [`listeners`]: every listen
+//!   address bound once, before anything serves, and handed to Pingora; [`readiness`]: the
+//!   services the gateway cannot run without, and `/readyz`'s view of them.
+//! - [`cli`]: the `im-gateway` command (`run`, `check`), and the telemetry set-up the launcher
+//!   shares.
 
 // No panic reachable from input or reload: the workspace denies unwrap, expect, panic and
 // unreachable outside tests (Cargo.toml, clippy.toml); the one allowed `expect` (static metric
@@ -63,6 +72,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod bridge;
+pub mod call_error;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tonic::Code;
 
+use crate::call_error::CallError;
 use crate::metrics::Metrics;
 use crate::policy::{AuthMode, LimitScope, RateLimitKey};
 use auth::{AuthFailure, Authenticator, Identity};
@@ -64,26 +65,6 @@ pub struct Admitted {
     pub limit: Option<Decision>,
 }
 
-/// A request refused before any backend is called.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub status: u16,
-    pub code: Code,
-    pub message: String,
-    pub limit: Option<Decision>,
-}
-
-impl Rejection {
-    fn unauthenticated(f: AuthFailure) -> Self {
-        Self {
-            status: 401,
-            code: Code::Unauthenticated,
-            message: f.to_string(),
-            limit: None,
-        }
-    }
-}
-
 /// `RateLimit-*` (and on rejection `Retry-After`) headers for a decision.
 pub fn limit_headers(d: &Decision) -> Vec<(&'static str, String)> {
     let mut h = vec![
@@ -117,7 +98,7 @@ impl Guard {
         admission: &Admission,
         creds: Credentials<'_>,
         client_ip: IpAddr,
-    ) -> Result<Admitted, Rejection> {
+    ) -> Result<Admitted, CallError> {
         let mut admitted = Admitted::default();
         match admission.auth {
             AuthMode::Required => match creds.identity(&self.auth) {
@@ -142,15 +123,12 @@ impl Guard {
                     .auth_failures
                     .with_label_values(&["role"])
                     .inc();
-                return Err(Rejection {
-                    status: 403,
-                    code: Code::PermissionDenied,
-                    message: format!(
-                        "this call needs one of the roles: {}",
-                        admission.roles.join(", ")
-                    ),
-                    limit: None,
-                });
+                let needed = admission.roles.join(", ");
+                return Err(CallError::new(
+                    403,
+                    Code::PermissionDenied,
+                    format!("this call needs one of the roles: {needed}"),
+                ));
             }
         }
         if let Some(limit) = &admission.limit {
@@ -178,22 +156,20 @@ impl Guard {
                     .ratelimit_rejections
                     .with_label_values(&[route, kind])
                     .inc();
-                return Err(Rejection {
-                    status: 429,
-                    code: Code::ResourceExhausted,
-                    message: "rate limit exceeded".into(),
-                    limit: Some(decision),
-                });
+                let mut refused =
+                    CallError::new(429, Code::ResourceExhausted, "rate limit exceeded");
+                refused.limit = Some(decision);
+                return Err(refused);
             }
         }
         Ok(admitted)
     }
 
-    fn auth_failed(&self, f: AuthFailure) -> Rejection {
+    fn auth_failed(&self, f: AuthFailure) -> CallError {
         self.metrics
             .auth_failures
             .with_label_values(&[f.reason()])
             .inc();
-        Rejection::unauthenticated(f)
+        CallError::new(401, Code::Unauthenticated, f.to_string())
     }
 }

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::dispatch::{CallContext, DispatchError, Dispatcher};
 use crate::filters::ratelimit::Decision;
-use crate::filters::{Admission, Credentials, Guard, Rejection};
+use crate::filters::{Admission, Credentials, Guard};
 use crate::routes::UnaryRoute;
 
 /// How a request or reply is encoded: protobuf bytes or JSON (DESIGN §4).
@@ -37,31 +37,9 @@ pub enum Encoding {
 /// What a client is told when a backend reply does not match the descriptor set.
 pub const INVALID_REPLY: &str = "upstream sent an invalid reply";
 
-/// Why a call ended without a reply: the HTTP status and the gRPC code it maps to, a message
-/// for the client, and the rate-limit state when the limiter was consulted.
-#[derive(Debug, Clone)]
-pub struct CallError {
-    pub status: u16,
-    pub code: Code,
-    pub message: String,
-    pub limit: Option<Decision>,
-}
+pub use crate::call_error::CallError;
 
 impl CallError {
-    pub fn new(status: u16, code: Code, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            limit: None,
-        }
-    }
-
-    /// A request that does not decode as the route's input type.
-    pub fn invalid_argument(message: impl Into<String>) -> Self {
-        Self::new(400, Code::InvalidArgument, message)
-    }
-
     /// A body or frame over the route's `max_body` (HTTP answers 413 and closes the connection;
     /// a socket answers the frame and stays).
     pub fn too_large(route: &UnaryRoute, len: Option<usize>) -> Self {
@@ -76,17 +54,6 @@ impl CallError {
             ),
         };
         Self::new(413, Code::ResourceExhausted, message)
-    }
-}
-
-impl From<Rejection> for CallError {
-    fn from(r: Rejection) -> Self {
-        Self {
-            status: r.status,
-            code: r.code,
-            message: r.message,
-            limit: r.limit,
-        }
     }
 }
 
