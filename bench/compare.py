@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Two gateway binaries side by side: the HTTP bridge (im-bench, JSON, auth off and RS256 + per-user
-limit) and WebSocket push (im-bench ws-push, the three fan-out phases), the binaries alternating in
+limit), native gRPC pass-through (im-bench grpc, auth off) and WebSocket push (im-bench ws-push, the three fan-out phases), the binaries alternating in
 every round, the same backend, load tool and configs for both. For a refactor that must not cost
 speed: build the previous commit's `im-gateway` somewhere, then
 
@@ -44,6 +44,7 @@ routes:
   - {{ name: echo, http: {{ path: /service/echo }}, upstream: echo, grpc: im.echo.v1.EchoService/Echo, auth: none }}
   - {{ name: echo_auth, http: {{ path: /service/echo_auth }}, upstream: echo, grpc: im.echo.v1.EchoService/Echo,
        rate_limit: {{ key: user, per_second: 100000, burst: 100000 }} }}
+  - {{ name: echo_grpc, grpc_service: im.echo.v1.EchoService, upstream: echo, auth: none }}
 """)
     config = os.path.join(tmp, f"{name}-gateway.yaml")
     with open(config, "w") as f:
@@ -111,16 +112,21 @@ def main():
     with open(os.path.join(tmp, "internal.token"), "w") as f:
         f.write("bench-internal-token-0123456789")
     exp = ["--exp", str(int(time.time()) + 3 * 3600), "--ips", "5000"]
+    # EchoRequest { text: "hello" }, as the raw message `im-bench grpc` frames.
+    grpc_body = os.path.join(tmp, "echo-request.bin")
+    with open(grpc_body, "wb") as f:
+        f.write(b"\x0a\x05hello")
+    json_body = ["--body", body, "--content-type", "application/json"]
     bridge_cases = {
-        "bridge JSON, auth off": ("/service/echo", []),
-        "bridge JSON, RS256 + per-user limit": ("/service/echo_auth",
+        "bridge JSON, auth off": ("http", "/service/echo", json_body),
+        "bridge JSON, RS256 + per-user limit": ("http", "/service/echo_auth", json_body +
                                                 ["--alg", "RS256", "--key", key, "--users", "2000"]),
+        "gRPC pass-through, auth off": ("grpc", "/im.echo.v1.EchoService/Echo", ["--body", grpc_body]),
     }
 
-    def imbench(edge, path, extra, n):
-        cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), "http", "--url", f"http://127.0.0.1:{edge}{path}",
-                          "--conns", "8", "--streams", "16", "--requests", str(n), "--body", body,
-                          "--content-type", "application/json"] + exp + extra
+    def imbench(edge, mode, path, extra, n):
+        cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), mode, "--url", f"http://127.0.0.1:{edge}{path}",
+                          "--conns", "8", "--streams", "16", "--requests", str(n)] + exp + extra
         return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
     backend_port = free_port()
@@ -133,13 +139,13 @@ def main():
         wait_port(backend_port)
         for label, binary in binaries.items():
             gateways[label] = start_bridge_gateway(binary, tmp, label.replace(" ", "-"), backend_port, key + ".pub")
-            for path, extra in bridge_cases.values():  # warm-up, also fills the token cache
-                imbench(gateways[label][1], path, extra, 4000)
+            for mode, path, extra in bridge_cases.values():  # warm-up, also fills the token cache
+                imbench(gateways[label][1], mode, path, extra, 4000)
         for run in range(args.runs):
-            for case, (path, extra) in bridge_cases.items():
+            for case, (mode, path, extra) in bridge_cases.items():
                 for label, (proc, edge) in gateways.items():
                     before = cpu_seconds(proc.pid)
-                    r = imbench(edge, path, extra, args.requests)
+                    r = imbench(edge, mode, path, extra, args.requests)
                     r.setdefault("failed", sum(e["count"] for e in r.get("errors", [])))
                     r["cpu_us_per_req"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(1, r["ok"])
                     results[label][case].append(r)

@@ -233,9 +233,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The registries and every metric, its help text from [`HELP`]. The names and help texts are
+    /// The registries and every metric, its help text from `HELP`. The names and help texts are
     /// static, so a failure here is a bug found by the first test, never input: the one place the
-    /// gateway allows `expect` (in [`Families`]).
+    /// gateway allows `expect` (in `Families`).
     pub fn new() -> Self {
         let own = Families::prefixed("im_gateway");
         let std = Families(Registry::new());

@@ -40,7 +40,7 @@ impl<T> Sharded<T> {
 
 const LRU_SHARDS: usize = 16;
 
-/// At most `cap` entries over [`LRU_SHARDS`] LRU maps (each `cap / LRU_SHARDS`, at least one).
+/// At most `cap` entries over `LRU_SHARDS` LRU maps (each `cap / LRU_SHARDS`, at least one).
 pub struct Lru<K: Hash + Eq, V>(Sharded<Mutex<LruCache<K, V>>>);
 
 impl<K: Hash + Eq, V> Lru<K, V> {
