@@ -227,7 +227,9 @@ impl Db {
     }
 }
 
-async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+/// Runs `f` on tokio's blocking pool (SQLite, the file store): the one place a handler's
+/// blocking work goes, with a failed task answered INTERNAL.
+pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ApiError> + Send + 'static,

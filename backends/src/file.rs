@@ -191,14 +191,13 @@ impl FileSvc {
         self.check_quota(total)?;
 
         let store = self.store.clone();
-        let uploads = tokio::task::spawn_blocking(move || {
+        let uploads = crate::db::blocking(move || {
             for u in &uploads {
                 store.put(&u.id, &u.content)?;
             }
-            Ok::<_, std::io::Error>(uploads)
+            Ok(uploads)
         })
-        .await
-        .map_err(|e| ApiError::internal(format!("file task: {e}")))??;
+        .await?;
         let infos: Vec<FileInfo> = uploads
             .iter()
             .map(|u| FileInfo {
@@ -269,7 +268,7 @@ impl FileSvc {
             )));
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::db::blocking(move || {
             found
                 .into_iter()
                 .map(|(file_id, file_name, _)| {
@@ -282,7 +281,6 @@ impl FileSvc {
                 .collect::<Result<Vec<_>, ApiError>>()
         })
         .await
-        .map_err(|e| ApiError::internal(format!("file task: {e}")))?
     }
 }
 
