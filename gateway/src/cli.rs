@@ -95,6 +95,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `gateway.yaml` at `path`, or the built-in defaults without one.
+pub fn load_config(path: Option<&Path>) -> Result<GatewayConfig, String> {
+    Ok(path
+        .map(GatewayConfig::load)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default())
+}
+
 /// `im-gateway run`: the config read (flags over the file), telemetry started, the gateway
 /// built and served until it is stopped.
 fn run(
@@ -106,12 +115,7 @@ fn run(
 ) -> Result<(), String> {
     let format = im_telemetry::LogFormat::choose(log_format.as_deref())?;
     let early = im_telemetry::early(format);
-    let mut cfg = config
-        .as_deref()
-        .map(GatewayConfig::load)
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
+    let mut cfg = load_config(config.as_deref())?;
     drop(early);
     let mut telemetry = init_telemetry(&mut cfg, format)?;
     if let Some(a) = edge {

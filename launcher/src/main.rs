@@ -112,13 +112,7 @@ fn run(args: Args) -> Result<(), String> {
     let format = im_telemetry::LogFormat::choose(args.log_format.as_deref())?;
     let early = im_telemetry::early(format);
     create_secrets(&args.data)?;
-    let mut cfg = args
-        .config
-        .as_deref()
-        .map(GatewayConfig::load)
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
+    let mut cfg = im_gateway::cli::load_config(args.config.as_deref())?;
     drop(early);
     let mut telemetry = init_telemetry(&mut cfg, format)?;
     demo_defaults(&mut cfg, &args.data);
