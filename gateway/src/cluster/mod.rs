@@ -17,6 +17,7 @@ pub mod keys;
 pub mod link;
 mod liveness;
 pub mod node;
+mod probe;
 pub mod registrations;
 mod registry;
 mod revocations;
@@ -74,8 +75,8 @@ pub struct Cluster {
 struct Health {
     redis_up: AtomicBool,
     subscribed: AtomicBool,
-    /// Unix ms the last probe came back through the subscription.
-    last_probe_ms: AtomicU64,
+    /// The nonce of the newest probe that came back through the subscription.
+    seen_probe: AtomicU64,
     /// Unix ms the reader last took a message of this node's channel (a probe or not): a
     /// subscription working through a backlog is alive even while its probe waits in line.
     last_delivery_ms: AtomicU64,
@@ -271,13 +272,13 @@ impl Cluster {
     }
 
     /// Sends one message to `node`'s channel; fails fast (counted) when Redis is away or too many
-    /// sends are in flight, never queues without bound.
+    /// sends are in flight, never queues without bound. How many subscribers Redis delivered it to.
     pub async fn send(
         &self,
         node: &str,
         traceparent: Option<&str>,
         body: node_message::Body,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<u64, ClusterError> {
         let kind = body_kind(&body);
         let channel = self.keys.node_channel(node);
         self.publish(
@@ -293,7 +294,7 @@ impl Cluster {
         channel: String,
         bytes: Vec<u8>,
         kind: &str,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<u64, ClusterError> {
         let Ok(_permit) = self.sends.try_acquire() else {
             self.metrics
                 .cluster_dropped
@@ -318,12 +319,12 @@ impl Cluster {
             })
             .await;
         match sent {
-            Ok(_) => {
+            Ok(receivers) => {
                 self.metrics
                     .cluster_messages
                     .with_label_values(&["out", kind])
                     .inc();
-                Ok(())
+                Ok(u64::try_from(receivers).unwrap_or(0))
             }
             Err(e) => {
                 self.metrics

@@ -17,6 +17,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::keys::NodeRun;
+use super::probe::{ProbeWatch, Verdict};
 use super::registrations::{cancel_pairs, Op, BATCH};
 use super::{wire, Cluster, ClusterError};
 use crate::clock::unix_ms;
@@ -175,14 +176,26 @@ async fn run(cluster: Arc<Cluster>, inbox: mpsc::Sender<Inbound>) {
     }
     tracing::info!(node = %cluster.run.node, epoch = cluster.run.epoch, "cluster: connected to Redis");
     let (tx, mut rx) = mpsc::channel(INBOX);
-    // The subscription is read by a loop of its own, polled beside the heartbeat's: a heartbeat
-    // waiting on a slow Redis never leaves node messages (or probes) unread.
-    let read = async {
-        while let Some(info) = rx.recv().await {
-            receive(&cluster, &inbox, info);
-        }
+    // The subscription is read by a task of its own: a heartbeat waiting on a slow Redis, or
+    // parsing a large liveness set, never leaves node messages (or probes) unread.
+    let _reader = {
+        let (cluster, inbox) = (cluster.clone(), inbox.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            while let Some(info) = rx.recv().await {
+                receive(&cluster, &inbox, info);
+            }
+        }))
     };
-    tokio::join!(read, keep_alive(&cluster, &inbox, tx));
+    keep_alive(&cluster, &inbox, tx).await;
+}
+
+/// Ends a spawned task with the future that spawned it (the node task is dropped at exit).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Heartbeats, resyncs and the probe that proves the subscription, forever.
@@ -197,11 +210,9 @@ async fn keep_alive(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut synced = false;
-    // When the oldest probe not yet seen back was sent.
-    let mut pending: Option<u64> = None;
-    let window = cluster.config.probe_interval.0.as_millis() as u64;
+    let mut watch = ProbeWatch::new(cluster.config.probe_interval.0);
     loop {
-        tokio::select! {
+        let verdict = tokio::select! {
             _ = heartbeat.tick() => {
                 if cluster.health.leaving.load(Ordering::Relaxed) {
                     continue;
@@ -222,9 +233,10 @@ async fn keep_alive(
                         cluster.retry_unregisters().await;
                         if subscription.is_none() {
                             subscription = subscribe(cluster, tx.clone()).await;
-                            if subscription.is_some() {
-                                pending = send_probe(cluster).await.then(unix_ms);
-                            }
+                            watch.reset();
+                            send_probe(cluster, &mut watch, subscription.is_some()).await
+                        } else {
+                            Verdict::Live
                         }
                     }
                     Err(e) => {
@@ -232,40 +244,52 @@ async fn keep_alive(
                             tracing::warn!(error = %e, "cluster: Redis unreachable; cross-node delivery fails fast until it is back");
                         }
                         synced = false;
+                        Verdict::Live
                     }
                 }
             }
             _ = probe.tick() => {
-                let now = unix_ms();
-                let last = cluster.health.last_probe_ms.load(Ordering::Relaxed);
-                if pending.is_some_and(|since| last >= since) {
-                    pending = None;
-                }
-                // A probe comes back in milliseconds: one unanswered for an interval, with
-                // nothing else read from this node's channel in that interval either, means the
-                // subscription is dead, whatever the connection says. (A burst of node messages
-                // queues the probe behind it: rebuilding then would drop the rest of the burst.)
-                let idle = now.saturating_sub(cluster.health.last_delivery_ms.load(Ordering::Relaxed));
-                if pending.is_some_and(|since| now.saturating_sub(since) >= window) && idle >= window {
-                    if cluster.health.subscribed.swap(false, Ordering::Relaxed) {
-                        tracing::warn!("cluster: the subscription stopped delivering; rebuilding it");
-                    }
-                    cluster.metrics.cluster_subscription_stale.inc();
-                    subscription = subscribe(cluster, tx.clone()).await;
-                    pending = None;
-                }
-                if subscription.is_some() && send_probe(cluster).await && pending.is_none() {
-                    pending = Some(now);
+                // Messages read off the connection that the reader has not taken yet.
+                let backlog = tx.capacity() < tx.max_capacity();
+                let health = &cluster.health;
+                match watch.check(
+                    unix_ms(),
+                    health.seen_probe.load(Ordering::Relaxed),
+                    health.last_delivery_ms.load(Ordering::Relaxed),
+                    backlog,
+                ) {
+                    Verdict::Live => send_probe(cluster, &mut watch, subscription.is_some()).await,
+                    stale => stale,
                 }
             }
+        };
+        if let Verdict::Stale(why) = verdict {
+            if cluster.health.subscribed.swap(false, Ordering::Relaxed) {
+                tracing::warn!(
+                    why,
+                    "cluster: the subscription stopped delivering; rebuilding it"
+                );
+            }
+            cluster.metrics.cluster_subscription_stale.inc();
+            subscription = subscribe(cluster, tx.clone()).await;
+            watch.reset();
         }
     }
 }
 
-/// Publishes a probe to this node's own channel; whether Redis took it.
-async fn send_probe(cluster: &Cluster) -> bool {
-    let body = node_message::Body::Probe(NodeProbe { nonce: unix_ms() });
-    cluster.send(&cluster.run.node, None, body).await.is_ok()
+/// Publishes a probe to this node's own channel (when subscribed) and tells `watch` whether
+/// Redis delivered it to a subscriber.
+async fn send_probe(cluster: &Cluster, watch: &mut ProbeWatch, subscribed: bool) -> Verdict {
+    if !subscribed {
+        return Verdict::Live;
+    }
+    let nonce = watch.next_nonce(unix_ms());
+    let body = node_message::Body::Probe(NodeProbe { nonce });
+    match cluster.send(&cluster.run.node, None, body).await {
+        Ok(receivers) => watch.sent(nonce, unix_ms(), receivers),
+        // Not taken (Redis away, too many sends): nothing is owed; the heartbeat reports Redis.
+        Err(_) => Verdict::Live,
+    }
 }
 
 /// Renews this node's liveness and reads the others'; whether our member was new to Redis.
@@ -363,11 +387,11 @@ fn receive(cluster: &Cluster, inbox: &mpsc::Sender<Inbound>, info: PushInfo) {
             .store(unix_ms(), Ordering::Relaxed);
     }
     match decoded {
-        Ok((_, node_message::Body::Probe(_))) => {
+        Ok((_, node_message::Body::Probe(probe))) => {
             cluster
                 .health
-                .last_probe_ms
-                .store(unix_ms(), Ordering::Relaxed);
+                .seen_probe
+                .fetch_max(probe.nonce, Ordering::Relaxed);
             if !cluster.health.subscribed.swap(true, Ordering::Relaxed) {
                 tracing::info!("cluster: subscription delivers");
             }

@@ -32,6 +32,7 @@ impl Cluster {
         let channel = self.keys.revocations_channel();
         self.publish(channel, wire::encode(&self.run.node, None, body), "revoke")
             .await
+            .map(drop)
     }
 
     /// Session ids denied cluster-wide and still in force, with their end (at start).
