@@ -5,7 +5,8 @@ auth off, 8 connections x 16 streams):
 
     off            telemetry.access_log: false, no export
     off (control)  the same again, in a process of its own: the noise floor of a pair
-    access log     the default access log on stderr (to a file), no export
+    no access log (info)  telemetry.access_log: false with RUST_LOG at its default (info)
+    access log     the default: access log on stderr (to a file), no export
     export 0       spans and metrics exported over OTLP to a sink, sample_ratio 0 (no span built for export)
     export 0.01    the same at sample_ratio 0.01
     export 0.1     the same at sample_ratio 0.1
@@ -70,6 +71,8 @@ CONFIGS = {
     "off": ("telemetry: {{ access_log: false }}", "error"),
     # The same as "off" in a process of its own: what two identical gateways differ by here.
     "off (control)": ("telemetry: {{ access_log: false }}", "error"),
+    # The default's twin with only the access log off: what the access line itself costs.
+    "no access log (info)": ("telemetry: {{ access_log: false }}", "info"),
     "access log": ("telemetry: {{ access_log: true }}", "info"),
     "export 0": ("telemetry: {{ access_log: false, otlp_endpoint: 'http://127.0.0.1:{sink}', sample_ratio: 0.0 }}",
                  "error"),
@@ -88,6 +91,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--only", help="comma-separated configurations to run (default: all); \"off\" always runs")
+    ap.add_argument("--case", choices=["bridge", "grpc"], default="bridge",
+                    help="the JSON bridge (default) or native gRPC pass-through, both auth off")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     args = ap.parse_args()
     configs = {k: v for k, v in CONFIGS.items()
@@ -103,10 +108,18 @@ def main():
     gateways = {}
     results = {name: [] for name in configs}
 
+    # EchoRequest { text: "hello" }, as the raw message `im-bench grpc` frames.
+    grpc_body = os.path.join(tmp, "echo-request.bin")
+    with open(grpc_body, "wb") as f:
+        f.write(b"\x0a\x05hello")
+    mode, path, case_args = {
+        "bridge": ("http", "/service/echo", ["--body", body, "--content-type", "application/json"]),
+        "grpc": ("grpc", "/im.echo.v1.EchoService/Echo", ["--body", grpc_body]),
+    }[args.case]
+
     def load(edge, n):
-        cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), "http", "--url", f"http://127.0.0.1:{edge}/service/echo",
-                          "--conns", "8", "--streams", "16", "--requests", str(n), "--body", body,
-                          "--content-type", "application/json"]
+        cmd = LOAD_CPU + [os.path.join(BIN, "im-bench"), mode, "--url", f"http://127.0.0.1:{edge}{path}",
+                          "--conns", "8", "--streams", "16", "--requests", str(n)] + case_args
         return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
     try:
@@ -150,10 +163,11 @@ def write_report(args, results, calls, received, logs):
         "## Telemetry cost",
         "",
         f"Command: `python3 bench/telemetry_cost.py --runs {args.runs} --requests {args.requests}"
-        f"{f' --only {chr(39)}{args.only}{chr(39)}' if args.only else ''}`; "
+        f"{f' --only {chr(39)}{args.only}{chr(39)}' if args.only else ''}"
+        f"{f' --case {args.case}' if args.case != 'bridge' else ''}`; "
         f"date {datetime.date.today().isoformat()}.",
         f"One release `im-gateway`, {len(results)} configurations started side by side and alternating in every round",
-        "(in an order that rotates by one every round; JSON bridge, auth off, im-bench 8 connections x 16",
+        f"(in an order that rotates by one every round; {'JSON bridge' if args.case == 'bridge' else 'gRPC pass-through'}, auth off, im-bench 8 connections x 16",
         "streams, the same echo backend); each gateway on",
         "core 0, load tool and OTLP sink on core 1. \"paired\" is the median over rounds of config / off",
         "within the round. \"export\" sends spans (batched) and metrics (every 15 s) over OTLP/gRPC; the",
@@ -169,6 +183,12 @@ def write_report(args, results, calls, received, logs):
         rps_pair = med([x / y["rps"] for x, y in zip(rps, base)])
         cpu_pair = med([x / y["cpu_us_per_req"] for x, y in zip(cpu, base)])
         lines.append(f"| {name} | {med(rps):,.0f} | {rps_pair:.3f} | {med(cpu):.1f} | {cpu_pair:.3f} |")
+    if "access log" in results and "no access log (info)" in results:
+        on, off = results["access log"], results["no access log (info)"]
+        rps_pair = med([x["rps"] / y["rps"] for x, y in zip(on, off)])
+        cpu_pairs = [x["cpu_us_per_req"] / y["cpu_us_per_req"] for x, y in zip(on, off)]
+        lines += ["", f"The access line itself (\"access log\" / \"no access log (info)\", the same `RUST_LOG`): "
+                      f"paired CPU {med(cpu_pairs):.3f} (worst round {max(cpu_pairs):.3f}), paired req/s {rps_pair:.3f}."]
     lines += [
         "",
         f"The sink received {calls} OTLP export calls ({received / 1e6:.1f} MB) over the whole run; access-log",

@@ -132,6 +132,9 @@ fn run(
         crate::server::BuildError::Routes(_) => format!("{} : {e}", routes.display()),
         e => e.to_string(),
     })?;
+    gateway
+        .metrics
+        .count_log_drops(telemetry.dropped_log_lines());
     telemetry.export_metrics(gateway.config.telemetry.metrics_interval.0, {
         let scrape = gateway.scrape();
         Box::new(move || scrape.families())

@@ -79,6 +79,7 @@ const HELP: &[(&str, &str)] = &[
     ("cluster_registry_queue", "Cluster mode: registry operations (a session's register or unregister) queued and not yet done"),
     ("cluster_message_lag_seconds", "Cluster mode: from a node sending a message to this node reading it"),
     ("cluster_redis_duration_seconds", "Cluster mode: time of each Redis command or pipeline, answered or not"),
+    ("log_lines_dropped_total", "Log lines (access lines among them) dropped because the log writer fell behind; requests never wait on the log"),
 ];
 
 /// Makes metrics and registers them in one registry, each with its [`HELP`] text.
@@ -224,6 +225,10 @@ pub struct Metrics {
     pub cluster_lag: prometheus::Histogram,
     /// Cluster mode: seconds per Redis command or pipeline, answered or not.
     pub cluster_redis_latency: prometheus::Histogram,
+    /// Log lines the writer thread had no room for, as of the last scrape.
+    pub log_lines_dropped: IntCounter,
+    /// Where that count is read (the process's log writer, when this gateway's process made it).
+    log_drops: std::sync::OnceLock<im_telemetry::LogDrops>,
 }
 
 impl Default for Metrics {
@@ -303,6 +308,8 @@ impl Metrics {
             cluster_registry_queue: own.gauge("cluster_registry_queue"),
             cluster_lag: own.histogram("cluster_message_lag_seconds", &cluster_lag_buckets),
             cluster_redis_latency: own.histogram("cluster_redis_duration_seconds", &redis_buckets),
+            log_lines_dropped: own.counter("log_lines_dropped_total"),
+            log_drops: std::sync::OnceLock::new(),
             registry: own.into_registry(),
             standard: std.into_registry(),
         };
@@ -314,6 +321,21 @@ impl Metrics {
             m.ws_by_platform.with_label_values(&[platform]);
         }
         m
+    }
+
+    /// Counts the lines `drops` reports in `log_lines_dropped_total` (the first call wins).
+    pub fn count_log_drops(&self, drops: im_telemetry::LogDrops) {
+        let _ = self.log_drops.set(drops);
+    }
+
+    /// Brings `log_lines_dropped_total` up to the writer's count (at each scrape).
+    pub fn refresh_log_drops(&self) {
+        if let Some(drops) = self.log_drops.get() {
+            let (now, seen) = (drops.count(), self.log_lines_dropped.get());
+            if now > seen {
+                self.log_lines_dropped.inc_by(now - seen);
+            }
+        }
     }
 
     /// Drops the per-endpoint series (`rpc_client_call_duration_seconds{server_address}`) of

@@ -133,6 +133,9 @@ fn run(args: Args) -> Result<(), String> {
     let metrics_interval = cfg.telemetry.metrics_interval.0;
     let gateway = Gateway::build(cfg, args.routes.clone())
         .map_err(|e| format!("{} rejected:\n{e}", args.routes.display()))?;
+    gateway
+        .metrics
+        .count_log_drops(telemetry.dropped_log_lines());
     let scrape = gateway.scrape();
     telemetry.export_metrics(metrics_interval, Box::new(move || scrape.families()));
     // Every listener is bound before anything serves: a port that is taken (or a TLS file that

@@ -4,6 +4,11 @@
 //! - Logs: on stderr, filtered by `RUST_LOG` (default `info`), as text or as JSON lines
 //!   ([`LogFormat`]: `--log-format`, or `IM_LOG_FORMAT`, since logging starts before any config
 //!   file is read); a JSON line inside a call carries the call's `request_id` and `trace_id`.
+//!   Lines leave the caller's thread at once: a bounded queue to a writer thread that writes them
+//!   in order, batched while lines keep coming, and flushed whenever the queue runs empty (as
+//!   nginx's `buffer=`). A writer that falls behind (a slow pipe) drops lines and counts them
+//!   ([`Telemetry::dropped_log_lines`]); the request path never waits on stderr.
+//!   [`Telemetry::shutdown`] (and its drop) writes out every queued line.
 //! - Traces: with an OTLP endpoint, every `info` span of this workspace's crates becomes an
 //!   OpenTelemetry span exported over OTLP/gRPC in batches, with parent-based sampling (a
 //!   caller's sampled flag decides; a new trace is sampled at `sample_ratio`), decided where a
@@ -15,6 +20,7 @@
 //! - [`traceparent`]: W3C trace context in and out (HTTP headers, frame fields, gRPC metadata).
 
 mod collector;
+mod log_writer;
 pub mod metrics;
 pub mod settings;
 mod span_export;
@@ -31,6 +37,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt, Targets};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -91,9 +98,32 @@ macro_rules! root_span {
     };
 }
 
-/// The running export (nothing when export is off); flush it with [`Telemetry::shutdown`].
+/// Bytes of log lines the writer thread may have waiting at most; past it lines are dropped and
+/// counted.
+const LOG_QUEUE_BYTES: usize = 4 << 20;
+
+/// The running log writer and export (nothing when export is off); flush both with
+/// [`Telemetry::shutdown`].
 pub struct Telemetry {
     export: Option<Export>,
+    /// `None` when another `init` installed the process's logging first.
+    log: Option<LogWriter>,
+}
+
+struct LogWriter {
+    /// Dropped: the writer thread writes what is buffered and ends.
+    _flush: log_writer::LogWriter,
+    queue: log_writer::LogQueue,
+}
+
+/// How many log lines were dropped because the writer fell behind.
+#[derive(Clone, Default)]
+pub struct LogDrops(Option<log_writer::LogQueue>);
+
+impl LogDrops {
+    pub fn count(&self) -> u64 {
+        self.0.as_ref().map_or(0, log_writer::LogQueue::dropped)
+    }
 }
 
 struct Export {
@@ -122,24 +152,35 @@ struct MetricsTask {
     done: tokio::task::JoinHandle<()>,
 }
 
-/// Logs before the configuration is read, on this thread, until the guard drops.
+/// Logs before the configuration is read, on this thread, until the guard drops (written
+/// straight to stderr: start-up errors must not wait in a queue).
 pub fn early(format: LogFormat) -> tracing::subscriber::DefaultGuard {
-    let subscriber = tracing_subscriber::registry().with(log_layer(format, env_filter()));
+    let subscriber =
+        tracing_subscriber::registry().with(log_layer(format, env_filter(), std::io::stderr));
     tracing::subscriber::set_default(subscriber)
 }
 
-/// The log lines, in `format`, filtered by `RUST_LOG`.
-fn log_layer<S>(format: LogFormat, filter: EnvFilter) -> Box<dyn Layer<S> + Send + Sync>
+/// The log lines, in `format`, filtered by `RUST_LOG`, written to `writer`.
+fn log_layer<S, W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    // Colours only for a person at a terminal: escape codes in a log file or a collector's
+    // pipe are noise (and were two fifths of every access line's bytes).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
+            .with_ansi(ansi)
             .with_filter(filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -158,17 +199,31 @@ fn env_filter() -> EnvFilter {
 pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry, String> {
     let export = export.map(start_export).transpose()?;
     let services = export.as_ref().map_or(&[][..], |e| &e.services[..]);
-    let _ = subscriber(format, env_filter(), services).try_init();
-    Ok(Telemetry { export })
+    let (queue, flush) = log_writer::start(std::io::stderr(), LOG_QUEUE_BYTES)
+        .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
+    let installed = subscriber(format, env_filter(), services, queue.clone())
+        .try_init()
+        .is_ok();
+    Ok(Telemetry {
+        export,
+        log: installed.then_some(LogWriter {
+            _flush: flush,
+            queue,
+        }),
+    })
 }
 
 /// The registry with one exporting layer per service and the log layer, whose lines
 /// `log_filter` selects.
-fn subscriber(
+fn subscriber<W>(
     format: LogFormat,
     log_filter: EnvFilter,
     services: &[Service],
-) -> impl tracing::Subscriber + Send + Sync {
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let traced = TRACED_CRATES.iter().fold(Targets::new(), |t, name| {
         t.with_target(*name, LevelFilter::INFO)
     });
@@ -212,7 +267,7 @@ fn subscriber(
         .collect();
     tracing_subscriber::registry()
         .with(otel)
-        .with(log_layer(format, log_filter))
+        .with(log_layer(format, log_filter, writer))
         .with(gate)
 }
 
@@ -327,9 +382,15 @@ impl Telemetry {
         self.export.is_some()
     }
 
-    /// Exports what is queued and stops (at shutdown: spans still queued would be lost).
+    /// Exports what is queued, writes out the queued log lines and stops (at shutdown: spans
+    /// and lines still queued would be lost).
     pub fn shutdown(mut self) {
         self.stop();
+    }
+
+    /// The count of log lines dropped because the writer fell behind (for a metric).
+    pub fn dropped_log_lines(&self) -> LogDrops {
+        LogDrops(self.log.as_ref().map(|l| l.queue.clone()))
     }
 
     /// Sends what `gather` returns over OTLP every `interval` and at shutdown, when export is on
@@ -358,6 +419,8 @@ impl Telemetry {
                 Err(e) => eprintln!("telemetry: cannot start the thread that flushes: {e}"),
             }
         }
+        // Last, so what the export's flush logged is written too.
+        self.log = None;
     }
 }
 

@@ -20,7 +20,12 @@ fn an_unsampled_call_creates_no_span() {
         crates: Targets::new().with_target("im_telemetry", LevelFilter::INFO),
         provider: SdkTracerProvider::builder().build(),
     };
-    let subscriber = subscriber(LogFormat::Text, EnvFilter::new("error"), &[service]);
+    let subscriber = subscriber(
+        LogFormat::Text,
+        EnvFilter::new("error"),
+        &[service],
+        std::io::stderr,
+    );
     tracing::subscriber::with_default(subscriber, || {
         let unsampled = root_span!(false, "call", route = "r");
         assert!(unsampled.is_disabled(), "unsampled root created");

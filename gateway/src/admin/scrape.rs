@@ -30,6 +30,7 @@ impl Scrape {
 
     fn refresh_gauges(&self) {
         let m = &self.metrics;
+        m.refresh_log_drops();
         m.ratelimit_keys
             .set(self.routes.registries().limiters.live_keys() as i64);
         m.revoked_sessions

@@ -57,11 +57,23 @@ pub fn log(line: &AccessLine<'_>) {
         route = line.route,
         status = line.status,
         latency_ms = line.latency.as_secs_f64() * 1000.0,
-        upstream = %line.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        upstream = %Upstream(line.upstream),
         user_id = line.user_id.unwrap_or("-"),
         client_ip = %line.client_ip,
         request_id = line.request_id,
         trace_id = line.trace_id.unwrap_or("-"),
         "access"
     );
+}
+
+/// The upstream endpoint as the line shows it (`-` for none), written without an allocation.
+struct Upstream(Option<SocketAddr>);
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
