@@ -82,6 +82,15 @@ const HELP: &[(&str, &str)] = &[
     ("log_lines_dropped_total", "Log lines (access lines among them) dropped because the log writer fell behind; requests never wait on the log"),
 ];
 
+/// Seconds from a node sending a message to another reading it.
+const CLUSTER_LAG_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Seconds of one Redis command or pipeline (the timeout defaults to 0.5).
+const REDIS_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Makes metrics and registers them in one registry, each with its [`HELP`] text.
 struct Families(Registry);
 
@@ -251,12 +260,6 @@ impl Metrics {
         last_reload_ok.set(1);
         let last_reload_ok_time = own.gauge("route_last_reload_success_timestamp_seconds");
         last_reload_ok_time.set(crate::clock::unix_now() as i64);
-        let cluster_lag_buckets = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-        ];
-        let redis_buckets = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        ];
         let m = Self {
             requests: own.counters("requests_total", &["route", "status"]),
             latency: std.durations(
@@ -306,8 +309,8 @@ impl Metrics {
             cluster_forwards: own.counters("cluster_forwards_total", &["result"]),
             cluster_nodes: own.gauge("cluster_nodes"),
             cluster_registry_queue: own.gauge("cluster_registry_queue"),
-            cluster_lag: own.histogram("cluster_message_lag_seconds", &cluster_lag_buckets),
-            cluster_redis_latency: own.histogram("cluster_redis_duration_seconds", &redis_buckets),
+            cluster_lag: own.histogram("cluster_message_lag_seconds", &CLUSTER_LAG_BUCKETS),
+            cluster_redis_latency: own.histogram("cluster_redis_duration_seconds", &REDIS_BUCKETS),
             log_lines_dropped: own.counter("log_lines_dropped_total"),
             log_drops: std::sync::OnceLock::new(),
             registry: own.into_registry(),
