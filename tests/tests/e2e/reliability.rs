@@ -121,10 +121,12 @@ async fn polite_calls(gw: &TestGateway, stop: impl std::future::Future<Output = 
     }
 }
 
-fn p99(mut ms: Vec<f64>) -> f64 {
+/// The `pct`th percentile of `ms` (the nearest rank below).
+fn percentile(ms: &[f64], pct: usize) -> f64 {
     assert!(!ms.is_empty(), "no calls measured");
+    let mut ms = ms.to_vec();
     ms.sort_by(f64::total_cmp);
-    ms[(ms.len() * 99 / 100).min(ms.len() - 1)]
+    ms[(ms.len() * pct / 100).min(ms.len() - 1)]
 }
 
 /// The sessions an `auth.revocation_file` holds, read as the format says (header, then
@@ -181,16 +183,21 @@ async fn two_thousand_logouts_at_once_do_not_stall_other_requests_and_all_are_on
         });
         tokio::join!(storm, polite)
     };
-    let (calm_p99, storm_p99) = (p99(calm), p99(during.clone()));
+    let (calm_p50, storm_p50) = (percentile(&calm, 50), percentile(&during, 50));
+    let (calm_p99, storm_p99) = (percentile(&calm, 99), percentile(&during, 99));
     eprintln!(
-        "2,000 revocations took {storm_took:?}; polite p99 {calm_p99:.1} ms before, \
-         {storm_p99:.1} ms during ({} calls)",
+        "2,000 revocations took {storm_took:?}; polite p50/p99 {calm_p50:.1}/{calm_p99:.1} ms \
+         before, {storm_p50:.1}/{storm_p99:.1} ms during ({} calls)",
         during.len()
     );
+    // Behind the old lock every call waited for rewrites (p99 564 ms). The storm is about
+    // two dozen calls, so its p99 is its slowest call, which one preemption on a machine busy with
+    // other tests can cost 150 ms (seen in CI): the typical call is judged against calm, the
+    // slowest against what the stall cost.
     assert!(
-        storm_p99 < calm_p99 + 100.0,
-        "a polite caller waited behind the logouts: p99 {storm_p99:.1} ms during, \
-         {calm_p99:.1} ms before"
+        storm_p50 < calm_p50 + 50.0 && storm_p99 < 400.0,
+        "a polite caller waited behind the logouts: p50/p99 {storm_p50:.1}/{storm_p99:.1} ms \
+         during, {calm_p50:.1}/{calm_p99:.1} ms before"
     );
     // Every acknowledged revocation is on disk already (acknowledged after its fdatasync).
     let on_disk = sessions_in_log(&file);
@@ -386,7 +393,7 @@ async fn limited_and_pushed(
         pushed.push(started.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    (p99(calls), p99(pushed))
+    (percentile(&calls, 99), percentile(&pushed, 99))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
