@@ -32,6 +32,9 @@ routes:
   - {{ name: echo, http: {{ path: /service/echo }}, cmd: 9001, upstream: echo, grpc: im.echo.v1.EchoService/Echo,
        auth: none, rate_limit: {{ key: ip, per_second: 1000000, burst: 1000000 }} }}
 """)
+    # With an RS256 public key beside the secret (bench/jwt_cold.py), tokens of either kind pass.
+    rsa_pub = os.path.join(tmp, "rsa.pub.pem")
+    rs256 = ", public_keys: [{ alg: RS256, file: rsa.pub.pem }]" if os.path.exists(rsa_pub) else ""
     with open(os.path.join(tmp, "gateway.yaml"), "w") as f:
         f.write(f"""listen: {{ edge: 127.0.0.1:{ports['edge']}, admin: 127.0.0.1:{ports['admin']},
           push: 127.0.0.1:{ports['push']}, internal: 127.0.0.1:{ports['internal']} }}
@@ -39,7 +42,7 @@ threads: 1
 routes: routes.yaml
 reload: {{ watch: false }}
 shutdown: {{ grace_period: 0s, graceful_timeout: 1s }}
-auth: {{ hs256_secret_file: hs256.key }}
+auth: {{ hs256_secret_file: hs256.key{rs256} }}
 push:
   internal_token_file: internal.token
   max_connections_per_ip: 100000

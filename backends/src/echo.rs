@@ -19,8 +19,11 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 pub const SERVICE_NAME: &str = "im.echo.v1.EchoService";
-/// Metadata keys echoed back in `EchoReply.metadata`.
-const ECHOED_METADATA: [&str; 7] = [
+/// Metadata keys echoed back in `EchoReply.metadata` (the credentials too, to the caller who sent
+/// them: whether they reached the backend is what a route's `forward_credentials` decides).
+const ECHOED_METADATA: [&str; 9] = [
+    "authorization",
+    "x-api-key",
     "x-api-client",
     "x-user-id",
     "x-device-id",

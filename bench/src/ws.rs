@@ -36,8 +36,12 @@ pub struct WsArgs {
     #[arg(long)]
     pub pid: u32,
     /// HS256 secret file for client tokens (none: no token, for the bare baseline).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rsa_key")]
     pub secret: Option<PathBuf>,
+    /// Sign the client tokens RS256 with this PEM private key instead (what a cold check costs:
+    /// each run's tokens are new to the server).
+    #[arg(long)]
+    pub rsa_key: Option<PathBuf>,
     /// File holding PushService's internal token.
     #[arg(long)]
     pub internal_token: Option<PathBuf>,
@@ -92,19 +96,14 @@ fn payload() -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn token(secret: &[u8], user: usize) -> String {
-    let exp = SystemTime::now()
+fn token((key, alg): &(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), user: usize) -> String {
+    // Nanoseconds in `exp`'s place would be refused; a fresh `jti` makes every run's token new.
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        + 3600;
-    let claims = json!({"sub": format!("u{user}"), "sid": format!("s{user}"), "dev": "d", "plt": "ios", "exp": exp});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .expect("HS256 signs")
+        .expect("clock after 1970");
+    let claims = json!({"sub": format!("u{user}"), "sid": format!("s{user}"), "dev": "d", "plt": "ios",
+                        "exp": now.as_secs() + 3600, "jti": now.as_nanos().to_string()});
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(*alg), &claims, key).expect("the key signs")
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -132,21 +131,27 @@ async fn open(url: String, addr: SocketAddr, source: IpAddr) -> Result<Ws, Strin
 struct Target {
     addr: SocketAddr,
     url: String,
-    secret: Option<String>,
+    signer: Option<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm)>,
     sources: u8,
     source_net: u8,
 }
 
 impl Target {
     fn new(a: &WsArgs) -> Result<Self, String> {
-        let secret = match &a.secret {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| format!("--secret {}: {e}", p.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let signer = match (&a.secret, &a.rsa_key) {
+            (Some(p), _) => Some((
+                jsonwebtoken::EncodingKey::from_secret(
+                    String::from_utf8_lossy(&read(p)?).trim().as_bytes(),
+                ),
+                jsonwebtoken::Algorithm::HS256,
+            )),
+            (None, Some(p)) => Some((
+                jsonwebtoken::EncodingKey::from_rsa_pem(&read(p)?)
+                    .map_err(|e| format!("--rsa-key {}: {e}", p.display()))?,
+                jsonwebtoken::Algorithm::RS256,
+            )),
+            (None, None) => None,
         };
         let uri: http::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
         let addr = uri
@@ -158,7 +163,7 @@ impl Target {
         Ok(Self {
             addr,
             url: a.url.clone(),
-            secret,
+            signer,
             sources: a.sources.max(1),
             source_net: a.source_net,
         })
@@ -166,8 +171,8 @@ impl Target {
 
     fn url(&self, i: usize) -> String {
         let mut url = format!("{}?user=u{i}", self.url);
-        if let Some(s) = &self.secret {
-            url.push_str(&format!("&token={}", token(s.as_bytes(), i)));
+        if let Some(signer) = &self.signer {
+            url.push_str(&format!("&token={}", token(signer, i)));
         }
         url
     }
@@ -329,8 +334,24 @@ async fn fire(
 /// connection closed right after; handshakes per second, server CPU per handshake, latency.
 pub async fn storm(a: WsArgs) -> Result<Value, String> {
     let target = Arc::new(Target::new(&a)?);
-    // Tokens are signed before the clock starts: the client's own cost is not the server's.
-    let urls: Vec<String> = (0..a.conns).map(|i| target.url(i)).collect();
+    // Tokens are signed before the clock starts, on every core (RS256 signing is slow): the
+    // client's own cost is not the server's.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = a.conns.div_ceil(workers).max(1);
+    let signing: Vec<_> = (0..a.conns)
+        .step_by(chunk)
+        .map(|from| {
+            let target = target.clone();
+            let to = (from + chunk).min(a.conns);
+            tokio::task::spawn_blocking(move || {
+                (from..to).map(|i| target.url(i)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut urls = Vec::with_capacity(a.conns);
+    for part in signing {
+        urls.extend(part.await.map_err(|e| e.to_string())?);
+    }
     let gate = Arc::new(Semaphore::new(128));
     let hist = Arc::new(Mutex::new(im_bench::histogram()));
     let failed = Arc::new(AtomicU64::new(0));

@@ -72,6 +72,8 @@ pub fn check(routes: &Path, descriptors: Option<&Path>) -> Result<String, String
 }
 
 pub fn main() -> ExitCode {
+    // Before anything signs or checks a token: jsonwebtoken fixes its backend at first use.
+    crate::filters::auth::install_ring_verifier();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check {

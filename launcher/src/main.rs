@@ -97,6 +97,8 @@ fn browsable(addr: SocketAddr) -> SocketAddr {
 }
 
 fn main() -> ExitCode {
+    // Before the backends sign a token: jsonwebtoken fixes its backend at first use.
+    im_gateway::filters::auth::install_ring_verifier();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

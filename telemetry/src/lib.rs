@@ -20,6 +20,7 @@
 //! - [`traceparent`]: W3C trace context in and out (HTTP headers, frame fields, gRPC metadata).
 
 mod collector;
+mod line_format;
 mod log_writer;
 pub mod metrics;
 pub mod settings;
@@ -36,7 +37,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::{dynamic_filter_fn, FilterExt, Targets};
+use tracing_subscriber::filter::{dynamic_filter_fn, filter_fn, FilterExt, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
@@ -156,14 +157,16 @@ struct MetricsTask {
 /// straight to stderr: start-up errors must not wait in a queue).
 pub fn early(format: LogFormat) -> tracing::subscriber::DefaultGuard {
     let subscriber =
-        tracing_subscriber::registry().with(log_layer(format, env_filter(), std::io::stderr));
+        tracing_subscriber::registry().with(log_layer(format, env_filter(), true, std::io::stderr));
     tracing::subscriber::set_default(subscriber)
 }
 
-/// The log lines, in `format`, filtered by `RUST_LOG`, written to `writer`.
+/// The log lines, in `format`, filtered by `RUST_LOG`, written to `writer`; with `spans`, each
+/// line shows the spans it was written in.
 fn log_layer<S, W>(
     format: LogFormat,
     filter: EnvFilter,
+    spans: bool,
     writer: W,
 ) -> Box<dyn Layer<S> + Send + Sync>
 where
@@ -173,6 +176,16 @@ where
     // Colours only for a person at a terminal: escape codes in a log file or a collector's
     // pipe are noise (and were two fifths of every access line's bytes).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = filter.and(filter_fn(move |meta| spans || !meta.is_span()));
+    if !spans {
+        // No span context to show: lines in the library's shape, written by hand.
+        let json = format == LogFormat::Json;
+        return tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .event_format(line_format::LineFormat { json })
+            .with_filter(filter)
+            .boxed();
+    }
     match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -233,11 +246,25 @@ where
     // request, `bench/telemetry_instructions.py`). This global gate says no first: below the
     // log filter's most verbose level and not exported.
     let log_level = log_filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
-    let gate = (!services.is_empty()).then(|| {
+    // Log lines show the spans they are in (`call{…}:upstream{…}:`) only when `RUST_LOG` asks
+    // for `debug` somewhere. At `info` (the default) every call's spans would be built, their
+    // fields formatted and kept, for lines that are almost never written: 1.21x the CPU of a
+    // bridge request (`bench/telemetry_cost.py`, "no access log (info)"). The lines a call
+    // writes at `info` and above carry its `request_id` and `trace_id` as fields instead.
+    let log_spans = log_level >= LevelFilter::DEBUG;
+    let logged = move |meta: &tracing::Metadata<'_>| {
+        *meta.level() <= log_level && (log_spans || !meta.is_span())
+    };
+    // Without export the gate looks at the callsite alone, so its answer is cached and a span
+    // the logs do not show costs one branch; with export it must also see the span stack.
+    let (static_gate, dynamic_gate) = if services.is_empty() {
+        (Some(filter_fn(logged)), None)
+    } else {
         let roots = traced.clone();
-        dynamic_filter_fn(move |meta, cx| *meta.level() <= log_level || exported(&roots, meta, cx))
-            .with_max_level_hint(LevelFilter::INFO.max(log_level))
-    });
+        let gate = dynamic_filter_fn(move |meta, cx| logged(meta) || exported(&roots, meta, cx))
+            .with_max_level_hint(LevelFilter::INFO.max(log_level));
+        (None, Some(gate))
+    };
     let otel: Vec<_> = services
         .iter()
         .map(|service| {
@@ -267,8 +294,9 @@ where
         .collect();
     tracing_subscriber::registry()
         .with(otel)
-        .with(log_layer(format, log_filter, writer))
-        .with(gate)
+        .with(log_layer(format, log_filter, log_spans, writer))
+        .with(static_gate)
+        .with(dynamic_gate)
 }
 
 /// Whether the exporter sees a span (or event): one of this workspace's crates at `info` or

@@ -2,8 +2,6 @@
 
 use super::*;
 
-/// What a call costs to trace is decided where its root opens: an unsampled root, with logs
-/// above `info`, must not exist at all (no registry entry, nothing entered or closed).
 /// A `Telemetry` dropped in async code (a test's, a `main` that returns early) flushes on
 /// its own thread: blocking on the export runtime here used to panic.
 #[tokio::test]
@@ -14,6 +12,8 @@ async fn dropped_inside_a_runtime_it_flushes_without_panicking() {
     drop(telemetry);
 }
 
+/// What a call costs to trace is decided where its root opens: an unsampled root, with logs
+/// above `info`, must not exist at all (no registry entry, nothing entered or closed).
 #[test]
 fn an_unsampled_call_creates_no_span() {
     let service = Service {
@@ -40,4 +40,18 @@ fn an_unsampled_call_creates_no_span() {
         let _in = sampled.enter();
         assert!(!tracing::info_span!("admission").is_disabled());
     });
+}
+
+/// Without export, log lines at `info` show no spans, so none is built; with `debug` somewhere
+/// in the filter they show them again.
+#[test]
+fn logs_build_spans_only_when_debug_lines_show_them() {
+    for (filter, built) in [("info", false), ("warn,im_telemetry=debug", true)] {
+        let subscriber = subscriber(LogFormat::Text, EnvFilter::new(filter), &[], std::io::sink);
+        tracing::subscriber::with_default(subscriber, || {
+            let call = root_span!(true, "call", route = "r");
+            assert_eq!(!call.is_disabled(), built, "{filter}");
+            assert!(tracing::enabled!(tracing::Level::WARN), "{filter}");
+        });
+    }
 }

@@ -26,6 +26,8 @@ use crate::upstream::{ChannelCache, Endpoint, Upstream};
 pub struct CallContext {
     pub request_id: String,
     pub traceparent: Option<String>,
+    /// The call's trace id, for its log lines (which do not show spans at `info`).
+    pub trace_id: Option<String>,
     pub user_id: Option<String>,
     pub device_id: Option<String>,
     pub platform: Option<String>,
@@ -92,6 +94,7 @@ impl CallContext {
         Self {
             request_id,
             traceparent,
+            trace_id: None,
             user_id: identity.map(|i| i.user_id.clone()),
             device_id: identity.and_then(|i| i.device_id.clone()),
             platform: identity.and_then(|i| i.platform.clone()),
@@ -171,10 +174,11 @@ impl Dispatcher {
     /// A backend reply that does not match the route's output type (it cannot be rendered as
     /// JSON): logged and counted here for HTTP and WebSocket alike; the caller answers 502 /
     /// INTERNAL with [`crate::pipeline::INVALID_REPLY`].
-    pub fn invalid_reply(&self, route: &str, request_id: &str, error: &str) {
+    pub fn invalid_reply(&self, route: &str, ctx: &CallContext, error: &str) {
         tracing::error!(
             route,
-            request_id,
+            request_id = ctx.request_id,
+            trace_id = ctx.trace_id.as_deref().unwrap_or("-"),
             error,
             "backend reply does not match the descriptor set"
         );
@@ -282,7 +286,7 @@ impl Dispatcher {
             .upstream_failures
             .with_label_values(&[&upstream.name, kind])
             .inc();
-        tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, request_id = %ctx.request_id, error = %err, "upstream attempt failed");
+        tracing::warn!(upstream = %upstream.name, endpoint = %endpoint.addr, request_id = %ctx.request_id, trace_id = ctx.trace_id.as_deref().unwrap_or("-"), error = %err, "upstream attempt failed");
     }
 
     async fn attempt(

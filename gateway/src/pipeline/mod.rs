@@ -69,6 +69,8 @@ pub struct CallMeta {
     pub request_id: String,
     /// Already checked with [`usable_traceparent`].
     pub traceparent: Option<String>,
+    /// The call's trace id ([`crate::telemetry::call_span`]), for its log lines.
+    pub trace_id: Option<String>,
 }
 
 /// An admitted call: its context (the backend's metadata) and the rate-limit state.
@@ -131,12 +133,13 @@ impl Pipeline {
             .admit(route, admission, creds, client_ip)
             .instrument(tracing::info_span!("admission"))
             .await?;
-        let ctx = CallContext::new(
+        let mut ctx = CallContext::new(
             meta.request_id,
             meta.traceparent,
             admitted.identity.as_deref(),
             admitted.api_client,
         );
+        ctx.trace_id = meta.trace_id;
         Ok(Call {
             ctx,
             limit: admitted.limit,
@@ -157,8 +160,7 @@ impl Pipeline {
             Encoding::Json => transcode::proto_to_json(&route.method.output(), &bytes)
                 .map(Bytes::from)
                 .map_err(|e| {
-                    self.dispatcher
-                        .invalid_reply(&route.name, &call.ctx.request_id, &e);
+                    self.dispatcher.invalid_reply(&route.name, &call.ctx, &e);
                     CallError::new(502, Code::Internal, INVALID_REPLY)
                 }),
         }

@@ -20,6 +20,7 @@ use crate::dispatch::IDENTITY_HEADERS;
 use crate::filters::request_id;
 use crate::metrics::Metrics;
 use crate::pipeline::{Call, Pipeline};
+use crate::policy::AuthMode;
 use crate::routes::{PassThroughRoute, Route, RouteStore};
 use crate::telemetry::access::{self, AccessLine};
 use crate::upstream::health::InflightGuard;
@@ -161,7 +162,7 @@ impl ProxyHttp for EdgeProxy {
                 .upstream_failures
                 .with_label_values(&[&upstream.name, "connect"])
                 .inc();
-            tracing::warn!(upstream = %upstream.name, peer = %peer, request_id = %ctx.request_id, error = %e, "pass-through connect failed");
+            tracing::warn!(upstream = %upstream.name, peer = %peer, request_id = %ctx.request_id, trace_id = ctx.trace_id.as_deref().unwrap_or("-"), error = %e, "pass-through connect failed");
             if ctx.tried.len() <= upstream.retries as usize {
                 self.metrics
                     .retries
@@ -181,6 +182,14 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         for h in IDENTITY_HEADERS {
             upstream_request.remove_header(h);
+        }
+        // The credential the gateway verified stays here unless the route forwards it.
+        if let Some(route) = ctx.pass_through().filter(|r| !r.forward_credentials) {
+            match route.admission.auth {
+                AuthMode::Required => drop(upstream_request.remove_header("authorization")),
+                AuthMode::ApiKey => drop(upstream_request.remove_header("x-api-key")),
+                AuthMode::None => {}
+            }
         }
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
         // With spans exported the backend's parent is this call's span; otherwise the client's

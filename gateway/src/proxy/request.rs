@@ -35,6 +35,7 @@ impl EdgeProxy {
         let meta = CallMeta {
             request_id: ctx.request_id.clone(),
             traceparent: header(req, "traceparent").and_then(usable_traceparent),
+            trace_id: ctx.trace_id.clone(),
         };
         let result = self
             .pipeline

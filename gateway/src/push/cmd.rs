@@ -66,20 +66,22 @@ async fn call(
         session: Some(&info.identity),
         ..Credentials::default()
     };
-    let meta = CallMeta {
-        request_id: request_id::generate(),
-        traceparent: req.traceparent.clone().or_else(|| info.traceparent.clone()),
-    };
+    let traceparent = req.traceparent.clone().or_else(|| info.traceparent.clone());
     let route = &req.route;
     let started = std::time::Instant::now();
-    let request_id = meta.request_id.clone();
+    let request_id = request_id::generate();
     let (span, trace_id) = crate::telemetry::call_span(
         &route.name,
         "websocket",
         &request_id,
-        meta.traceparent.as_deref(),
+        traceparent.as_deref(),
         deps.pipeline.sample_ratio,
     );
+    let meta = CallMeta {
+        request_id: request_id.clone(),
+        traceparent,
+        trace_id: trace_id.clone(),
+    };
     let mut endpoint = None;
     let result = async {
         let mut call = deps

@@ -38,11 +38,8 @@ impl RouteContext<'_> {
         let upstream = self.upstream(spec, &mut p);
         let admission = self.admission(spec, &mut p);
         let max_body = self.max_body(spec, &mut p);
-        if spec.methods.is_some() && spec.grpc_service.is_none() {
-            p.add(
-                "methods",
-                "only pass-through routes (`grpc_service`) take `methods`; a bridge route names its one method in `grpc`",
-            );
+        if spec.grpc_service.is_none() {
+            pass_through_only(spec, &mut p);
         }
         let route = match (&spec.grpc, &spec.grpc_service) {
             (Some(_), Some(_)) => {
@@ -96,6 +93,7 @@ impl RouteContext<'_> {
                             service: service.clone(),
                             methods: spec.methods.clone(),
                             max_body,
+                            forward_credentials: spec.forward_credentials,
                         })))
                     }
                     _ => None,
@@ -270,12 +268,34 @@ impl RouteContext<'_> {
                 }
             }
         }
+        if spec.forward_credentials && spec.auth == AuthMode::None {
+            p.add(
+                "forward_credentials",
+                "`auth: none` verifies nothing, so nothing is withheld: the client's headers reach the backend as sent; remove `forward_credentials`",
+            );
+        }
         if spec.methods.as_ref().is_some_and(Vec::is_empty) {
             p.add(
                 "methods",
                 "an empty list routes nothing; list the methods or remove `methods`",
             );
         }
+    }
+}
+
+/// Fields a bridge route must not set.
+fn pass_through_only(spec: &RouteSpec, p: &mut Problems) {
+    if spec.methods.is_some() {
+        p.add(
+            "methods",
+            "only pass-through routes (`grpc_service`) take `methods`; a bridge route names its one method in `grpc`",
+        );
+    }
+    if spec.forward_credentials {
+        p.add(
+            "forward_credentials",
+            "only pass-through routes (`grpc_service`) forward credentials; a bridge call never carries the client's token (the backend gets `x-user-id`)",
+        );
     }
 }
 

@@ -109,6 +109,12 @@ pub struct RouteSpec {
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub auth: AuthMode,
+    /// Pass-through only: send the credential the gateway verified (`authorization`, or
+    /// `x-api-key` on `auth: api_key` routes) on to the backend. Off by default: backends trust
+    /// the gateway's `x-user-id` metadata, and a ~700-byte RS256 token re-encoded to the
+    /// backend on every call is pure cost.
+    #[serde(default)]
+    pub forward_credentials: bool,
     #[serde(default)]
     pub roles: Vec<String>,
     pub rate_limit: Option<RateLimitSpec>,

@@ -54,6 +54,8 @@ pub struct PassThroughRoute {
     pub methods: Option<Vec<String>>,
     /// Counted while the request streams.
     pub max_body: u64,
+    /// The verified credential goes on to the backend (`forward_credentials`).
+    pub forward_credentials: bool,
 }
 
 impl PassThroughRoute {

@@ -269,6 +269,37 @@ fn pass_through_methods_are_an_allow_list_of_real_methods() {
 }
 
 #[test]
+fn only_pass_through_routes_that_verify_a_credential_forward_it() {
+    let forwarding = BASE.replace(
+        "grpc_service: im.echo.v1.EchoService\n",
+        "grpc_service: im.echo.v1.EchoService\n    forward_credentials: true\n",
+    );
+    match build(&forwarding)
+        .unwrap()
+        .match_grpc("/im.echo.v1.EchoService/Echo")
+    {
+        Some(route) => assert!(route.forward_credentials),
+        None => panic!("pass-through route not found"),
+    }
+    let on_bridge = BASE.replace("auth: none", "auth: none\n    forward_credentials: true");
+    let e = errors(&on_bridge);
+    assert!(
+        e.contains("route `echo`: field `forward_credentials`"),
+        "{e}"
+    );
+    assert!(e.contains("only pass-through routes"), "{e}");
+    let e = errors(&forwarding.replace(
+        "forward_credentials: true",
+        "forward_credentials: true\n    auth: none",
+    ));
+    assert!(
+        e.contains("route `echo_grpc`: field `forward_credentials`")
+            && e.contains("verifies nothing"),
+        "{e}"
+    );
+}
+
+#[test]
 fn max_body_must_fit_max_message() {
     let e = errors(&BASE.replace("auth: none", "auth: none\n    max_body: 8MiB"));
     assert!(

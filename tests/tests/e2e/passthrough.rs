@@ -99,3 +99,37 @@ routes:
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
+
+/// The token the gateway verified stays at the gateway (backends trust its `x-user-id`) unless
+/// the route sets `forward_credentials`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verified_token_goes_on_only_when_the_route_forwards_it() {
+    let backend = EchoBackend::start().await;
+    let token = im_tests::user_token("u1");
+    for (forward, expected) in [("", None), (", forward_credentials: true", Some(&token))] {
+        let routes = format!(
+            r#"upstreams:
+  echo: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: echo_grpc, grpc_service: im.echo.v1.EchoService, upstream: echo{forward} }}
+"#,
+            backend.addr
+        );
+        let gw = TestGateway::start(&routes).await;
+        let mut req = tonic::Request::new(EchoRequest::default());
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let reply = client(&gw)
+            .await
+            .echo(req)
+            .await
+            .expect("echo")
+            .into_inner();
+        assert_eq!(reply.metadata["x-user-id"], "u1", "{forward}");
+        assert_eq!(
+            reply.metadata.get("authorization"),
+            expected.map(|t| format!("Bearer {t}")).as_ref(),
+            "{forward}"
+        );
+    }
+}

@@ -8,6 +8,7 @@
 
 mod cache;
 mod config;
+mod crypto;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ use super::revocation::{MemoryRevocation, MAX_SESSION_SECS};
 use crate::clock::unix_now;
 use cache::TokenCache;
 pub use config::{ApiKeyConfig, AuthConfig, AuthConfigError, KeyAlg, PublicKeyConfig};
+pub use crypto::install as install_ring_verifier;
 
 /// Who is calling, from a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +108,8 @@ impl Authenticator {
         cfg: &AuthConfig,
         revocation: Arc<MemoryRevocation>,
     ) -> Result<Self, AuthConfigError> {
+        // The binaries install it first thing; here for embedders (a no-op when done).
+        crypto::install();
         Ok(Self {
             keys: keys::verifying_keys(cfg)?,
             api_keys: keys::api_key_digests(cfg)?,
