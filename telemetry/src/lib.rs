@@ -257,8 +257,11 @@ where
     };
     // Without export the gate looks at the callsite alone, so its answer is cached and a span
     // the logs do not show costs one branch; with export it must also see the span stack.
+    // The level hint matters as much: without one the process's maximum level is TRACE, and
+    // every `log` record of Pingora's (`debug!` on the request path) is offered to the
+    // subscriber instead of stopping at `log`'s own level check.
     let (static_gate, dynamic_gate) = if services.is_empty() {
-        (Some(filter_fn(logged)), None)
+        (Some(filter_fn(logged).with_max_level_hint(log_level)), None)
     } else {
         let roots = traced.clone();
         let gate = dynamic_filter_fn(move |meta, cx| logged(meta) || exported(&roots, meta, cx))

@@ -48,6 +48,17 @@ fn an_unsampled_call_creates_no_span() {
 fn logs_build_spans_only_when_debug_lines_show_them() {
     for (filter, built) in [("info", false), ("warn,im_telemetry=debug", true)] {
         let subscriber = subscriber(LogFormat::Text, EnvFilter::new(filter), &[], std::io::sink);
+        // The most verbose level the filter enables caps the process's (and so `log`'s) level.
+        let max = if built {
+            LevelFilter::DEBUG
+        } else {
+            LevelFilter::INFO
+        };
+        assert_eq!(
+            tracing::Subscriber::max_level_hint(&subscriber),
+            Some(max),
+            "{filter}"
+        );
         tracing::subscriber::with_default(subscriber, || {
             let call = root_span!(true, "call", route = "r");
             assert_eq!(!call.is_disabled(), built, "{filter}");

@@ -3,7 +3,7 @@
 //! route or silence it too. Never a token or a body: who (user id, client IP), what (route,
 //! status, upstream endpoint), how long, and the ids to find the trace and the other lines.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::metrics::Metrics;
@@ -37,7 +37,11 @@ pub fn record(
 ) {
     metrics
         .latency
-        .with_label_values(&[line.route, &line.status.to_string(), line.transport])
+        .with_label_values(&[
+            line.route,
+            status_label(line.status, &mut [0; 3]),
+            line.transport,
+        ])
         .observe(line.latency.as_secs_f64());
     if let Some(upstream) = upstream_time {
         metrics
@@ -59,11 +63,25 @@ pub fn log(line: &AccessLine<'_>) {
         latency_ms = line.latency.as_secs_f64() * 1000.0,
         upstream = %Upstream(line.upstream),
         user_id = line.user_id.unwrap_or("-"),
-        client_ip = %line.client_ip,
+        client_ip = %ClientIp(line.client_ip),
         request_id = line.request_id,
         trace_id = line.trace_id.unwrap_or("-"),
         "access"
     );
+}
+
+/// A status as a label, written into `buf` (no allocation per request); `other` for a status
+/// outside 100..=999, which HTTP does not have.
+fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
+    if !(100..=999).contains(&status) {
+        return "other";
+    }
+    *buf = [
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    std::str::from_utf8(buf).unwrap_or("other")
 }
 
 /// The upstream endpoint as the line shows it (`-` for none), written without an allocation.
@@ -72,8 +90,85 @@ struct Upstream(Option<SocketAddr>);
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
+            Some(SocketAddr::V4(addr)) => write_v4(*addr.ip(), Some(addr.port()), f),
             Some(addr) => addr.fmt(f),
             None => f.write_str("-"),
         }
+    }
+}
+
+/// The client's address, IPv4 written digit by digit.
+struct ClientIp(IpAddr);
+
+impl std::fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => write_v4(ip, None, f),
+            ip => ip.fmt(f),
+        }
+    }
+}
+
+/// `a.b.c.d[:port]` in one `write_str`: the standard `Display` goes through the formatting
+/// machinery once per octet, a sixth of the access line's cost.
+fn write_v4(ip: Ipv4Addr, port: Option<u16>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let mut buf = [0u8; 21];
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        len = push_digits(u16::from(octet), &mut buf, len);
+    }
+    if let Some(port) = port {
+        buf[len] = b':';
+        len = push_digits(port, &mut buf, len + 1);
+    }
+    f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| std::fmt::Error)?)
+}
+
+/// Writes `n`'s digits at `buf[at..]`; where they end.
+fn push_digits(mut n: u16, buf: &mut [u8; 21], at: usize) -> usize {
+    let mut digits = [0u8; 5];
+    let mut from = digits.len();
+    loop {
+        from -= 1;
+        digits[from] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let count = digits.len() - from;
+    buf[at..at + count].copy_from_slice(&digits[from..]);
+    at + count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_read_as_the_standard_display_writes_them() {
+        for addr in [
+            "0.0.0.0:0",
+            "127.0.0.1:50051",
+            "255.255.255.255:65535",
+            "[::1]:443",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(Upstream(Some(addr)).to_string(), addr.to_string());
+            assert_eq!(ClientIp(addr.ip()).to_string(), addr.ip().to_string());
+        }
+        assert_eq!(Upstream(None).to_string(), "-");
+    }
+
+    #[test]
+    fn status_labels_are_the_numbers() {
+        for status in [100, 200, 404, 502, 999] {
+            assert_eq!(status_label(status, &mut [0; 3]), status.to_string());
+        }
+        assert_eq!(status_label(42, &mut [0; 3]), "other");
     }
 }

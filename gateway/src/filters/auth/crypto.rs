@@ -1,7 +1,8 @@
 //! Signature checks of asymmetric tokens (RS*, PS*, ES256/384, EdDSA) through `ring`, which the
 //! build already has for rustls: a cold RS256 check is the cost of every login and of every
-//! reconnect after a restart, and jsonwebtoken's RustCrypto backend spends ~8x longer on it
-//! (`bench/jwt_verify.sh`). HMAC and signing stay with RustCrypto, which is as fast for them.
+//! reconnect after a restart, and jsonwebtoken's RustCrypto backend spends ~7x longer on it
+//! (`bench/jwt_cold.py`). HMAC (as fast in RustCrypto) and signing
+//! (the backends' job, never on the gateway's path) stay with RustCrypto.
 //!
 //! jsonwebtoken takes one provider per process ([`install`]); until this one is installed, or if
 //! another was first, its RustCrypto backend answers: slower, never wrong.
