@@ -28,6 +28,7 @@ mod span_export;
 mod trace_export;
 pub mod traceparent;
 
+pub use line_format::write_u64 as write_decimal;
 pub use trace_export::{ClientTls, TraceExport};
 
 use std::time::Duration;

@@ -253,7 +253,8 @@ fn date_time(secs: u64, out: &mut String) -> fmt::Result {
     )
 }
 
-fn write_u64(mut value: u64, out: &mut impl Write) -> fmt::Result {
+/// `value` in decimal, without the formatting machinery.
+pub fn write_u64(mut value: u64, out: &mut impl Write) -> fmt::Result {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
     loop {

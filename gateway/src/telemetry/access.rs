@@ -3,6 +3,7 @@
 //! route or silence it too. Never a token or a body: who (user id, client IP), what (route,
 //! status, upstream endpoint), how long, and the ids to find the trace and the other lines.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -109,40 +110,20 @@ impl std::fmt::Display for ClientIp {
     }
 }
 
-/// `a.b.c.d[:port]` in one `write_str`: the standard `Display` goes through the formatting
-/// machinery once per octet, a sixth of the access line's cost.
+/// `a.b.c.d[:port]` digit by digit: the standard `Display` goes through the formatting machinery
+/// once per octet, a sixth of the access line's cost.
 fn write_v4(ip: Ipv4Addr, port: Option<u16>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    let mut buf = [0u8; 21];
-    let mut len = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            buf[len] = b'.';
-            len += 1;
+            f.write_char('.')?;
         }
-        len = push_digits(u16::from(octet), &mut buf, len);
+        im_telemetry::write_decimal(u64::from(octet), f)?;
     }
     if let Some(port) = port {
-        buf[len] = b':';
-        len = push_digits(port, &mut buf, len + 1);
+        f.write_char(':')?;
+        im_telemetry::write_decimal(u64::from(port), f)?;
     }
-    f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| std::fmt::Error)?)
-}
-
-/// Writes `n`'s digits at `buf[at..]`; where they end.
-fn push_digits(mut n: u16, buf: &mut [u8; 21], at: usize) -> usize {
-    let mut digits = [0u8; 5];
-    let mut from = digits.len();
-    loop {
-        from -= 1;
-        digits[from] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let count = digits.len() - from;
-    buf[at..at + count].copy_from_slice(&digits[from..]);
-    at + count
+    Ok(())
 }
 
 #[cfg(test)]

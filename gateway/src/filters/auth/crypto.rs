@@ -123,11 +123,12 @@ mod tests {
 
     /// Keys made by openssl, as operators make them.
     fn openssl_pair(args: &[&str]) -> (Vec<u8>, Vec<u8>) {
-        let dir = std::env::temp_dir().join(format!(
-            "im-ring-{}-{}",
-            std::process::id(),
-            args.join("").len()
-        ));
+        let name: String = args
+            .concat()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let dir = std::env::temp_dir().join(format!("im-ring-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (key, public) = (dir.join("k.pem"), dir.join("k.pub.pem"));
         let run = |a: &[&str]| {
