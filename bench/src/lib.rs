@@ -72,6 +72,21 @@ pub fn proc_cpu_secs(pid: u32) -> Result<f64, String> {
     Ok(ticks as f64 / USER_HZ)
 }
 
+/// Pages the kernel holds for every TCP socket of the machine (`mem` of `/proc/net/sockstat`).
+pub fn tcp_mem_pages() -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/net/sockstat")
+        .map_err(|e| format!("/proc/net/sockstat: {e}"))?;
+    parse_tcp_mem(&text).ok_or_else(|| "/proc/net/sockstat has no TCP mem".to_owned())
+}
+
+fn parse_tcp_mem(sockstat: &str) -> Option<u64> {
+    sockstat.lines().find_map(|l| {
+        let mut words = l.strip_prefix("TCP:")?.split_whitespace();
+        words.by_ref().find(|w| *w == "mem")?;
+        words.next()?.parse().ok()
+    })
+}
+
 /// RSS growth per connection, in bytes.
 pub fn per_conn_bytes(before_kib: u64, after_kib: u64, conns: usize) -> f64 {
     after_kib.saturating_sub(before_kib) as f64 * 1024.0 / conns.max(1) as f64
@@ -80,6 +95,14 @@ pub fn per_conn_bytes(before_kib: u64, after_kib: u64, conns: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_memory_is_read_from_sockstat() {
+        let sockstat =
+            "sockets: used 190\nTCP: inuse 5 orphan 0 tw 2 alloc 8 mem 37\nUDP: inuse 1 mem 2\n";
+        assert_eq!(parse_tcp_mem(sockstat), Some(37));
+        assert_eq!(parse_tcp_mem("UDP: inuse 1 mem 2\n"), None);
+    }
 
     #[test]
     fn open_loop_schedule_is_evenly_spaced() {

@@ -397,6 +397,7 @@ pub async fn storm(a: WsArgs) -> Result<Value, String> {
 /// `ws-conns`: server RSS per connection after every connection made one request and got one push.
 pub async fn conns(a: WsArgs) -> Result<Value, String> {
     let rss_before = im_bench::proc_rss_kib(a.pid)?;
+    let tcp_before = im_bench::tcp_mem_pages()?;
     let stats = Arc::new(Stats::default());
     connect_all(&a, &stats).await?;
     let (mut client, token) = push_client(&a).await?;
@@ -416,8 +417,11 @@ pub async fn conns(a: WsArgs) -> Result<Value, String> {
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = im_bench::proc_rss_kib(a.pid)?;
+    let tcp_after = im_bench::tcp_mem_pages()?;
     Ok(json!({
         "conns": a.conns,
+        // The kernel's TCP memory grown for these connections, both ends (client and server).
+        "tcp_mem_pages": tcp_after.saturating_sub(tcp_before),
         "rss_before_kib": rss_before,
         "rss_after_kib": rss_after,
         "bytes_per_conn": im_bench::per_conn_bytes(rss_before, rss_after, a.conns),
