@@ -40,8 +40,8 @@ pub fn install() -> bool {
     PROVIDER.install_default().is_ok()
 }
 
-/// The ring algorithm that checks `alg`, `None` for HMAC.
-fn ring_algorithm(alg: Algorithm) -> Option<&'static ring_sig::RsaParameters> {
+/// The ring parameters of an RSA `alg`.
+fn rsa_parameters(alg: Algorithm) -> Option<&'static ring_sig::RsaParameters> {
     Some(match alg {
         Algorithm::RS256 => &ring_sig::RSA_PKCS1_2048_8192_SHA256,
         Algorithm::RS384 => &ring_sig::RSA_PKCS1_2048_8192_SHA384,
@@ -53,28 +53,29 @@ fn ring_algorithm(alg: Algorithm) -> Option<&'static ring_sig::RsaParameters> {
     })
 }
 
+/// The ring algorithm that checks `alg` against a key's bytes, `None` for HMAC.
+fn ring_algorithm(alg: Algorithm) -> Option<&'static dyn ring_sig::VerificationAlgorithm> {
+    match alg {
+        Algorithm::ES256 => Some(&ring_sig::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Some(&ring_sig::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => Some(&ring_sig::ED25519),
+        rsa => rsa_parameters(rsa).map(|p| p as &'static dyn ring_sig::VerificationAlgorithm),
+    }
+}
+
 fn verifier_factory(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
     if key.family() != alg.family() {
         return Err(ErrorKind::InvalidKeyFormat.into());
     }
-    let check = match (alg, key.kind()) {
-        (Algorithm::ES256, DecodingKeyKind::SecretOrDer(der)) => {
-            Check::Other(&ring_sig::ECDSA_P256_SHA256_FIXED, der.clone())
+    let check = match (key.kind(), ring_algorithm(*alg), rsa_parameters(*alg)) {
+        (DecodingKeyKind::SecretOrDer(der), Some(algorithm), _) => {
+            Check::Key(algorithm, der.clone())
         }
-        (Algorithm::ES384, DecodingKeyKind::SecretOrDer(der)) => {
-            Check::Other(&ring_sig::ECDSA_P384_SHA384_FIXED, der.clone())
+        (DecodingKeyKind::RsaModulusExponent { n, e }, _, Some(params)) => {
+            Check::RsaParts(params, n.clone(), e.clone())
         }
-        (Algorithm::EdDSA, DecodingKeyKind::SecretOrDer(der)) => {
-            Check::Other(&ring_sig::ED25519, der.clone())
-        }
-        (alg, kind) => match (ring_algorithm(*alg), kind) {
-            (Some(params), DecodingKeyKind::SecretOrDer(der)) => Check::Rsa(params, der.clone()),
-            (Some(params), DecodingKeyKind::RsaModulusExponent { n, e }) => {
-                Check::RsaParts(params, n.clone(), e.clone())
-            }
-            // HMAC: RustCrypto's.
-            _ => return (RUST_CRYPTO.verifier_factory)(alg, key),
-        },
+        // HMAC: RustCrypto's.
+        _ => return (RUST_CRYPTO.verifier_factory)(alg, key),
     };
     Ok(Box::new(RingVerifier { alg: *alg, check }))
 }
@@ -86,24 +87,21 @@ struct RingVerifier {
 }
 
 enum Check {
-    /// PKCS#1 `RSAPublicKey` DER, as jsonwebtoken keeps a PEM key.
-    Rsa(&'static ring_sig::RsaParameters, Vec<u8>),
+    /// The key as jsonwebtoken keeps it: PKCS#1 `RSAPublicKey` DER, an EC point, an Ed25519 key.
+    Key(&'static dyn ring_sig::VerificationAlgorithm, Vec<u8>),
     /// Modulus and exponent, big-endian (a JWK).
     RsaParts(&'static ring_sig::RsaParameters, Vec<u8>, Vec<u8>),
-    /// An EC point or Ed25519 key, as jsonwebtoken keeps it.
-    Other(&'static dyn ring_sig::VerificationAlgorithm, Vec<u8>),
 }
 
 impl signature::Verifier<Vec<u8>> for RingVerifier {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> Result<(), signature::Error> {
         let checked = match &self.check {
-            Check::Rsa(params, der) => {
-                ring_sig::UnparsedPublicKey::new(*params, der).verify(msg, sig)
+            Check::Key(algorithm, key) => {
+                ring_sig::UnparsedPublicKey::new(*algorithm, key).verify(msg, sig)
             }
             Check::RsaParts(params, n, e) => {
                 ring_sig::RsaPublicKeyComponents { n, e }.verify(params, msg, sig)
             }
-            Check::Other(alg, key) => ring_sig::UnparsedPublicKey::new(*alg, key).verify(msg, sig),
         };
         checked.map_err(|_| signature::Error::new())
     }
